@@ -1,0 +1,297 @@
+"""GPT-2's forward pass in NumPy, every residual-stream step under its TransformerLens hook name.
+
+    resid_pre_0 = wte[tokens] + wpe[positions]
+    for each block L:
+        resid_mid_L  = resid_pre_L + attn(ln_1(resid_pre_L))      # hook_attn_out
+        resid_post_L = resid_mid_L + mlp(ln_2(resid_mid_L))       # hook_mlp_out
+        resid_pre_{L+1} = resid_post_L
+    logits = ln_f(resid_post_last) @ wte.T
+
+ActAdd adds a matrix to `blocks.{L}.hook_resid_pre`; everything here exists so that that
+addition is a plain array addition at a named point.
+
+Array code gets its namespace from the arrays (`x.__array_namespace__()`) or from `self.xp`,
+never from a bare `np.` call, so that another array library (CuPy) can run the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .config import GPT2Config
+from .weights import CheckpointError, canonical_state_dict, read_checkpoint, resolve_checkpoint
+
+# ---------------------------------------------------------------------------------------------
+# Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
+# NumPy 2 does not let promote a float32 array).
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def linear(x, weight, bias):
+    return x @ weight + bias  # HF Conv1D: weight is [in, out]
+
+
+def gelu_new(x):
+    xp = x.__array_namespace__()
+    return 0.5 * x * (1.0 + xp.tanh(_GELU_C * (x + 0.044715 * x**3)))
+
+
+def softmax(x):
+    xp = x.__array_namespace__()
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def normalize(x, eps):
+    """LayerNorm before its gain and bias: (x - mean) / scale, with the biased variance."""
+    centred = x - x.mean(axis=-1, keepdims=True)
+    scale = ((centred * centred).mean(axis=-1, keepdims=True) + eps) ** 0.5  # [..., 1]
+    return centred / scale, scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook points
+
+
+def hook_names(n_layer: int) -> list[str]:
+    """Every hook point of an n_layer model, in the order the forward pass reaches them."""
+    names = ["hook_embed", "hook_pos_embed"]
+    for L in range(n_layer):
+        b = f"blocks.{L}."
+        names += [b + "hook_resid_pre", b + "ln1.hook_scale", b + "ln1.hook_normalized",
+                  b + "attn.hook_q", b + "attn.hook_k", b + "attn.hook_v",
+                  b + "attn.hook_attn_scores", b + "attn.hook_pattern", b + "attn.hook_z",
+                  b + "hook_attn_out", b + "hook_resid_mid",
+                  b + "ln2.hook_scale", b + "ln2.hook_normalized",
+                  b + "mlp.hook_pre", b + "mlp.hook_post", b + "hook_mlp_out", b + "hook_resid_post"]
+    return names + ["ln_final.hook_scale", "ln_final.hook_normalized"]
+
+
+_HOOK_PATTERN = re.compile(
+    r"hook_embed|hook_pos_embed|ln_final\.hook_(scale|normalized)|blocks\.(\d+)\.("
+    r"hook_(resid_pre|attn_out|resid_mid|mlp_out|resid_post)|ln[12]\.hook_(scale|normalized)|"
+    r"attn\.hook_(q|k|v|attn_scores|pattern|z)|mlp\.hook_(pre|post))"
+)
+HOOK_NAME_HELP = (
+    "valid names: hook_embed, hook_pos_embed, blocks.{L}.hook_resid_pre, blocks.{L}.ln1.hook_scale, "
+    "blocks.{L}.ln1.hook_normalized, blocks.{L}.attn.hook_{q,k,v,attn_scores,pattern,z}, "
+    "blocks.{L}.hook_attn_out, blocks.{L}.hook_resid_mid, blocks.{L}.ln2.hook_{scale,normalized}, "
+    "blocks.{L}.mlp.hook_{pre,post}, blocks.{L}.hook_mlp_out, blocks.{L}.hook_resid_post, "
+    "ln_final.hook_{scale,normalized}"
+)
+
+HookFn = Callable[[object, str], object]  # fn(activation, name) -> replacement or None
+
+
+class _HookPoints:
+    """What a forward pass does at each named point: run the user's hooks, then cache."""
+
+    def __init__(self, hooks: dict[str, list[HookFn]], cache: dict | None, cache_names: set[str]):
+        self.hooks, self.cache, self.cache_names = hooks, cache, cache_names
+
+    def __call__(self, name: str, x):
+        for fn in self.hooks.get(name, ()):
+            out = fn(x, name)
+            if out is not None:
+                _check_replacement(fn, name, x, out)
+                x = out
+        if name in self.cache_names:
+            self.cache[name] = x
+        return x
+
+
+def _check_replacement(fn, name, x, out):
+    if type(out) is not type(x) or out.shape != x.shape or out.dtype != x.dtype:
+        got = f"{type(out).__name__} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}".strip()
+        raise ValueError(
+            f"hook {getattr(fn, '__name__', fn)!r} on {name!r} returned {got}; expected "
+            f"{type(x).__name__} {x.dtype} {x.shape} (return None to keep the activation)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class GPT2:
+    """GPT-2 with tied unembedding. Parameters keep their checkpoint names:
+
+    self.wte, self.wpe                   # [vocab, d_model], [n_positions, d_model]
+    self.h[L]["ln_1"]["weight"], ...     # h.{L}.ln_1.weight in the checkpoint
+    self.h[L]["attn"]["c_attn"]          # {"weight": [d_model, 3*d_model], "bias": [3*d_model]}
+    self.ln_f                            # {"weight": [d_model], "bias": [d_model]}
+    """
+
+    def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict"):
+        params = canonical_state_dict(state_dict, config, source=source)
+        for name, tensor in params.items():
+            if not isinstance(tensor, np.ndarray) or tensor.dtype != np.float32:
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} is {type(tensor).__name__} "
+                    f"{getattr(tensor, 'dtype', '')}; expected a float32 array (convert explicitly)"
+                )
+        tree = _nest(params)
+        self.config = config
+        self.xp = np  # the array namespace of every parameter and activation
+        self.wte, self.wpe = tree["wte"]["weight"], tree["wpe"]["weight"]
+        self.h = [tree["h"][str(L)] for L in range(config.n_layer)]
+        self.ln_f = tree["ln_f"]
+        self.hook_names = hook_names(config.n_layer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> GPT2:
+        """Load a local Hugging Face folder or a hub id (`gpt2`, `gpt2-xl`, `org/name`, ...)."""
+        files = resolve_checkpoint(name_or_path, revision)
+        config = GPT2Config.from_json(files.config)
+        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
+        return cls(config, read_checkpoint(files), source=source)
+
+    def __repr__(self):
+        c = self.config
+        return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
+                f"n_positions={c.n_positions}, vocab_size={c.vocab_size})")
+
+    # --- public entry points -----------------------------------------------------------------
+
+    def __call__(self, tokens):
+        """Logits, float32 [batch, pos, vocab], for token ids of shape [pos] or [batch, pos]."""
+        return self.forward(tokens, _HookPoints({}, None, set()))
+
+    def run_with_cache(self, tokens, names=None):
+        """(logits, cache): cache maps hook name -> activation, in forward order.
+
+        `names` filters what is kept: None (all), one name, a list of names, or a predicate.
+        """
+        wanted = set(self._select(names)) if names is not None else set(self.hook_names)
+        cache: dict = {}
+        logits = self.forward(tokens, _HookPoints({}, cache, wanted))
+        return logits, {n: cache[n] for n in self.hook_names if n in cache}
+
+    def run_with_hooks(self, tokens, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = ()):
+        """Logits with fn(activation, name) called at each named point.
+
+        fn returns a replacement (same type, shape and dtype) or None to keep the activation;
+        several hooks on one name run in the order given. A name may also be a predicate on
+        hook names, as in TransformerLens.
+        """
+        hooks: dict[str, list[HookFn]] = {}
+        for name, fn in fwd_hooks:
+            if not callable(fn):
+                raise TypeError(f"hook for {name!r} is {type(fn).__name__}, not a function")
+            for n in self._select(name):
+                hooks.setdefault(n, []).append(fn)
+        return self.forward(tokens, _HookPoints(hooks, None, set()))
+
+    def _select(self, names) -> list[str]:
+        if callable(names):
+            return [n for n in self.hook_names if names(n)]
+        for n in [names] if isinstance(names, str) else names:
+            self.check_hook_name(n)
+        return [names] if isinstance(names, str) else list(names)
+
+    def check_hook_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _HOOK_PATTERN.fullmatch(name):
+            raise ValueError(f"unknown hook name {name!r}; {HOOK_NAME_HELP}")
+        m = _HOOK_PATTERN.fullmatch(name)
+        if m.group(2) is not None and int(m.group(2)) >= self.config.n_layer:
+            raise ValueError(
+                f"hook name {name!r}: this model has blocks 0 to {self.config.n_layer - 1}"
+            )
+
+    # --- the forward pass ----------------------------------------------------------------------
+
+    def forward(self, tokens, hook: _HookPoints):
+        xp = self.xp
+        tokens = self.check_tokens(tokens)                                     # [batch, pos]
+        batch, seq = tokens.shape
+        positions = xp.broadcast_to(xp.arange(seq), (batch, seq))              # [batch, pos]
+
+        embed = hook("hook_embed", self.wte[tokens])                           # [batch, pos, d_model]
+        pos_embed = hook("hook_pos_embed", self.wpe[positions])                # [batch, pos, d_model]
+        x = embed + pos_embed
+        for L, block in enumerate(self.h):
+            x = self.block(L, block, x, hook)
+        x = self.layer_norm("ln_final", x, self.ln_f, hook)
+        return x @ self.wte.T                                                  # [batch, pos, vocab]
+
+    def block(self, L: int, p: dict, x, hook: _HookPoints):
+        b = f"blocks.{L}."
+        resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
+        attn_out = hook(b + "hook_attn_out",
+                        self.attention(b + "attn", self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook),
+                                       **p["attn"], hook=hook))
+        resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
+        mlp_out = hook(b + "hook_mlp_out",
+                       self.mlp(b + "mlp", self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook),
+                                **p["mlp"], hook=hook))
+        return hook(b + "hook_resid_post", resid_mid + mlp_out)
+
+    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints):
+        normalized, scale = normalize(x, self.config.layer_norm_epsilon)
+        hook(name + ".hook_scale", scale)                                      # [batch, pos, 1]
+        normalized = hook(name + ".hook_normalized", normalized)               # [batch, pos, d_model]
+        return normalized * p["weight"] + p["bias"]
+
+    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints):
+        xp, c = self.xp, self.config
+        batch, seq, d_model = x.shape
+        qkv = linear(x, **c_attn).reshape(batch, seq, 3, c.n_head, c.d_head)  # q, k, v in that order
+        q = hook(name + ".hook_q", qkv[:, :, 0])                               # [batch, pos, head, d_head]
+        k = hook(name + ".hook_k", qkv[:, :, 1])
+        v = hook(name + ".hook_v", qkv[:, :, 2])
+
+        scores = q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1) / math.sqrt(c.d_head)
+        causal = xp.tril(xp.ones((seq, seq), dtype=bool))                      # [query, key]
+        scores = hook(name + ".hook_attn_scores", xp.where(causal, scores, -math.inf))
+        pattern = hook(name + ".hook_pattern", softmax(scores))                # [batch, head, query, key]
+        z = hook(name + ".hook_z", (pattern @ v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3))
+        return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
+
+    def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: _HookPoints):
+        pre = hook(name + ".hook_pre", linear(x, **c_fc))                      # [batch, pos, d_mlp]
+        post = hook(name + ".hook_post", gelu_new(pre))
+        return linear(post, **c_proj)                                          # [batch, pos, d_model]
+
+    # --- input checks --------------------------------------------------------------------------
+
+    def check_tokens(self, tokens) -> np.ndarray:
+        """Token ids as an integer array [batch, pos], or an error that says what is wrong."""
+        try:
+            ids = np.asarray(tokens)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"tokens must be a rectangular [seq] or [batch, seq] array of ids ({e})") from None
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"tokens must have shape [seq] or [batch, seq], got shape {ids.shape}")
+        if ids.size == 0:
+            raise ValueError(f"tokens is empty (shape {ids.shape}); give at least one token id")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"tokens must be integer ids, got dtype {ids.dtype}")
+        ids = ids.reshape(-1, ids.shape[-1])
+        V, P = self.config.vocab_size, self.config.n_positions
+        if ids.shape[1] > P:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than n_positions={P}")
+        bad = (ids < 0) | (ids >= V)
+        if bad.any():
+            b, t = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"token id {int(ids[b, t])} at batch row {b}, position {t} is outside the vocabulary [0, {V})"
+            )
+        return ids.astype(np.intp, copy=False)
+
+
+def _nest(flat: dict) -> dict:
+    """{"h.0.ln_1.weight": w} -> {"h": {"0": {"ln_1": {"weight": w}}}}."""
+    tree: dict = {}
+    for name, value in flat.items():
+        *path, leaf = name.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

@@ -1,0 +1,311 @@
+"""Finding a GPT-2 checkpoint (local folder or hub id) and reading its tensors, safetensors only.
+
+The flow is `resolve_checkpoint` (which files) -> `read_checkpoint` (their tensors, float32) ->
+`canonical_state_dict` (names checked against the shapes the config implies; the model calls it).
+
+We parse safetensors ourselves instead of calling `safetensors.numpy`: the format is a JSON
+header and raw little-endian bytes, so each float32 tensor is a zero-copy view of a read-only
+memory map, and bfloat16 (which NumPy lacks, and `safetensors.numpy` refuses) is widened from
+its raw bits. Pickled checkpoints (.bin, .pt, .ckpt, .pth) are never opened: unpickling runs
+arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import GPT2Config
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unsafe, malformed, or does not fit its config."""
+
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+# safetensors dtype -> NumPy dtype of the stored bytes. bfloat16 is read as its raw uint16 bits.
+_STORED_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Which files: a local folder or a hub id
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    config: Path
+    weights: tuple[Path, ...]  # one model.safetensors, or the shards named by the index
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> CheckpointFiles:
+    """Local folder if one exists at that path, else a Hugging Face hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r} applies to hub ids, but {str(name_or_path)!r} is a local folder"
+            )
+        return _local_files(path)
+    if path.is_file():
+        raise CheckpointError(_pickle_refusal(path) if path.suffix in PICKLE_SUFFIXES else
+                              f"{path} is a file; pass the folder that holds config.json and "
+                              f"{SINGLE_FILE}")
+    name = str(name_or_path)
+    if not _looks_like_hub_id(name):
+        raise CheckpointError(f"{name!r}: no such folder, and not a hub id (like 'gpt2' or 'org/name')")
+    return _hub_files(name, revision)
+
+
+def _local_files(folder: Path) -> CheckpointFiles:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{folder}: no config.json (expected the Hugging Face folder layout)")
+    if (folder / SINGLE_FILE).is_file():
+        return CheckpointFiles(config, (folder / SINGLE_FILE,))
+    if (folder / INDEX_FILE).is_file():
+        shards = _shard_names(folder / INDEX_FILE)
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{folder / INDEX_FILE} names shard {shard!r}, which is missing")
+        return CheckpointFiles(config, tuple(folder / s for s in shards))
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(_pickle_refusal(pickles[0]))
+    raise CheckpointError(f"{folder}: no {SINGLE_FILE} and no {INDEX_FILE}")
+
+
+def _hub_files(repo_id: str, revision: str | None) -> CheckpointFiles:
+    # Imported here so that loading a local folder never pays for importing the hub client.
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    where = f"hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+
+    def fetch(filename):
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            raise
+        except Exception as e:  # no network, unknown repo or revision, gated repo, ...
+            raise CheckpointError(
+                f"could not fetch {filename} from {where}: {e}\n"
+                "(with HF_HUB_OFFLINE=1 files come from the local HF cache only)"
+            ) from e
+
+    try:
+        config = fetch("config.json")
+    except (EntryNotFoundError, LocalEntryNotFoundError) as e:
+        raise CheckpointError(f"{where} has no config.json ({type(e).__name__})") from e
+    try:
+        return CheckpointFiles(config, (fetch(SINGLE_FILE),))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        pass
+    try:
+        index = fetch(INDEX_FILE)
+    except (EntryNotFoundError, LocalEntryNotFoundError) as e:
+        raise CheckpointError(
+            f"{where} has neither {SINGLE_FILE} nor {INDEX_FILE} (or, offline, they are not in "
+            f"the cache). minigpt reads safetensors only: {_PICKLE_WHY}"
+        ) from e
+    return CheckpointFiles(config, tuple(fetch(s) for s in _shard_names(index)))
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return _HUB_ID.fullmatch(name) is not None and ".." not in name
+
+
+def _shard_names(index_path: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e!r})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: 'weight_map' is empty or not an object")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{index_path}: shard name {shard!r} is not a .safetensors file name")
+    return shards
+
+
+_PICKLE_WHY = (
+    "pickled checkpoints (.bin/.pt/.pth/.ckpt) are never opened, because unpickling can run "
+    "arbitrary code. Convert once, in an environment you trust, with transformers: "
+    "GPT2LMHeadModel.from_pretrained(SRC).save_pretrained(DST) writes model.safetensors."
+)
+
+
+def _pickle_refusal(path: Path) -> str:
+    return f"refusing to load {path}: {_PICKLE_WHY}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading safetensors
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of one .safetensors file as a float32 array.
+
+    float32 tensors are read-only views of a memory map (no copy, page cache shared between
+    processes); float16 and bfloat16 are converted to float32 once.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise CheckpointError(f"{path}: {size} bytes; a safetensors file starts with an 8-byte header length")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    (header_len,) = struct.unpack("<Q", buf[:8])
+    data_start = 8 + header_len
+    if data_start > size:
+        raise CheckpointError(f"{path}: header length {header_len} runs past the end of the file ({size} bytes)")
+    try:
+        header = json.loads(buf[8:data_start])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object")
+    data_len = size - data_start
+
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets") from None
+        if dtype not in _STORED_DTYPES:
+            raise CheckpointError(
+                f"{where} has dtype {dtype}; minigpt reads F32, F16 and BF16 (computing in float32)"
+            )
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        stored = _STORED_DTYPES[dtype]
+        count = math.prod(shape)
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_len):
+            raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] outside the {data_len} data bytes")
+        if end - begin != count * stored.itemsize:
+            raise CheckpointError(
+                f"{where}: shape {shape} of {dtype} needs {count * stored.itemsize} bytes, "
+                f"data_offsets give {end - begin}"
+            )
+        raw = np.frombuffer(buf, dtype=stored, count=count, offset=data_start + begin).reshape(shape)
+        tensors[name] = _as_float32(raw, dtype)
+    return tensors
+
+
+def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        # bfloat16 is the top half of a float32: put its 16 bits there, zero the rest.
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return raw.astype(np.float32)
+    if not raw.flags.aligned:  # a header length not a multiple of 4; BLAS wants aligned data
+        return raw.astype(np.float32)
+    return raw.view(np.float32)  # '<f4' -> native float32, still the zero-copy map
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint names -> the names the model uses
+
+
+# Buffers some GPT-2 files carry that are not parameters: the causal mask and its fill value.
+_IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter of GPT-2 under its bare checkpoint name (as in the hub's gpt2 file)."""
+    D, V, P, F = config.n_embd, config.vocab_size, config.n_positions, config.d_mlp
+    shapes = {"wte.weight": (V, D), "wpe.weight": (P, D)}
+    for i in range(config.n_layer):
+        h = f"h.{i}."
+        shapes.update({
+            h + "ln_1.weight": (D,), h + "ln_1.bias": (D,),
+            # Conv1D layout: [in, out], so the forward pass is x @ weight + bias.
+            h + "attn.c_attn.weight": (D, 3 * D), h + "attn.c_attn.bias": (3 * D,),
+            h + "attn.c_proj.weight": (D, D), h + "attn.c_proj.bias": (D,),
+            h + "ln_2.weight": (D,), h + "ln_2.bias": (D,),
+            h + "mlp.c_fc.weight": (D, F), h + "mlp.c_fc.bias": (F,),
+            h + "mlp.c_proj.weight": (F, D), h + "mlp.c_proj.bias": (D,),
+        })
+    shapes.update({"ln_f.weight": (D,), "ln_f.bias": (D,)})
+    return shapes
+
+
+def canonical_state_dict(tensors: dict[str, np.ndarray], config: GPT2Config,
+                         source: str = "checkpoint") -> dict[str, np.ndarray]:
+    """Bare names, every expected tensor present with its expected shape, nothing unknown.
+
+    Accepts names with or without the `transformer.` prefix; drops the attention-mask buffers;
+    `lm_head.weight` may be present (it must have wte's shape) but is ignored, because GPT-2
+    ties the unembedding to `wte`, as transformers does when loading it.
+    """
+    expected = expected_shapes(config)
+    found: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    unknown = []
+    for name, tensor in tensors.items():
+        bare = name.removeprefix("transformer.")
+        if _IGNORED.fullmatch(bare):
+            continue
+        if bare == "lm_head.weight":
+            if tuple(tensor.shape) != expected["wte.weight"]:
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                    f"expected {expected['wte.weight']} (it is tied to wte.weight)"
+                )
+            continue
+        if bare not in expected:
+            unknown.append(name)
+            continue
+        if bare in found:
+            raise CheckpointError(f"{source}: tensor {bare!r} appears twice, as {origin[bare]!r} and {name!r}")
+        if tuple(tensor.shape) != expected[bare]:
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected[bare]}"
+            )
+        found[bare], origin[bare] = tensor, name
+    if unknown:
+        raise CheckpointError(
+            f"{source}: unexpected tensor(s) {_listing(unknown)} for a GPT-2 with "
+            f"n_layer={config.n_layer}"
+        )
+    missing = [n for n in expected if n not in found]
+    if missing:
+        raise CheckpointError(
+            f"{source}: missing tensor(s) " + _listing([f"{n} {expected[n]}" for n in missing])
+        )
+    return found
+
+
+def _listing(items, limit=5):
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def read_checkpoint(files: CheckpointFiles) -> dict[str, np.ndarray]:
+    """The tensors of every weight file, under the names stored (see `canonical_state_dict`)."""
+    tensors: dict[str, np.ndarray] = {}
+    where: dict[str, Path] = {}
+    for path in files.weights:
+        for name, tensor in read_safetensors(path).items():
+            if name in tensors:
+                raise CheckpointError(f"tensor {name!r} is in both {where[name]} and {path}")
+            tensors[name], where[name] = tensor, path
+    return tensors
