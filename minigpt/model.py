@@ -134,7 +134,8 @@ class GPT2:
             if not isinstance(tensor, np.ndarray) or tensor.dtype != np.float32:
                 raise CheckpointError(
                     f"{source}: tensor {name!r} is {type(tensor).__name__} "
-                    f"{getattr(tensor, 'dtype', '')}; expected a float32 array (convert explicitly)"
+                    f"{getattr(tensor, 'dtype', '')}; expected float32 (checkpoints may store "
+                    "F32, F16 or BF16; minigpt never narrows float64 silently)"
                 )
         tree = _nest(params)
         self.config = config

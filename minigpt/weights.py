@@ -35,7 +35,14 @@ INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 # safetensors dtype -> NumPy dtype of the stored bytes. bfloat16 is read as its raw uint16 bits.
-_STORED_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+# Only the three float types can be parameters; the rest are read so that buffers stored in them
+# (old files keep the causal mask `attn.bias` as U8 or BOOL) can be recognised and dropped.
+_STORED_DTYPES = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "F64": np.dtype("<f8"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+PARAMETER_DTYPES = ("F32", "F16", "BF16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,10 +165,11 @@ def _pickle_refusal(path: Path) -> str:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of one .safetensors file as a float32 array.
+    """Every tensor of one .safetensors file; F32, F16 and BF16 as float32 arrays.
 
     float32 tensors are read-only views of a memory map (no copy, page cache shared between
-    processes); float16 and bfloat16 are converted to float32 once.
+    processes); float16 and bfloat16 are converted to float32 once. Other dtypes keep theirs
+    (the model refuses them as parameters, naming the tensor).
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -192,7 +200,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets") from None
         if dtype not in _STORED_DTYPES:
             raise CheckpointError(
-                f"{where} has dtype {dtype}; minigpt reads F32, F16 and BF16 (computing in float32)"
+                f"{where} has dtype {dtype}, which minigpt cannot read "
+                f"(parameters must be {', '.join(PARAMETER_DTYPES)})"
             )
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
             raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
@@ -216,6 +225,8 @@ def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         return (raw.astype(np.uint32) << 16).view(np.float32)
     if dtype == "F16":
         return raw.astype(np.float32)
+    if dtype != "F32":
+        return raw
     if not raw.flags.aligned:  # a header length not a multiple of 4; BLAS wants aligned data
         return raw.astype(np.float32)
     return raw.view(np.float32)  # '<f4' -> native float32, still the zero-copy map

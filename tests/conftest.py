@@ -1,0 +1,141 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from minigpt import GPT2, GPT2Config
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, importable by test modules
+
+# CI runs the "ci" profile: derandomized, so a red build is reproducible from its log.
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The transformers reference module (tests/reference.py), with torch imported.
+
+    Without torch/transformers these tests skip, unless MINIGPT_REQUIRE_REFERENCE=1 (as in CI),
+    where a missing reference is a failure: parity must never silently not run.
+    """
+    try:
+        import reference as ref  # noqa: F401  (imports torch and transformers)
+    except ImportError as e:
+        if os.environ.get("MINIGPT_REQUIRE_REFERENCE") == "1":
+            pytest.fail(f"MINIGPT_REQUIRE_REFERENCE=1 but the reference cannot be imported: {e}")
+        pytest.skip(f"reference implementation not installed ({e}); install the 'test' extra")
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Random models without torch: a config strategy and NumPy parameters of the right shapes.
+
+
+@st.composite
+def configs(draw, max_layers=4, max_heads=4, max_positions=24):
+    n_head = draw(st.integers(1, max_heads))
+    return GPT2Config(
+        n_layer=draw(st.integers(1, max_layers)),
+        n_head=n_head,
+        n_embd=n_head * draw(st.integers(4, 32)),
+        n_positions=draw(st.integers(1, max_positions)),
+        vocab_size=draw(st.integers(2, 120)),
+        layer_norm_epsilon=draw(st.sampled_from([1e-5, 1e-3])),
+        activation_function=draw(st.sampled_from(["gelu_new", "gelu_pytorch_tanh"])),
+        n_inner=draw(st.one_of(st.none(), st.integers(1, 64))),
+    )
+
+
+def random_state_dict(config: GPT2Config, seed: int) -> dict[str, np.ndarray]:
+    from minigpt.weights import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in expected_shapes(config).items():
+        is_norm = ".ln_" in name or name.startswith("ln_f")
+        std = 0.3 if is_norm or name.endswith("bias") else 0.1
+        offset = 1.0 if is_norm and name.endswith("weight") else 0.0  # gains around 1
+        out[name] = (rng.normal(0.0, std, shape) + offset).astype(np.float32)
+    return out
+
+
+def random_model(config: GPT2Config, seed: int = 0) -> GPT2:
+    return GPT2(config, random_state_dict(config, seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity tolerance, for logits, hidden states and every hook:
+#
+#     |minigpt - reference| <= TOL * (1 + max |reference| along the last axis)
+#
+# Both sides compute in float32 on identical weights and differ only in summation order (BLAS
+# blocking, fused kernels). The rounding error of a dot product is a few ulps of the *sum of its
+# terms' sizes*, not of its result, so an element near zero in a vector of large ones (a logit of
+# 0.005 beside logits of 8) carries an error of the large ones' size: an elementwise rtol would
+# fail it, and a bound relative to the vector's scale is the honest one. TOL = 1e-4 is ~800
+# float32 ulps (eps = 1.2e-7); a wrong formula is far outside it (erf-GELU for tanh-GELU moves
+# activations by up to 5e-4, a missing 1/sqrt(d_head) or an unbiased variance by percent). The
+# largest differences actually seen, absolute and scaled, are printed at the end of the run.
+
+TOL = 1e-4
+
+
+def scaled_error(ours, ref) -> float:
+    """max |ours - ref| / (1 + max |ref| along the last axis): the quantity bounded by TOL."""
+    diff = np.abs(ours.astype(np.float64) - ref)
+    scale = 1.0 + np.abs(ref).max(axis=-1, keepdims=True)
+    return float((diff / scale).max()) if diff.size else 0.0
+
+
+def assert_close(ours, ref, what):
+    assert ours.dtype == np.float32, f"{what}: {ours.dtype}"
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape}, reference {ref.shape}"
+    err = scaled_error(ours, ref)
+    assert err <= TOL, f"{what}: scaled error {err:.3e} > {TOL:.0e} (max abs {max_abs(ours, ref):.3e})"
+    return err
+
+
+def max_abs(a, b):
+    return float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+
+
+def assert_same_argmax(logits, ref_logits):
+    """The argmax agrees wherever the reference's top two are further apart than twice the tolerance."""
+    top2 = np.sort(ref_logits, axis=-1)[..., -2:]
+    margin = 2 * TOL * (1 + np.abs(ref_logits).max(axis=-1))
+    clear = (top2[..., 1] - top2[..., 0]) > margin
+    assert (logits.argmax(-1) == ref_logits.argmax(-1))[clear].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity figures: the largest differences seen, printed at the end of the run (and written to
+# $MINIGPT_PARITY_REPORT as JSON when set), so that they can be quoted rather than guessed.
+
+PARITY = {"examples": {}, "max_abs_diff": {}}  # "max_abs_diff" keys named "scaled ..." hold scaled errors
+
+
+def record_parity(test: str, diffs: dict[str, float]) -> None:
+    """Count one example of `test` and keep the largest of each difference (abs or scaled)."""
+    PARITY["examples"][test] = PARITY["examples"].get(test, 0) + 1
+    for key, value in diffs.items():
+        PARITY["max_abs_diff"][key] = max(PARITY["max_abs_diff"].get(key, 0.0), float(value))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not PARITY["examples"]:
+        return
+    tr = terminalreporter
+    tr.section("parity with transformers")
+    for test, n in sorted(PARITY["examples"].items()):
+        tr.write_line(f"{test}: {n} examples")
+    for key, value in sorted(PARITY["max_abs_diff"].items()):
+        tr.write_line(f"max {'scaled error' if key.startswith('scaled') else '|minigpt - transformers|'} {key.removeprefix('scaled ')}: {value:.3e}")
+    if os.environ.get("MINIGPT_PARITY_REPORT"):
+        Path(os.environ["MINIGPT_PARITY_REPORT"]).write_text(json.dumps(PARITY, indent=2))

@@ -1,0 +1,89 @@
+"""minigpt against transformers (PyTorch, CPU) on the same checkpoint files.
+
+The tolerance, and why it is what it is, is in conftest.py (`assert_close`).
+"""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_close, assert_same_argmax, configs, max_abs, record_parity
+from minigpt import GPT2, GPT2Config
+
+
+@st.composite
+def cases(draw):
+    config = draw(configs(max_positions=32))
+    batch = draw(st.integers(1, 3))
+    seq = draw(st.integers(1, config.n_positions))
+    tokens = np.array(draw(st.lists(st.integers(0, config.vocab_size - 1),
+                                    min_size=batch * seq, max_size=batch * seq))).reshape(batch, seq)
+    return config, tokens, draw(st.integers(0, 2**31 - 1))
+
+
+def check_against_reference(reference, dtype, layout, case, test):
+    config, tokens, seed = case
+    with tempfile.TemporaryDirectory() as folder:
+        reference.write_checkpoint(Path(folder), config, seed, dtype=dtype, layout=layout)
+        ref_logits, ref_hidden, ref_acts = reference.reference_run(Path(folder), tokens)
+        model = GPT2.from_pretrained(folder)
+        logits, cache = model.run_with_cache(tokens)
+
+    errors = [assert_close(logits, ref_logits, "logits")]
+    # hidden_states[L] is resid_pre of block L; the last one has ln_f (gain and bias) applied.
+    ours_hidden = [cache[f"blocks.{L}.hook_resid_pre"] for L in range(config.n_layer)]
+    ours_hidden.append(cache["ln_final.hook_normalized"] * model.ln_f["weight"] + model.ln_f["bias"])
+    assert len(ours_hidden) == len(ref_hidden) == config.n_layer + 1
+    for L, (ours, ref) in enumerate(zip(ours_hidden, ref_hidden)):
+        errors.append(assert_close(ours, ref, f"hidden_states[{L}]"))
+    # Every hook point that transformers exposes, under its TransformerLens name.
+    assert set(ref_acts) <= set(cache)
+    for name, ref in ref_acts.items():
+        errors.append(assert_close(cache[name], ref, name))
+    assert_same_argmax(logits, ref_logits)
+
+    record_parity(test, {
+        "logits": max_abs(logits, ref_logits),
+        "hidden_states": max(max_abs(o, r) for o, r in zip(ours_hidden, ref_hidden)),
+        "hooks": max(max_abs(cache[n], r) for n, r in ref_acts.items()),
+        "scaled all tensors": max(errors),
+    })
+
+
+@settings(max_examples=60)
+@given(case=cases())
+def test_float32_checkpoint_matches_transformers(reference, case):
+    check_against_reference(reference, "float32", "prefixed", case, "float32 prefixed")
+
+
+@pytest.mark.parametrize("dtype,layout", [
+    ("float16", "prefixed"),
+    ("bfloat16", "prefixed"),
+    ("float32", "bare"),       # the hub's gpt2 layout, with attn.bias buffers
+    ("bfloat16", "bare"),
+    ("float32", "sharded"),
+])
+@settings(max_examples=15)
+@given(case=cases())
+def test_other_dtypes_and_layouts_match_transformers(reference, dtype, layout, case):
+    check_against_reference(reference, dtype, layout, case, f"{dtype} {layout}")
+
+
+def test_gpt2_shape_matches_transformers(reference, tmp_path):
+    """The real gpt2 shape (12 x 768, vocab 50257, 1024 positions) on random weights."""
+    config = GPT2Config()  # the defaults are gpt2's
+    reference.write_checkpoint(tmp_path, config, seed=1, layout="bare")
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, 64))
+    ref_logits, ref_hidden, _ = reference.reference_run(tmp_path, tokens)
+    model = GPT2.from_pretrained(tmp_path)
+    logits, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_resid_pre"))
+    errors = [assert_close(logits, ref_logits, "logits")]
+    for L in range(config.n_layer):
+        errors.append(assert_close(cache[f"blocks.{L}.hook_resid_pre"], ref_hidden[L], f"hidden_states[{L}]"))
+    assert_same_argmax(logits, ref_logits)
+    record_parity("gpt2 shape", {"logits (gpt2 shape)": max_abs(logits, ref_logits),
+                                 "scaled gpt2 shape": max(errors)})
