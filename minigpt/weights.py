@@ -98,33 +98,38 @@ def _hub_files(repo_id: str, revision: str | None) -> CheckpointFiles:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     where = f"hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    not_cached = []  # files we could not tell exist or not: not cached, and the hub unreachable
 
-    def fetch(filename):
+    def fetch(filename, required=True):
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision))
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            raise
-        except Exception as e:  # no network, unknown repo or revision, gated repo, ...
+        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
+            not_cached.append(filename)
+            if not required:
+                return None
             raise CheckpointError(
-                f"could not fetch {filename} from {where}: {e}\n"
-                "(with HF_HUB_OFFLINE=1 files come from the local HF cache only)"
-            ) from e
+                f"{filename} of {where} is not in the local Hugging Face cache, and the hub could "
+                "not be reached (no network, or HF_HUB_OFFLINE=1). Download it once with network "
+                "access, or pass a local folder."
+            ) from None
+        except EntryNotFoundError:
+            if not required:
+                return None
+            raise CheckpointError(f"{where} has no {filename}") from None
+        except Exception as e:  # unknown repo or revision, gated repo, network errors, ...
+            raise CheckpointError(f"could not fetch {filename} from {where}: {e}") from e
 
-    try:
-        config = fetch("config.json")
-    except (EntryNotFoundError, LocalEntryNotFoundError) as e:
-        raise CheckpointError(f"{where} has no config.json ({type(e).__name__})") from e
-    try:
-        return CheckpointFiles(config, (fetch(SINGLE_FILE),))
-    except (EntryNotFoundError, LocalEntryNotFoundError):
-        pass
-    try:
-        index = fetch(INDEX_FILE)
-    except (EntryNotFoundError, LocalEntryNotFoundError) as e:
+    config = fetch("config.json")
+    single = fetch(SINGLE_FILE, required=False)
+    if single is not None:
+        return CheckpointFiles(config, (single,))
+    index = fetch(INDEX_FILE, required=False)
+    if index is None:
+        missing = "has neither" if not not_cached else "has, in the local cache, neither"
         raise CheckpointError(
-            f"{where} has neither {SINGLE_FILE} nor {INDEX_FILE} (or, offline, they are not in "
-            f"the cache). minigpt reads safetensors only: {_PICKLE_WHY}"
-        ) from e
+            f"{where} {missing} {SINGLE_FILE} nor {INDEX_FILE}. minigpt reads safetensors only: "
+            + _PICKLE_WHY
+        )
     return CheckpointFiles(config, tuple(fetch(s) for s in _shard_names(index)))
 
 

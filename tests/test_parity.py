@@ -87,3 +87,34 @@ def test_gpt2_shape_matches_transformers(reference, tmp_path):
     assert_same_argmax(logits, ref_logits)
     record_parity("gpt2 shape", {"logits (gpt2 shape)": max_abs(logits, ref_logits),
                                  "scaled gpt2 shape": max(errors)})
+
+
+def test_primitives_match_torch_elementwise(reference):
+    """GELU, softmax and LayerNorm against transformers/torch on values across their whole range.
+
+    Elementwise and tight (float32 ulps), so that a near miss such as erf-GELU for tanh-GELU
+    (up to 5e-4 apart around |x| = 2), which random models exercise only weakly, fails here.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers.activations import ACT2FN
+
+    from minigpt.model import gelu_new, normalize, softmax
+
+    x = np.linspace(-12, 12, 24000, dtype=np.float32).reshape(3, -1)
+    for name in ("gelu_new", "gelu_pytorch_tanh"):
+        ref = ACT2FN[name](torch.from_numpy(x)).numpy()
+        assert gelu_new(x).dtype == np.float32
+        np.testing.assert_allclose(gelu_new(x), ref, rtol=1e-6, atol=2e-6, err_msg=name)
+
+    rng = np.random.default_rng(0)
+    scores = (rng.normal(size=(4, 7, 33)) * 20).astype(np.float32)
+    scores[..., ::3] = -np.inf  # masked keys, as in causal attention
+    np.testing.assert_allclose(softmax(scores), torch.softmax(torch.from_numpy(scores), -1).numpy(),
+                               rtol=1e-6, atol=1e-7)
+
+    h = (rng.normal(size=(5, 64)) * 50 + 3).astype(np.float32)
+    normalized, scale = normalize(h, 1e-5)
+    t = torch.from_numpy(h)
+    np.testing.assert_allclose(normalized, F.layer_norm(t, (64,), eps=1e-5).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scale, (t.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt().numpy(), rtol=1e-6)

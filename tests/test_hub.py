@@ -1,0 +1,104 @@
+"""Hub ids, offline: a Hugging Face cache laid out as huggingface_hub lays it out, read with
+HF_HUB_OFFLINE=1 in a fresh process (the variable is read when huggingface_hub is imported).
+
+    $HF_HUB_CACHE/models--{org}--{name}/refs/{branch}            -> a commit hash
+    $HF_HUB_CACHE/models--{org}--{name}/snapshots/{commit}/...   -> the files at that commit
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from conftest import random_state_dict
+from minigpt import GPT2, GPT2Config
+
+CONFIG = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=13)
+TOKENS = [[1, 2, 3, 4, 5]]
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def add_snapshot(cache: Path, repo: str, commit: str, files: dict[str, object], branch: str | None = None):
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        if isinstance(content, dict) and name.endswith(".safetensors"):
+            save_file(content, snap / name)
+        else:
+            (snap / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    if branch:
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / branch).write_text(commit)
+
+
+def config_json():
+    return {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 8, "n_positions": 8, "vocab_size": 13}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hf-cache")
+    a, b = random_state_dict(CONFIG, seed=1), random_state_dict(CONFIG, seed=2)
+    add_snapshot(cache, "acme/tiny-gpt2", COMMIT_A, {"config.json": config_json(), "model.safetensors": a}, "main")
+    add_snapshot(cache, "acme/tiny-gpt2", COMMIT_B, {"config.json": config_json(), "model.safetensors": b}, "v2")
+    names = sorted(a)
+    add_snapshot(cache, "acme/sharded", COMMIT_A, {
+        "config.json": config_json(),
+        "model-1.safetensors": {k: a[k] for k in names[::2]},
+        "model-2.safetensors": {k: a[k] for k in names[1::2]},
+        "model.safetensors.index.json": {"weight_map": {k: f"model-{1 + i % 2}.safetensors" for i, k in enumerate(names)}},
+    }, "main")
+    add_snapshot(cache, "acme/pickled", COMMIT_A, {"config.json": config_json(), "pytorch_model.bin": "not read"}, "main")
+    return cache, {"a": GPT2(CONFIG, a)(TOKENS), "b": GPT2(CONFIG, b)(TOKENS)}
+
+
+def load_offline(cache_dir: Path, name: str, revision: str | None = None):
+    """GPT2.from_pretrained in a fresh process with HF_HUB_OFFLINE=1: its logits, or its error."""
+    script = (
+        "import json, sys, minigpt\n"
+        f"try: m = minigpt.GPT2.from_pretrained({name!r}, revision={revision!r})\n"
+        "except Exception as e: print(json.dumps({'error': type(e).__name__ + ': ' + str(e)})); sys.exit()\n"
+        f"print(json.dumps({{'logits': m({TOKENS!r}).tolist()}}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache_dir), "HF_HOME": str(cache_dir)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return np.array(result["logits"], np.float32) if "logits" in result else result["error"]
+
+
+def test_hub_id_loads_from_the_cache_offline_at_the_default_revision(cache):
+    cache_dir, expected = cache
+    np.testing.assert_array_equal(load_offline(cache_dir, "acme/tiny-gpt2"), expected["a"])
+
+
+@pytest.mark.parametrize("revision,which", [("v2", "b"), (COMMIT_B, "b"), (COMMIT_A, "a"), ("main", "a")])
+def test_revision_is_honoured(cache, revision, which):
+    cache_dir, expected = cache
+    np.testing.assert_array_equal(load_offline(cache_dir, "acme/tiny-gpt2", revision), expected[which])
+
+
+def test_sharded_hub_checkpoint_loads_offline(cache):
+    cache_dir, expected = cache
+    np.testing.assert_array_equal(load_offline(cache_dir, "acme/sharded"), expected["a"])
+
+
+def test_uncached_repo_offline_says_what_is_missing_and_why(cache):
+    error = load_offline(cache[0], "acme/elsewhere")
+    assert error.startswith("CheckpointError: config.json of hub repo 'acme/elsewhere' is not in the local")
+    assert "HF_HUB_OFFLINE=1" in error
+    error = load_offline(cache[0], "acme/tiny-gpt2", revision="v3")
+    assert "hub repo 'acme/tiny-gpt2' at revision 'v3'" in error
+
+
+def test_hub_repo_with_only_a_pickle_is_refused(cache):
+    error = load_offline(cache[0], "acme/pickled")
+    assert error.startswith("CheckpointError: hub repo 'acme/pickled' has, in the local cache, neither "
+                            "model.safetensors nor model.safetensors.index.json")
+    assert "unpickling can run arbitrary code" in error
