@@ -162,7 +162,7 @@ class GPT2:
 
     def __call__(self, tokens):
         """Logits, float32 [batch, pos, vocab], for token ids of shape [pos] or [batch, pos]."""
-        return self.forward(tokens, _HookPoints({}, None, set()))
+        return self.forward(tokens)
 
     def run_with_cache(self, tokens, names=None):
         """(logits, cache): cache maps hook name -> activation, in forward order.
@@ -197,9 +197,9 @@ class GPT2:
         return [names] if isinstance(names, str) else list(names)
 
     def check_hook_name(self, name: str) -> None:
-        if not isinstance(name, str) or not _HOOK_PATTERN.fullmatch(name):
+        m = _HOOK_PATTERN.fullmatch(name) if isinstance(name, str) else None
+        if m is None:
             raise ValueError(f"unknown hook name {name!r}; {HOOK_NAME_HELP}")
-        m = _HOOK_PATTERN.fullmatch(name)
         if m.group(2) is not None and int(m.group(2)) >= self.config.n_layer:
             raise ValueError(
                 f"hook name {name!r}: this model has blocks 0 to {self.config.n_layer - 1}"
@@ -207,8 +207,9 @@ class GPT2:
 
     # --- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, tokens, hook: _HookPoints):
+    def forward(self, tokens, hook: _HookPoints | None = None):
         xp = self.xp
+        hook = hook or _HookPoints({}, None, set())
         tokens = self.check_tokens(tokens)                                     # [batch, pos]
         batch, seq = tokens.shape
         positions = xp.broadcast_to(xp.arange(seq), (batch, seq))              # [batch, pos]
@@ -261,8 +262,12 @@ class GPT2:
 
     # --- input checks --------------------------------------------------------------------------
 
-    def check_tokens(self, tokens) -> np.ndarray:
-        """Token ids as an integer array [batch, pos], or an error that says what is wrong."""
+    def check_tokens(self, tokens):
+        """Token ids as an integer array [batch, pos] of `self.xp`, or an error saying what is wrong.
+
+        Checked on the host, where ids come from, before they index anything: an out-of-range
+        index must be an error here, not a wrap-around (as in CuPy) or an IndexError deep inside.
+        """
         try:
             ids = np.asarray(tokens)
         except ValueError as e:  # ragged nested lists
@@ -283,7 +288,7 @@ class GPT2:
             raise ValueError(
                 f"token id {int(ids[b, t])} at batch row {b}, position {t} is outside the vocabulary [0, {V})"
             )
-        return ids.astype(np.intp, copy=False)
+        return self.xp.asarray(ids.astype(np.intp, copy=False))
 
 
 def _nest(flat: dict) -> dict:

@@ -226,8 +226,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
-        # bfloat16 is the top half of a float32: put its 16 bits there, zero the rest.
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        # bfloat16 is the top half of a float32: put its 16 bits there, zero the rest (in place,
+        # so that the only new memory is the float32 result).
+        wide = raw.astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
     if dtype == "F16":
         return raw.astype(np.float32)
     if dtype != "F32":

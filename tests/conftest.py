@@ -115,27 +115,32 @@ def assert_same_argmax(logits, ref_logits):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parity figures: the largest differences seen, printed at the end of the run (and written to
-# $MINIGPT_PARITY_REPORT as JSON when set), so that they can be quoted rather than guessed.
+# Parity figures: per case, the examples run and the largest differences seen, printed at the end
+# of the run as a Markdown table (and written to $MINIGPT_PARITY_REPORT as JSON when set), so
+# that they can be quoted rather than guessed.
 
-PARITY = {"examples": {}, "max_abs_diff": {}}  # "max_abs_diff" keys named "scaled ..." hold scaled errors
+PARITY: dict[str, dict[str, float]] = {}
+FIGURES = ("logits", "hidden_states", "hooks", "scaled")  # max |diff|, and max scaled error
 
 
-def record_parity(test: str, diffs: dict[str, float]) -> None:
-    """Count one example of `test` and keep the largest of each difference (abs or scaled)."""
-    PARITY["examples"][test] = PARITY["examples"].get(test, 0) + 1
+def record_parity(case: str, **diffs: float) -> None:
+    """Count one example of `case`; keep the largest of each figure in FIGURES."""
+    row = PARITY.setdefault(case, {"examples": 0})
+    row["examples"] += 1
     for key, value in diffs.items():
-        PARITY["max_abs_diff"][key] = max(PARITY["max_abs_diff"].get(key, 0.0), float(value))
+        assert key in FIGURES, key
+        row[key] = max(row.get(key, 0.0), float(value))
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not PARITY["examples"]:
+    if not PARITY:
         return
     tr = terminalreporter
     tr.section("parity with transformers")
-    for test, n in sorted(PARITY["examples"].items()):
-        tr.write_line(f"{test}: {n} examples")
-    for key, value in sorted(PARITY["max_abs_diff"].items()):
-        tr.write_line(f"max {'scaled error' if key.startswith('scaled') else '|minigpt - transformers|'} {key.removeprefix('scaled ')}: {value:.3e}")
+    tr.write_line("| case | examples | max abs: logits | hidden_states | hooks | max scaled error |")
+    tr.write_line("|---|---|---|---|---|---|")
+    for case, row in PARITY.items():
+        cells = [f"{row[k]:.1e}" if k in row else "-" for k in FIGURES]
+        tr.write_line(f"| {case} | {row['examples']} | " + " | ".join(cells) + " |")
     if os.environ.get("MINIGPT_PARITY_REPORT"):
         Path(os.environ["MINIGPT_PARITY_REPORT"]).write_text(json.dumps(PARITY, indent=2))

@@ -30,8 +30,8 @@ def test_committed_checkpoint_matches_stored_transformers_outputs():
     assert len(ours) == len(ref_hidden)
     errors += [assert_close(o, r, f"hidden_states[{i}]") for i, (o, r) in enumerate(zip(ours, ref_hidden))]
     assert_same_argmax(logits, ref_logits)
-    record_parity("committed fixture", {"logits (fixture)": max_abs(logits, ref_logits),
-                                        "scaled fixture": max(errors)})
+    record_parity("committed fixture (stored outputs)", logits=max_abs(logits, ref_logits),
+                  hidden_states=max(max_abs(o, r) for o, r in zip(ours, ref_hidden)), scaled=max(errors))
 
 
 def test_stored_outputs_are_what_transformers_computes_today(reference):
