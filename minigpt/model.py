@@ -48,11 +48,13 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def normalize(x, eps):
-    """LayerNorm before its gain and bias: (x - mean) / scale, with the biased variance."""
-    centred = x - x.mean(axis=-1, keepdims=True)
-    scale = ((centred * centred).mean(axis=-1, keepdims=True) + eps) ** 0.5  # [..., 1]
-    return centred / scale, scale
+def centre(x):
+    return x - x.mean(axis=-1, keepdims=True)
+
+
+def rms_scale(centred, eps):
+    """LayerNorm's divisor sqrt(var + eps), with the biased variance, of already-centred x."""
+    return ((centred * centred).mean(axis=-1, keepdims=True) + eps) ** 0.5  # [..., 1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,19 +227,17 @@ class GPT2:
     def block(self, L: int, p: dict, x, hook: _HookPoints):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
-        attn_out = hook(b + "hook_attn_out",
-                        self.attention(b + "attn", self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook),
-                                       **p["attn"], hook=hook))
+        ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook)
+        attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook))
         resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
-        mlp_out = hook(b + "hook_mlp_out",
-                       self.mlp(b + "mlp", self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook),
-                                **p["mlp"], hook=hook))
+        ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook)
+        mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
         return hook(b + "hook_resid_post", resid_mid + mlp_out)
 
     def layer_norm(self, name: str, x, p: dict, hook: _HookPoints):
-        normalized, scale = normalize(x, self.config.layer_norm_epsilon)
-        hook(name + ".hook_scale", scale)                                      # [batch, pos, 1]
-        normalized = hook(name + ".hook_normalized", normalized)               # [batch, pos, d_model]
+        centred = centre(x)                                                    # [batch, pos, d_model]
+        scale = hook(name + ".hook_scale", rms_scale(centred, self.config.layer_norm_epsilon))  # [batch, pos, 1]
+        normalized = hook(name + ".hook_normalized", centred / scale)
         return normalized * p["weight"] + p["bias"]
 
     def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints):

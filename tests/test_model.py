@@ -141,6 +141,30 @@ def test_resid_pre_hook_changes_only_what_flows_into_that_block(mt, data):
     assert not np.allclose(logits[:, t], clean_logits[:, t])
 
 
+def test_a_replacement_at_every_hook_point_flows_on():
+    """Each point's returned array is what the rest of the pass uses (TransformerLens semantics:
+    e.g. LayerNorm divides by the hooked scale). The edit varies along the last axis, since
+    LayerNorm would cancel a uniform scale and shift."""
+    model = random_model(GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=6, vocab_size=11), seed=3)
+    tokens = np.array([[1, 2, 3, 4, 5]])
+    clean = model(tokens)
+    for name in model.hook_names:
+        logits = model.run_with_hooks(
+            tokens, [(name, lambda x, n: x * 3.0 + np.linspace(0, 1, x.shape[-1], dtype=np.float32))])
+        assert not np.allclose(logits, clean, rtol=1e-4, atol=1e-4), name
+
+
+def test_layer_norm_divides_by_the_hooked_scale():
+    model = random_model(GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=6, vocab_size=11))
+    tokens = np.array([[1, 2, 3]])
+    _, clean = model.run_with_cache(tokens)
+    seen = {}
+    model.run_with_hooks(tokens, [("blocks.0.ln1.hook_scale", lambda x, n: x * np.float32(2.0)),
+                                  ("blocks.0.ln1.hook_normalized", lambda x, n: seen.setdefault(n, x.copy()))])
+    np.testing.assert_allclose(seen["blocks.0.ln1.hook_normalized"], clean["blocks.0.ln1.hook_normalized"] / 2,
+                               rtol=1e-6)
+
+
 def _cache_with_hooks(model, tokens, fwd_hooks):
     """Run hooks and record every point after them (the cache sees what flows on)."""
     cache = {}
