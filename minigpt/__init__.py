@@ -2,6 +2,6 @@
 
 from .config import ConfigError, GPT2Config
 from .model import GPT2, hook_names
-from .weights import CheckpointError
+from .sources import CheckpointError
 
 __all__ = ["GPT2", "GPT2Config", "ConfigError", "CheckpointError", "hook_names"]

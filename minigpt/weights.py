@@ -1,6 +1,6 @@
-"""Finding a GPT-2 checkpoint (local folder or hub id) and reading its tensors, safetensors only.
+"""Finding a GPT-2 checkpoint's weight files and reading its tensors, safetensors only.
 
-The flow is `resolve_checkpoint` (which files) -> `read_checkpoint` (their tensors, float32) ->
+The flow is `resolve_checkpoint` (which files, via sources.py) -> `read_checkpoint` (their tensors, float32) ->
 `canonical_state_dict` (names checked against the shapes the config implies; the model calls it).
 
 We parse safetensors ourselves instead of calling `safetensors.numpy`: the format is a JSON
@@ -24,15 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import GPT2Config
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unsafe, malformed, or does not fit its config."""
+from .sources import PICKLE_SUFFIXES, PICKLE_WHY, CheckpointError, Source, locate
 
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 # safetensors dtype -> NumPy dtype of the stored bytes. bfloat16 is read as its raw uint16 bits.
 # Only the three float types can be parameters; the rest are read so that buffers stored in them
@@ -46,7 +42,7 @@ PARAMETER_DTYPES = ("F32", "F16", "BF16")
 
 
 # ---------------------------------------------------------------------------------------------
-# Which files: a local folder or a hub id
+# Which files
 
 
 @dataclass(frozen=True)
@@ -56,88 +52,34 @@ class CheckpointFiles:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> CheckpointFiles:
-    """Local folder if one exists at that path, else a Hugging Face hub id."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if revision is not None:
-            raise ValueError(
-                f"revision={revision!r} applies to hub ids, but {str(name_or_path)!r} is a local folder"
-            )
-        return _local_files(path)
-    if path.is_file():
-        raise CheckpointError(_pickle_refusal(path) if path.suffix in PICKLE_SUFFIXES else
-                              f"{path} is a file; pass the folder that holds config.json and "
-                              f"{SINGLE_FILE}")
-    name = str(name_or_path)
-    if not _looks_like_hub_id(name):
-        raise CheckpointError(f"{name!r}: no such folder, and not a hub id (like 'gpt2' or 'org/name')")
-    return _hub_files(name, revision)
+    """config.json and the safetensors file(s) of a local folder or hub id."""
+    return checkpoint_files(locate(name_or_path, revision))
 
 
-def _local_files(folder: Path) -> CheckpointFiles:
-    config = folder / "config.json"
-    if not config.is_file():
-        raise CheckpointError(f"{folder}: no config.json (expected the Hugging Face folder layout)")
-    if (folder / SINGLE_FILE).is_file():
-        return CheckpointFiles(config, (folder / SINGLE_FILE,))
-    if (folder / INDEX_FILE).is_file():
-        shards = _shard_names(folder / INDEX_FILE)
-        for shard in shards:
-            if not (folder / shard).is_file():
-                raise CheckpointError(f"{folder / INDEX_FILE} names shard {shard!r}, which is missing")
-        return CheckpointFiles(config, tuple(folder / s for s in shards))
-    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise CheckpointError(_pickle_refusal(pickles[0]))
-    raise CheckpointError(f"{folder}: no {SINGLE_FILE} and no {INDEX_FILE}")
-
-
-def _hub_files(repo_id: str, revision: str | None) -> CheckpointFiles:
-    # Imported here so that loading a local folder never pays for importing the hub client.
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    where = f"hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    not_cached = []  # files we could not tell exist or not: not cached, and the hub unreachable
-
-    def fetch(filename, required=True):
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
-        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
-            not_cached.append(filename)
-            if not required:
-                return None
-            raise CheckpointError(
-                f"{filename} of {where} is not in the local Hugging Face cache, and the hub could "
-                "not be reached (no network, or HF_HUB_OFFLINE=1). Download it once with network "
-                "access, or pass a local folder."
-            ) from None
-        except EntryNotFoundError:
-            if not required:
-                return None
-            raise CheckpointError(f"{where} has no {filename}") from None
-        except Exception as e:  # unknown repo or revision, gated repo, network errors, ...
-            raise CheckpointError(f"could not fetch {filename} from {where}: {e}") from e
-
-    config = fetch("config.json")
-    single = fetch(SINGLE_FILE, required=False)
+def checkpoint_files(source: Source) -> CheckpointFiles:
+    if source.folder is not None and not (source.folder / "config.json").is_file():
+        raise CheckpointError(f"{source}: no config.json (expected the Hugging Face folder layout)")
+    config = source.file("config.json")
+    single = source.file(SINGLE_FILE, required=False)
     if single is not None:
         return CheckpointFiles(config, (single,))
-    index = fetch(INDEX_FILE, required=False)
-    if index is None:
-        missing = "has neither" if not not_cached else "has, in the local cache, neither"
-        raise CheckpointError(
-            f"{where} {missing} {SINGLE_FILE} nor {INDEX_FILE}. minigpt reads safetensors only: "
-            + _PICKLE_WHY
-        )
-    return CheckpointFiles(config, tuple(fetch(s) for s in _shard_names(index)))
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return _HUB_ID.fullmatch(name) is not None and ".." not in name
+    index = source.file(INDEX_FILE, required=False)
+    if index is not None:
+        shards = []
+        for name in _shard_names(index):
+            shard = source.file(name, required=False)
+            if shard is None:
+                raise CheckpointError(f"{index} names shard {name!r}, which is missing")
+            shards.append(shard)
+        return CheckpointFiles(config, tuple(shards))
+    if source.folder is not None:
+        pickles = sorted(p for p in source.folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(f"refusing to load {pickles[0]}: {PICKLE_WHY}")
+        raise CheckpointError(f"{source}: no {SINGLE_FILE} and no {INDEX_FILE}")
+    where = "has, in the local cache," if source.uncached else "has"
+    raise CheckpointError(f"{source} {where} neither {SINGLE_FILE} nor {INDEX_FILE}. "
+                          f"minigpt reads safetensors only: {PICKLE_WHY}")
 
 
 def _shard_names(index_path: Path) -> list[str]:
@@ -152,17 +94,6 @@ def _shard_names(index_path: Path) -> list[str]:
         if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise CheckpointError(f"{index_path}: shard name {shard!r} is not a .safetensors file name")
     return shards
-
-
-_PICKLE_WHY = (
-    "pickled checkpoints (.bin/.pt/.pth/.ckpt) are never opened, because unpickling can run "
-    "arbitrary code. Convert once, in an environment you trust, with transformers: "
-    "GPT2LMHeadModel.from_pretrained(SRC).save_pretrained(DST) writes model.safetensors."
-)
-
-
-def _pickle_refusal(path: Path) -> str:
-    return f"refusing to load {path}: {_PICKLE_WHY}"
 
 
 # ---------------------------------------------------------------------------------------------
