@@ -1,7 +1,25 @@
 """minigpt: GPT-2 in NumPy, every residual-stream step under its TransformerLens hook name."""
 
+from __future__ import annotations
+
+import os
+
 from .config import ConfigError, GPT2Config
 from .model import GPT2, hook_names
 from .sources import CheckpointError
+from .tokenizer import Tokenizer, TokenizerError
 
-__all__ = ["GPT2", "GPT2Config", "ConfigError", "CheckpointError", "hook_names"]
+__all__ = ["GPT2", "GPT2Config", "Tokenizer", "load", "ConfigError", "CheckpointError", "TokenizerError",
+           "hook_names"]
+
+
+def load(name_or_path: str | os.PathLike, revision: str | None = None) -> tuple[GPT2, Tokenizer]:
+    """The model and its tokenizer from one folder or hub id (e.g. `model, tok = load("gpt2")`)."""
+    model = GPT2.from_pretrained(name_or_path, revision=revision)
+    tokenizer = Tokenizer.from_pretrained(name_or_path, revision=revision)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{name_or_path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {model.config.vocab_size}; ids past it would have no embedding"
+        )
+    return model, tokenizer

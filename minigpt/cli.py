@@ -1,4 +1,4 @@
-"""`minigpt` command line: for now, the most likely next tokens after a prompt of token ids."""
+"""`minigpt` command line: for now, the most likely next tokens after a prompt."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import sys
 
 import numpy as np
 
+from . import load
 from .config import ConfigError
 from .model import GPT2, softmax
-from .weights import CheckpointError
+from .sources import CheckpointError
+from .tokenizer import EOT, Tokenizer
 
 
 def top_next_tokens(model: GPT2, ids: list[int], k: int) -> list[tuple[int, float, float]]:
@@ -23,26 +25,48 @@ def top_next_tokens(model: GPT2, ids: list[int], k: int) -> list[tuple[int, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minigpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    nxt = sub.add_parser("next", help="print the top next tokens for a prompt of token ids")
+    nxt = sub.add_parser("next", help="print the most likely next tokens after a prompt")
+    nxt.add_argument("text", nargs="?", help="the prompt (or give --ids)")
     nxt.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
     nxt.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
-    nxt.add_argument("--ids", required=True, type=int, nargs="+", help="prompt token ids, e.g. 15496 995")
+    nxt.add_argument("--ids", type=int, nargs="+", help="the prompt as token ids instead of text")
+    nxt.add_argument("--bos", action="store_true", help=f"prepend {EOT} (as TransformerLens and ActAdd do)")
     nxt.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
     args = parser.parse_args(argv)
 
+    if (args.text is None) == (args.ids is None):
+        parser.error("give the prompt either as TEXT or as --ids, not both")
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
-        model = GPT2.from_pretrained(args.model, revision=args.revision)
-        top = top_next_tokens(model, args.ids, args.top_k)
+        if args.text is not None:
+            model, tokenizer = load(args.model, revision=args.revision)
+            ids = tokenizer.encode(args.text)
+        else:
+            model, ids = GPT2.from_pretrained(args.model, revision=args.revision), list(args.ids)
+            try:  # token strings are nice to have; a folder without tokenizer files still works
+                tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
+            except CheckpointError:
+                tokenizer = None
+        if args.bos:
+            if tokenizer is None:
+                raise CheckpointError(f"--bos needs the tokenizer files (vocab.json, merges.txt) in {args.model}")
+            ids = [tokenizer.bos_token_id] + ids
+        top = top_next_tokens(model, ids, args.top_k)
     except (ConfigError, CheckpointError, ValueError, TypeError) as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
+
+    def show(i):
+        return repr(tokenizer.token_str(i)) if tokenizer else ""
+
     print(f"{model} from {args.model}")
-    print(f"prompt ids: {args.ids}")
-    print(f"{'rank':>4}  {'id':>6}  {'logit':>9}  {'prob':>7}")
+    print(f"prompt ids: {ids}")
+    if tokenizer:
+        print(f"prompt tokens: {' '.join(show(i) for i in ids)}")
+    print(f"{'rank':>4}  {'id':>6}  {'token':<16}  {'logit':>9}  {'prob':>7}")
     for rank, (i, logit, prob) in enumerate(top, 1):
-        print(f"{rank:>4}  {i:>6}  {logit:>9.3f}  {prob:>7.4f}")
+        print(f"{rank:>4}  {i:>6}  {show(i):<16}  {logit:>9.3f}  {prob:>7.4f}")
     return 0
 
 

@@ -34,6 +34,55 @@ def reference():
     return ref
 
 
+@pytest.fixture(scope="session")
+def tok_reference():
+    """tests/reference_tokenizers.py (Hugging Face tokenizers and tiktoken), like `reference`."""
+    try:
+        import reference_tokenizers as ref
+    except ImportError as e:
+        if os.environ.get("MINIGPT_REQUIRE_REFERENCE") == "1":
+            pytest.fail(f"MINIGPT_REQUIRE_REFERENCE=1 but the tokenizer references cannot be imported: {e}")
+        pytest.skip(f"reference tokenizers not installed ({e}); install the 'test' extra")
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared data (../shared, beside the checkout): read from a folder named by an environment
+# variable that .ci/run sets. Where it is unset these tests skip, saying so; where it is set, a
+# missing or altered folder is a failure.
+
+GPT2_TOKENIZER_SHA256 = {
+    "vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
+
+def _shared_folder(variable: str, what: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set: it names the folder of {what} (.ci/run sets it to ../shared/...)")
+    folder = Path(value)
+    if not folder.is_dir():
+        pytest.fail(f"{variable}={value} is not a folder")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir() -> Path:
+    """The genuine GPT-2 vocab.json and merges.txt, checked against the hashes tiktoken pins."""
+    import hashlib
+
+    folder = _shared_folder("MINIGPT_GPT2_TOKENIZER", "the genuine GPT-2 vocab.json and merges.txt")
+    for name, digest in GPT2_TOKENIZER_SHA256.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{folder / name} is altered"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpora_dir() -> Path:
+    return _shared_folder("MINIGPT_CORPORA", "the public-domain corpora (gutenberg/, tinyshakespeare/)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Random models without torch: a config strategy and NumPy parameters of the right shapes.
 
@@ -68,6 +117,45 @@ def random_state_dict(config: GPT2Config, seed: int) -> dict[str, np.ndarray]:
 
 def random_model(config: GPT2Config, seed: int = 0) -> GPT2:
     return GPT2(config, random_state_dict(config, seed))
+
+
+def write_model_folder(folder: Path, config: GPT2Config, seed: int = 0) -> Path:
+    """config.json + model.safetensors of a random model, written without torch."""
+    from dataclasses import asdict
+
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {"model_type": "gpt2", **{k: v for k, v in asdict(config).items() if v is not None}}
+    (folder / "config.json").write_text(json.dumps(raw))
+    save_file(random_state_dict(config, seed), folder / "model.safetensors")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# A tokenizer built by hand (no reference library, no outside data)
+
+
+def handmade_tokenizer():
+    """256 byte tokens, merges that build ' the', 'ab', 'abab', then <|endoftext|>: 262 tokens."""
+    from minigpt.tokenizer import EOT, Tokenizer, byte_alphabet
+
+    vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("a", "b"), ("ab", "ab")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab[EOT] = len(vocab)
+    return Tokenizer(vocab, merges)
+
+
+def write_tokenizer_files(folder: Path, tokenizer) -> Path:
+    """vocab.json + merges.txt in GPT-2's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.vocab, ensure_ascii=False), encoding="utf-8")
+    merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                       encoding="utf-8")
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------

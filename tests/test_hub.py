@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import random_state_dict
+from conftest import handmade_tokenizer, random_state_dict, write_tokenizer_files
 from minigpt import GPT2, GPT2Config
 
 CONFIG = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=13)
@@ -55,16 +55,25 @@ def cache(tmp_path_factory):
         "model.safetensors.index.json": {"weight_map": {k: f"model-{1 + i % 2}.safetensors" for i, k in enumerate(names)}},
     }, "main")
     add_snapshot(cache, "acme/pickled", COMMIT_A, {"config.json": config_json(), "pytorch_model.bin": "not read"}, "main")
-    return cache, {"a": GPT2(CONFIG, a)(TOKENS), "b": GPT2(CONFIG, b)(TOKENS)}
+    big = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=262)
+    c = random_state_dict(big, seed=3)
+    add_snapshot(cache, "acme/with-tokenizer", COMMIT_A,
+                 {"config.json": {**config_json(), "vocab_size": 262}, "model.safetensors": c}, "main")
+    write_tokenizer_files(cache / "models--acme--with-tokenizer" / "snapshots" / COMMIT_A, handmade_tokenizer())
+    ids = handmade_tokenizer().encode(" the abab")
+    return cache, {"a": GPT2(CONFIG, a)(TOKENS), "b": GPT2(CONFIG, b)(TOKENS), "c": GPT2(big, c)([ids])}
 
 
-def load_offline(cache_dir: Path, name: str, revision: str | None = None):
-    """GPT2.from_pretrained in a fresh process with HF_HUB_OFFLINE=1: its logits, or its error."""
+def load_offline(cache_dir: Path, name: str, revision: str | None = None, with_tokenizer: bool = False):
+    """GPT2.from_pretrained (or minigpt.load, encoding ' the abab') in a fresh process with
+    HF_HUB_OFFLINE=1: its logits, or its error."""
+    load = (f"m, tok = minigpt.load({name!r}, revision={revision!r}); ids = [tok.encode(' the abab')]"
+            if with_tokenizer else f"m = minigpt.GPT2.from_pretrained({name!r}, revision={revision!r}); ids = {TOKENS!r}")
     script = (
         "import json, sys, minigpt\n"
-        f"try: m = minigpt.GPT2.from_pretrained({name!r}, revision={revision!r})\n"
+        f"try: {load}\n"
         "except Exception as e: print(json.dumps({'error': type(e).__name__ + ': ' + str(e)})); sys.exit()\n"
-        f"print(json.dumps({{'logits': m({TOKENS!r}).tolist()}}))\n"
+        "print(json.dumps({'logits': m(ids).tolist()}))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache_dir), "HF_HOME": str(cache_dir)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
@@ -102,3 +111,10 @@ def test_hub_repo_with_only_a_pickle_is_refused(cache):
     assert error.startswith("CheckpointError: hub repo 'acme/pickled' has, in the local cache, neither "
                             "model.safetensors nor model.safetensors.index.json")
     assert "unpickling can run arbitrary code" in error
+
+
+def test_model_and_tokenizer_load_together_from_the_hub_cache(cache):
+    cache_dir, expected = cache
+    np.testing.assert_array_equal(load_offline(cache_dir, "acme/with-tokenizer", with_tokenizer=True), expected["c"])
+    error = load_offline(cache_dir, "acme/tiny-gpt2", with_tokenizer=True)
+    assert error.startswith("CheckpointError: vocab.json of hub repo 'acme/tiny-gpt2' is not in the local")

@@ -1,0 +1,309 @@
+"""GPT-2's byte-level BPE tokenizer, in pure Python (standard library only).
+
+    text  --pre-tokenize-->  words  --UTF-8, spelled in GPT-2's byte alphabet-->  symbols
+          --BPE merges, lowest rank first-->  tokens  --vocab.json-->  ids
+
+1. Pre-tokenization cuts text into words with GPT-2's pattern
+       's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+   a contraction, a run of letters, of digits or of other symbols (each with at most one leading
+   space), or whitespace. Merges never cross word boundaries.
+2. Each word's UTF-8 bytes are spelled with one printable character per byte (a space is 'Ġ'),
+   so that tokens are plain strings in vocab.json and merges.txt.
+3. BPE: merge the adjacent pair that comes first in merges.txt, again and again.
+4. Each token's id is its entry in vocab.json.
+
+Decoding runs 4, 2 backwards: ids -> token bytes -> UTF-8 text. The special token
+`<|endoftext|>` (GPT-2's BOS and EOS) is never produced from text unless the caller allows it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Collection, Iterable, Literal
+
+from .sources import CheckpointError, locate
+from .unicode_tables import LETTERS, NUMBERS, UNICODE_VERSION, WHITE_SPACE
+
+EOT = "<|endoftext|>"
+
+
+class TokenizerError(CheckpointError):
+    """vocab.json or merges.txt that is missing or malformed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Pre-tokenization: GPT-2's pattern with \p{L}, \p{N} and \s spelled out as Unicode 16.0
+#    ranges (Python's `re` has no \p{...}, and its \s is str.isspace, which differs).
+
+
+def _char_class(*tables, negate: bool = False) -> str:
+    spans = "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for t in tables for a, b in t)
+    return "[" + ("^" if negate else "") + spans + "]"
+
+
+_L, _N, _S = _char_class(LETTERS), _char_class(NUMBERS), _char_class(WHITE_SPACE)
+_NOT_S = _char_class(WHITE_SPACE, negate=True)                        # \S
+_OTHER = _char_class(WHITE_SPACE, LETTERS, NUMBERS, negate=True)      # [^\s\p{L}\p{N}]
+
+PATTERN = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?{_N}+| ?{_OTHER}+|{_S}+(?!{_NOT_S})|{_S}+")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. GPT-2's byte alphabet
+
+
+def byte_alphabet() -> list[str]:
+    """The character that spells each byte: printable Latin-1 bytes spell themselves; the other
+    68 (controls, space, NBSP, soft hyphen) are shifted to chr(256 + n), in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    alphabet, shifted = [], 0
+    for b in range(256):
+        if b in printable:
+            alphabet.append(chr(b))
+        else:
+            alphabet.append(chr(256 + shifted))
+            shifted += 1
+    return alphabet
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. BPE
+
+
+def bpe(symbols: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Merge adjacent pairs of `symbols`, lowest rank first and leftmost among equals, until no
+    pair has a rank. This is the order of Hugging Face tokenizers' BPE (a heap, O(n log n)), so
+    a long word costs no more than its length; a stale heap entry is skipped unless the pair at
+    its position still forms the same merged token."""
+    parts: list[str | None] = list(symbols)
+    if len(parts) < 2:
+        return parts
+    nxt = list(range(1, len(parts))) + [-1]   # linked list over positions; merged-away ones
+    prv = list(range(-1, len(parts) - 1))     # are None in `parts`
+    heap = [(ranks[pair], i, pair[0] + pair[1]) for i, pair in enumerate(zip(parts, parts[1:])) if pair in ranks]
+    heapq.heapify(heap)
+    while heap:
+        _, i, merged = heapq.heappop(heap)
+        j = nxt[i]
+        if parts[i] is None or j < 0 or parts[i] + parts[j] != merged:
+            continue
+        parts[i], parts[j] = merged, None
+        nxt[i] = nxt[j]
+        if nxt[j] >= 0:
+            prv[nxt[j]] = i
+        for a, b in ((prv[i], i), (i, nxt[i])):
+            if a >= 0 and b >= 0 and (parts[a], parts[b]) in ranks:
+                heapq.heappush(heap, (ranks[parts[a], parts[b]], a, parts[a] + parts[b]))
+    return [p for p in parts if p is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+class Tokenizer:
+    """GPT-2 byte-level BPE: `vocab` maps token strings (in the byte alphabet) to ids 0..n-1,
+    `merges` lists symbol pairs, first merged first. Both as in vocab.json / merges.txt."""
+
+    CACHE_SIZE = 100_000  # words remembered; cleared when full, so memory stays bounded
+
+    def __init__(self, vocab: dict[str, int], merges: Iterable[tuple[str, str]],
+                 _where: Callable[[int], str] | None = None, _source: str = "vocab"):
+        merges = list(merges)
+        where = _where or (lambda i: f"merges[{i}]")
+        _check_vocab(vocab, _source)
+        self.ranks: dict[tuple[str, str], int] = {}
+        for rank, (a, b) in enumerate(merges):
+            for token in (a, b, a + b):
+                if token not in vocab:
+                    raise TokenizerError(f"{where(rank)}: {token!r} is not in the vocabulary")
+            if (a, b) in self.ranks:
+                raise TokenizerError(f"{where(rank)}: merge {a!r} {b!r} repeats {where(self.ranks[a, b])}")
+            self.ranks[a, b] = rank
+        self.vocab = dict(vocab)
+        self.special_tokens = {EOT: vocab[EOT]}
+        alphabet = byte_alphabet()
+        self._spell = {b: alphabet[b] for b in range(256)}  # str.translate table: Latin-1 char -> symbol
+        unspell = {ch: b for b, ch in enumerate(alphabet)}
+        self._token_bytes = [b""] * len(vocab)
+        for token, i in vocab.items():
+            self._token_bytes[i] = token.encode() if token in self.special_tokens else bytes(unspell[c] for c in token)
+        self._cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> Tokenizer:
+        """vocab.json + merges.txt from a local folder or hub id (resolved as the model is)."""
+        source = locate(name_or_path, revision)
+        return cls.from_files(source.file("vocab.json"), source.file("merges.txt"))
+
+    @classmethod
+    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> Tokenizer:
+        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+        vocab = _read_vocab(vocab_path)
+        merges, lines = _read_merges(merges_path)
+        return cls(vocab, merges, _where=lambda i: f"{merges_path}:{lines[i]}", _source=str(vocab_path))
+
+    def __repr__(self):
+        return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.ranks)}, unicode={UNICODE_VERSION})"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.special_tokens[EOT]
+
+    bos_token_id = eos_token_id  # GPT-2 uses <|endoftext|> for both
+
+    # --- encoding ----------------------------------------------------------------------------
+
+    def encode(self, text: str, allowed_special: Collection[str] | Literal["all"] = (),
+               disallowed_special: Collection[str] | Literal["all"] = "all") -> list[int]:
+        """Token ids of `text`. Special tokens are handled as in tiktoken: by default a special
+        token's text in `text` is an error (it would silently become 7 ordinary tokens);
+        `allowed_special={"<|endoftext|>"}` or `"all"` encodes it as the special id, and
+        `disallowed_special=()` encodes it as ordinary text."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        specials = set(self.special_tokens)
+        allowed = specials if allowed_special == "all" else set(allowed_special)
+        if allowed - specials:
+            raise ValueError(f"allowed_special names {sorted(allowed - specials)}, not special tokens "
+                             f"of this tokenizer ({sorted(specials)})")
+        disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
+        for token in disallowed:
+            at = text.find(token)
+            if at >= 0:
+                raise ValueError(
+                    f"text contains the special token {token!r} at index {at}; pass "
+                    f"allowed_special={{{token!r}}} to encode it as id {self.special_tokens[token]}, "
+                    "or disallowed_special=() to encode it as ordinary text"
+                )
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        split = re.compile("(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")")
+        for k, part in enumerate(split.split(text)):
+            ids.extend([self.special_tokens[part]] if k % 2 else self.encode_ordinary(part))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, every character ordinary text (special tokens included)."""
+        ids: list[int] = []
+        cache = self._cache
+        for word in PATTERN.findall(text):
+            word_ids = cache.get(word)
+            if word_ids is None:
+                word_ids = self._encode_word(word, text)
+            ids.extend(word_ids)
+        return ids
+
+    def _encode_word(self, word: str, text: str) -> list[int]:
+        try:
+            utf8 = word.encode("utf-8")
+        except UnicodeEncodeError:
+            at = next(i for i, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF)
+            raise ValueError(f"text has a lone surrogate U+{ord(text[at]):04X} at index {at}, "
+                             "which has no UTF-8 encoding") from None
+        ids = [self.vocab[token] for token in bpe(utf8.decode("latin-1").translate(self._spell), self.ranks)]
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.clear()
+        self._cache[word] = ids
+        return ids
+
+    # --- decoding ----------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self._token_bytes[i] for i in self._check_ids(ids))
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Text of `ids`. A token can hold part of a UTF-8 character; such bytes become U+FFFD
+        by default (`errors` as in bytes.decode: "strict" raises)."""
+        return self.decode_bytes(ids).decode("utf-8", errors)
+
+    def token_str(self, token_id: int) -> str:
+        """One token for a person to read: ' Love', 'H', 'ate'; bytes that are not whole UTF-8
+        characters are shown escaped ('\\xe2\\x80')."""
+        (i,) = self._check_ids([token_id])
+        return self._token_bytes[i].decode("utf-8", "backslashreplace")
+
+    def token_strs(self, ids: Iterable[int]) -> list[str]:
+        return [self._token_bytes[i].decode("utf-8", "backslashreplace") for i in self._check_ids(ids)]
+
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        checked = []
+        for position, i in enumerate(ids):
+            if isinstance(i, bool) or not hasattr(i, "__index__"):
+                raise TypeError(f"token id {i!r} at position {position} is not an integer")
+            i = i.__index__()
+            if not 0 <= i < len(self._token_bytes):
+                raise ValueError(f"token id {i} at position {position} is outside the vocabulary "
+                                 f"[0, {len(self._token_bytes)})")
+            checked.append(i)
+        return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _check_vocab(vocab, source: str) -> None:
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerError(f"{source}: the vocabulary must be a non-empty object of token -> id")
+    seen: dict[int, str] = {}
+    for token, i in vocab.items():
+        if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int):
+            raise TokenizerError(f"{source}: entry {token!r}: {i!r} is not a token string -> integer id")
+        if i in seen:
+            raise TokenizerError(f"{source}: id {i} is given to both {seen[i]!r} and {token!r}")
+        seen[i] = token
+    missing = next((i for i in range(len(vocab)) if i not in seen), None)
+    if missing is not None:
+        raise TokenizerError(f"{source}: ids must be 0..{len(vocab) - 1}, but {missing} is missing "
+                             f"(largest id {max(seen)})")
+    lost = [f"0x{b:02x} ({ch!r})" for b, ch in enumerate(byte_alphabet()) if ch not in vocab]
+    if lost:
+        raise TokenizerError(f"{source}: byte-level BPE needs a token for each of the 256 bytes; "
+                             f"missing {', '.join(lost[:5])}" + (f" and {len(lost) - 5} more" if len(lost) > 5 else ""))
+    if EOT not in vocab:
+        raise TokenizerError(f"{source}: no {EOT!r} token (GPT-2's BOS and EOS)")
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+
+
+def _read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
+    """(merges, the line number of each). A first line '#version: ...' is a header."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 ({e})") from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    merges, numbers = [], []
+    for number, line in enumerate(lines, 1):
+        if number == 1 and line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise TokenizerError(f"{path}:{number}: expected two symbols separated by one space, got {line!r}")
+        merges.append((parts[0], parts[1]))
+        numbers.append(number)
+    return merges, numbers
