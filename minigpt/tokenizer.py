@@ -45,11 +45,28 @@ def _char_class(*tables, negate: bool = False) -> str:
     return "[" + ("^" if negate else "") + spans + "]"
 
 
-_L, _N, _S = _char_class(LETTERS), _char_class(NUMBERS), _char_class(WHITE_SPACE)
-_NOT_S = _char_class(WHITE_SPACE, negate=True)                        # \S
-_OTHER = _char_class(WHITE_SPACE, LETTERS, NUMBERS, negate=True)      # [^\s\p{L}\p{N}]
+def _gpt2_pattern(letters, numbers) -> re.Pattern:
+    L, N, S = _char_class(letters), _char_class(numbers), _char_class(WHITE_SPACE)
+    not_s = _char_class(WHITE_SPACE, negate=True)                      # \S
+    other = _char_class(WHITE_SPACE, letters, numbers, negate=True)    # [^\s\p{L}\p{N}]
+    return re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?{L}+| ?{N}+| ?{other}+|{S}+(?!{not_s})|{S}+")
 
-PATTERN = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?{_N}+| ?{_OTHER}+|{_S}+(?!{_NOT_S})|{_S}+")
+
+def _below_0x10000(table):
+    return tuple((a, min(b, 0xFFFF)) for a, b in table if a <= 0xFFFF)
+
+
+PATTERN = _gpt2_pattern(LETTERS, NUMBERS)
+# The same pattern for text without characters past U+FFFF, where the classes' 374 ranges above
+# U+FFFF cannot match: Python's re tests those ranges one by one at every word boundary, so
+# leaving them out makes pre-tokenization 4x faster (5.5 -> 23 MB/s on the Gutenberg books).
+_BMP_PATTERN = _gpt2_pattern(_below_0x10000(LETTERS), _below_0x10000(NUMBERS))
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def pre_tokenize(text: str) -> list[str]:
+    """The words of `text` under GPT-2's pattern."""
+    return (PATTERN if _ASTRAL.search(text) else _BMP_PATTERN).findall(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,22 +99,25 @@ def bpe(symbols: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     parts: list[str | None] = list(symbols)
     if len(parts) < 2:
         return parts
-    nxt = list(range(1, len(parts))) + [-1]   # linked list over positions; merged-away ones
-    prv = list(range(-1, len(parts) - 1))     # are None in `parts`
-    heap = [(ranks[pair], i, pair[0] + pair[1]) for i, pair in enumerate(zip(parts, parts[1:])) if pair in ranks]
+    rank_of, push, pop = ranks.get, heapq.heappush, heapq.heappop
+    nxt = list(range(1, len(parts))) + [-1]   # a linked list over positions; a merged-away
+    prv = list(range(-1, len(parts) - 1))     # position holds None in `parts`
+    heap = [(r, i, a + b) for i, (a, b) in enumerate(zip(parts, parts[1:])) if (r := rank_of((a, b))) is not None]
     heapq.heapify(heap)
     while heap:
-        _, i, merged = heapq.heappop(heap)
+        _, i, merged = pop(heap)
         j = nxt[i]
-        if parts[i] is None or j < 0 or parts[i] + parts[j] != merged:
-            continue
+        if j < 0 or parts[i] is None or parts[i] + parts[j] != merged:
+            continue  # stale: a neighbour was merged since this entry was pushed
         parts[i], parts[j] = merged, None
-        nxt[i] = nxt[j]
-        if nxt[j] >= 0:
-            prv[nxt[j]] = i
-        for a, b in ((prv[i], i), (i, nxt[i])):
-            if a >= 0 and b >= 0 and (parts[a], parts[b]) in ranks:
-                heapq.heappush(heap, (ranks[parts[a], parts[b]], a, parts[a] + parts[b]))
+        k = nxt[i] = nxt[j]
+        if k >= 0:  # the new pair with the next symbol
+            prv[k] = i
+            if (r := rank_of((merged, parts[k]))) is not None:
+                push(heap, (r, i, merged + parts[k]))
+        h = prv[i]
+        if h >= 0 and (r := rank_of((parts[h], merged))) is not None:  # ... and with the previous
+            push(heap, (r, h, parts[h] + merged))
     return [p for p in parts if p is not None]
 
 
@@ -196,7 +216,7 @@ class Tokenizer:
         """Token ids of `text`, every character ordinary text (special tokens included)."""
         ids: list[int] = []
         cache = self._cache
-        for word in PATTERN.findall(text):
+        for word in pre_tokenize(text):
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._encode_word(word, text)
