@@ -18,32 +18,30 @@ settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-@pytest.fixture(scope="session")
-def reference():
-    """The transformers reference module (tests/reference.py), with torch imported.
+def _import_reference(module: str):
+    """A test-only reference module. Without its libraries the tests that need it skip, unless
+    MINIGPT_REQUIRE_REFERENCE=1 (as in CI), where that is a failure: parity must never silently
+    not run."""
+    import importlib
 
-    Without torch/transformers these tests skip, unless MINIGPT_REQUIRE_REFERENCE=1 (as in CI),
-    where a missing reference is a failure: parity must never silently not run.
-    """
     try:
-        import reference as ref  # noqa: F401  (imports torch and transformers)
+        return importlib.import_module(module)
     except ImportError as e:
         if os.environ.get("MINIGPT_REQUIRE_REFERENCE") == "1":
-            pytest.fail(f"MINIGPT_REQUIRE_REFERENCE=1 but the reference cannot be imported: {e}")
-        pytest.skip(f"reference implementation not installed ({e}); install the 'test' extra")
-    return ref
+            pytest.fail(f"MINIGPT_REQUIRE_REFERENCE=1 but {module} cannot be imported: {e}")
+        pytest.skip(f"{module} needs libraries that are not installed ({e}); install the 'test' extra")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """tests/reference.py: transformers' GPT-2 on PyTorch (CPU)."""
+    return _import_reference("reference")
 
 
 @pytest.fixture(scope="session")
 def tok_reference():
-    """tests/reference_tokenizers.py (Hugging Face tokenizers and tiktoken), like `reference`."""
-    try:
-        import reference_tokenizers as ref
-    except ImportError as e:
-        if os.environ.get("MINIGPT_REQUIRE_REFERENCE") == "1":
-            pytest.fail(f"MINIGPT_REQUIRE_REFERENCE=1 but the tokenizer references cannot be imported: {e}")
-        pytest.skip(f"reference tokenizers not installed ({e}); install the 'test' extra")
-    return ref
+    """tests/reference_tokenizers.py: Hugging Face tokenizers and tiktoken."""
+    return _import_reference("reference_tokenizers")
 
 
 # ---------------------------------------------------------------------------------------------
