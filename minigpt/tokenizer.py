@@ -192,10 +192,11 @@ class Tokenizer:
             raise TypeError(f"text must be str, got {type(text).__name__}")
         specials = set(self.special_tokens)
         allowed = specials if allowed_special == "all" else set(allowed_special)
-        if allowed - specials:
-            raise ValueError(f"allowed_special names {sorted(allowed - specials)}, not special tokens "
-                             f"of this tokenizer ({sorted(specials)})")
         disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
+        for name, given in (("allowed_special", allowed), ("disallowed_special", disallowed)):
+            if given - specials:
+                raise ValueError(f"{name} names {sorted(given - specials)}, not special tokens "
+                                 f"of this tokenizer ({sorted(specials)})")
         for token in disallowed:
             at = text.find(token)
             if at >= 0:
@@ -286,12 +287,19 @@ def _check_vocab(vocab, source: str) -> None:
     if missing is not None:
         raise TokenizerError(f"{source}: ids must be 0..{len(vocab) - 1}, but {missing} is missing "
                              f"(largest id {max(seen)})")
-    lost = [f"0x{b:02x} ({ch!r})" for b, ch in enumerate(byte_alphabet()) if ch not in vocab]
+    alphabet = byte_alphabet()
+    lost = [f"0x{b:02x} ({ch!r})" for b, ch in enumerate(alphabet) if ch not in vocab]
     if lost:
         raise TokenizerError(f"{source}: byte-level BPE needs a token for each of the 256 bytes; "
                              f"missing {', '.join(lost[:5])}" + (f" and {len(lost) - 5} more" if len(lost) > 5 else ""))
     if EOT not in vocab:
         raise TokenizerError(f"{source}: no {EOT!r} token (GPT-2's BOS and EOS)")
+    spelling = set(alphabet)
+    for token in vocab:
+        if token != EOT and not spelling.issuperset(token):
+            bad = next(ch for ch in token if ch not in spelling)
+            raise TokenizerError(f"{source}: token {token!r} has {bad!r}, which is not in GPT-2's byte "
+                                 "alphabet (a byte-level BPE spells a space as 'Ġ', a newline as 'Ċ')")
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

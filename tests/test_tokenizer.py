@@ -234,6 +234,8 @@ def test_special_token_handling_is_explicit():
     assert eot not in ordinary and tok.decode(ordinary) == EOT
     with pytest.raises(ValueError, match=r"allowed_special names \['<\|pad\|>'\]"):
         tok.encode("x", allowed_special={"<|pad|>"})
+    with pytest.raises(ValueError, match=r"disallowed_special names \['x'\], not special tokens"):
+        tok.encode("x", disallowed_special={"x"})
     assert tok.decode([eot]) == EOT and tok.token_str(eot) == EOT
 
 
@@ -292,6 +294,7 @@ def _vocab_with(**changes):
      r"needs a token for each of the 256 bytes; missing 0x20 \('Ġ'\)"),
     (json.dumps({k: v for k, v in HANDMADE.vocab.items() if k != EOT}), r"no '<\|endoftext\|>' token"),
     (json.dumps({**HANDMADE.vocab, "x": "7"}), r"entry 'x': '7' is not a token string -> integer id"),
+    (json.dumps({**HANDMADE.vocab, "a b": 262}), r"token 'a b' has ' ', which is not in GPT-2's byte alphabet"),
 ])
 def test_malformed_vocab_is_refused_naming_the_file(tmp_path, vocab, match):
     write_tokenizer(tmp_path, vocab=vocab)
