@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 from .config import ConfigError, GPT2Config
-from .model import GPT2, hook_names
+from .generate import Generation, Sampling, generate, stream
+from .model import GPT2, HookPoint, KVCache, hook_names
 from .sources import CheckpointError
 from .tokenizer import Tokenizer, TokenizerError
 
-__all__ = ["GPT2", "GPT2Config", "Tokenizer", "load", "ConfigError", "CheckpointError", "TokenizerError",
-           "hook_names"]
+__all__ = ["GPT2", "GPT2Config", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
+           "HookPoint", "KVCache", "ConfigError", "CheckpointError", "TokenizerError", "hook_names"]
 
 
 def load(name_or_path: str | os.PathLike, revision: str | None = None) -> tuple[GPT2, Tokenizer]:

@@ -1,14 +1,16 @@
-"""`minigpt` command line: for now, the most likely next tokens after a prompt."""
+"""`minigpt` command line: the most likely next tokens after a prompt, and sampled continuations."""
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 
 import numpy as np
 
 from . import load
 from .config import ConfigError
+from .generate import Sampling, stream
 from .model import GPT2, softmax
 from .sources import CheckpointError
 from .tokenizer import EOT, Tokenizer
@@ -32,7 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     nxt.add_argument("--ids", type=int, nargs="+", help="the prompt as token ids instead of text")
     nxt.add_argument("--bos", action="store_true", help=f"prepend {EOT} (as TransformerLens and ActAdd do)")
     nxt.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
+
+    gen = sub.add_parser("generate", help="sample continuations (streamed for one prompt and one sample)")
+    gen.add_argument("prompts", nargs="+", help="one or more prompts")
+    gen.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
+    gen.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    gen.add_argument("--max-new-tokens", type=int, default=40)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 means greedy (default 1)")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--freq-penalty", type=float, default=0.0, help="subtracted per earlier occurrence")
+    gen.add_argument("--presence-penalty", type=float, default=0.0, help="subtracted once if the token occurred")
+    gen.add_argument("--seed", type=int, default=0, help="row i draws from numpy default_rng([seed, i])")
+    gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt (default 1)")
+    gen.add_argument("--bos", action="store_true", help=f"prepend {EOT} (the paper's setting)")
+    gen.add_argument("--no-stop", action="store_true", help=f"do not stop at {EOT}")
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        return _generate(parser, args)
 
     if (args.text is None) == (args.ids is None):
         parser.error("give the prompt either as TEXT or as --ids, not both")
@@ -67,6 +86,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'rank':>4}  {'id':>6}  {'token':<16}  {'logit':>9}  {'prob':>7}")
     for rank, (i, logit, prob) in enumerate(top, 1):
         print(f"{rank:>4}  {i:>6}  {show(i):<16}  {logit:>9.3f}  {prob:>7.4f}")
+    return 0
+
+
+def _generate(parser, args) -> int:
+    if args.num_samples < 1:
+        parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
+    try:
+        sampling = Sampling(args.temperature, args.top_k, args.top_p, args.freq_penalty, args.presence_penalty)
+        model, tok = load(args.model, revision=args.revision)
+        prompts = [[tok.bos_token_id] * args.bos + tok.encode(p) for p in args.prompts]
+        rows = [(j, ids) for j, ids in enumerate(prompts) for _ in range(args.num_samples)]
+        steps = stream(model, [ids for _, ids in rows], max_new_tokens=args.max_new_tokens, sampling=sampling,
+                       seed=args.seed, eos_token_id=None if args.no_stop else tok.eos_token_id)
+    except (ConfigError, CheckpointError, ValueError, TypeError) as e:
+        print(f"minigpt: error: {e}", file=sys.stderr)
+        return 2
+    if len(rows) == 1:  # stream: print each token as it comes (a character may span tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        print(args.prompts[0], end="", flush=True)
+        for (token,) in steps:
+            print(decoder.decode(tok.decode_bytes([token])), end="", flush=True)
+        print(decoder.decode(b"", final=True))
+        return 0
+    new = [[] for _ in rows]
+    for step in steps:
+        for row, token in zip(new, step):
+            if token is not None:
+                row.append(token)
+    for i, ((j, _), tokens) in enumerate(zip(rows, new)):
+        print(f"--- prompt {j}, sample {i % args.num_samples} ---")
+        print(args.prompts[j] + tok.decode(tokens))
     return 0
 
 

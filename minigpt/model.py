@@ -88,7 +88,33 @@ HOOK_NAME_HELP = (
     "ln_final.hook_{scale,normalized}"
 )
 
-HookFn = Callable[[object, str], object]  # fn(activation, name) -> replacement or None
+HookFn = Callable[[object, "HookPoint"], object]  # fn(activation, hook) -> replacement or None
+
+
+class HookPoint(str):
+    """The second argument of a hook: the hook's name (it *is* that str, so `hook == name` and
+    `hook.name` both work, as in TransformerLens) plus where in the sequence this pass is.
+
+    positions  int array [batch, pos]: each row's token position at each place of this pass
+               (0 = the row's first token, as fed to wpe); -1 at left padding.
+    start      where this pass begins in the sequence: 0 on a pass over the whole prompt; with a
+               KV cache, the number of positions already cached (n on the step that adds token n).
+
+    A hook that must act on prompt positions only (as ActAdd does) selects with `positions`:
+    those are the same whether the sequence is recomputed in full or decoded from a cache.
+    """
+
+    positions: object
+    start: int
+
+    def __new__(cls, name: str, positions, start: int):
+        point = super().__new__(cls, name)
+        point.positions, point.start = positions, start
+        return point
+
+    @property
+    def name(self) -> str:
+        return str(self)
 
 
 class _HookPoints:
@@ -96,13 +122,17 @@ class _HookPoints:
 
     def __init__(self, hooks: dict[str, list[HookFn]], cache: dict | None, cache_names: set[str]):
         self.hooks, self.cache, self.cache_names = hooks, cache, cache_names
+        self.positions, self.start = None, 0  # set by the forward pass
 
     def __call__(self, name: str, x):
-        for fn in self.hooks.get(name, ()):
-            out = fn(x, name)
-            if out is not None:
-                _check_replacement(fn, name, x, out)
-                x = out
+        fns = self.hooks.get(name)
+        if fns:
+            point = HookPoint(name, self.positions, self.start)
+            for fn in fns:
+                out = fn(x, point)
+                if out is not None:
+                    _check_replacement(fn, name, x, out)
+                    x = out
         if name in self.cache_names:
             self.cache[name] = x
         return x
@@ -115,6 +145,31 @@ def _check_replacement(fn, name, x, out):
             f"hook {getattr(fn, '__name__', fn)!r} on {name!r} returned {got}; expected "
             f"{type(x).__name__} {x.dtype} {x.shape} (return None to keep the activation)"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, in buffers allocated once
+    for `max_len` positions and written in place; attention reads views of their filled part.
+
+    keys[L], values[L]   [batch, head, max_len, d_head]
+    mask                 [batch, max_len] True where a position holds a real token (not padding)
+    seen                 [batch] real tokens per row so far (the next token's position id)
+    length               positions filled, the same for every row (left padding aligns them)
+    """
+
+    def __init__(self, config: GPT2Config, batch: int, max_len: int, xp=np):
+        if max_len > config.n_positions:
+            raise ValueError(f"a KV cache of {max_len} positions exceeds n_positions={config.n_positions}")
+        shape = (batch, config.n_head, max_len, config.d_head)
+        self.keys = [xp.zeros(shape, dtype=xp.float32) for _ in range(config.n_layer)]
+        self.values = [xp.zeros(shape, dtype=xp.float32) for _ in range(config.n_layer)]
+        self.mask = xp.zeros((batch, max_len), dtype=bool)
+        self.seen = xp.zeros((batch,), dtype=xp.int64)
+        self.batch, self.max_len, self.length = batch, max_len, 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,34 +217,45 @@ class GPT2:
 
     # --- public entry points -----------------------------------------------------------------
 
-    def __call__(self, tokens):
-        """Logits, float32 [batch, pos, vocab], for token ids of shape [pos] or [batch, pos]."""
-        return self.forward(tokens)
+    def __call__(self, tokens, **kwargs):
+        """Logits, float32 [batch, pos, vocab], for token ids of shape [pos] or [batch, pos].
+        Keyword arguments as in `forward` (attention_mask, cache, last_only)."""
+        return self.forward(tokens, **kwargs)
 
-    def run_with_cache(self, tokens, names=None):
+    def run_with_cache(self, tokens, names=None, **kwargs):
         """(logits, cache): cache maps hook name -> activation, in forward order.
 
         `names` filters what is kept: None (all), one name, a list of names, or a predicate.
+        Keyword arguments as in `forward`.
         """
         wanted = set(self._select(names)) if names is not None else set(self.hook_names)
         cache: dict = {}
-        logits = self.forward(tokens, _HookPoints({}, cache, wanted))
+        logits = self.forward(tokens, _HookPoints({}, cache, wanted), **kwargs)
         return logits, {n: cache[n] for n in self.hook_names if n in cache}
 
-    def run_with_hooks(self, tokens, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = ()):
-        """Logits with fn(activation, name) called at each named point.
+    def run_with_hooks(self, tokens, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = (), **kwargs):
+        """Logits with fn(activation, hook) called at each named point (`hook` is a HookPoint:
+        the name, with the pass's positions).
 
         fn returns a replacement (same type, shape and dtype) or None to keep the activation;
         several hooks on one name run in the order given. A name may also be a predicate on
-        hook names, as in TransformerLens.
+        hook names, as in TransformerLens. Keyword arguments as in `forward`.
         """
+        return self.forward(tokens, self.hook_points(fwd_hooks), **kwargs)
+
+    def hook_points(self, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = ()) -> _HookPoints:
+        """The hooks of `fwd_hooks`, checked and grouped by point, ready for `forward`."""
         hooks: dict[str, list[HookFn]] = {}
         for name, fn in fwd_hooks:
             if not callable(fn):
                 raise TypeError(f"hook for {name!r} is {type(fn).__name__}, not a function")
             for n in self._select(name):
                 hooks.setdefault(n, []).append(fn)
-        return self.forward(tokens, _HookPoints(hooks, None, set()))
+        return _HookPoints(hooks, None, set())
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` positions (padding included)."""
+        return KVCache(self.config, batch, max_len, self.xp)
 
     def _select(self, names) -> list[str]:
         if callable(names):
@@ -209,26 +275,67 @@ class GPT2:
 
     # --- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, tokens, hook: _HookPoints | None = None):
+    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
+                cache: KVCache | None = None, last_only: bool = False):
+        """Logits [batch, pos, vocab] (pos = 1 with `last_only`) for `tokens`.
+
+        attention_mask  [batch, pos] of 0/1 or bool, 1 for real tokens, 0 for left padding.
+                        Each row's position ids count its real tokens (HF's cumsum(mask) - 1),
+                        so a left-padded row computes what it would alone.
+        cache           a KVCache: this pass's keys and values are appended to it, and its
+                        earlier positions are attended to. Prefill with the prompt, then pass
+                        one token per row per step.
+        last_only       unembed the last position only (what generation needs).
+        """
         xp = self.xp
         hook = hook or _HookPoints({}, None, set())
         tokens = self.check_tokens(tokens)                                     # [batch, pos]
         batch, seq = tokens.shape
-        positions = xp.broadcast_to(xp.arange(seq), (batch, seq))              # [batch, pos]
+        real = self._check_mask(attention_mask, tokens.shape)                  # [batch, pos]
+        start, seen = 0, xp.zeros((batch,), dtype=xp.int64)
+        if cache is not None:
+            if cache.batch != batch or cache.length + seq > cache.max_len:
+                raise ValueError(f"{seq} positions for {batch} rows do not fit a KV cache of {cache.batch} "
+                                 f"rows holding {cache.length} of {cache.max_len} positions")
+            start, seen = cache.length, cache.seen
+        positions = seen[:, None] + xp.cumsum(real, axis=1) - 1                # [batch, pos]
+        positions = xp.where(real, positions, -1)
+        if int(positions.max()) >= self.config.n_positions:
+            raise ValueError(f"position {int(positions.max())} is past n_positions={self.config.n_positions}")
+        if cache is not None:
+            cache.mask[:, start:start + seq] = real
+            real_keys = cache.mask[:, :start + seq]                            # [batch, key]
+        else:
+            real_keys = real
+        # Query i sees key j <= i that is a real token; a padding position sees itself only, so
+        # that no row of scores is all -inf (a NaN there would reach real rows through 0 * NaN).
+        q_at = start + xp.arange(seq)[:, None]                                 # [query, 1]
+        k_at = xp.arange(start + seq)[None, :]                                 # [1, key]
+        visible = (k_at <= q_at) & (real_keys[:, None, :] | (k_at == q_at))   # [batch, query, key]
+        visible = visible[:, None]                                             # [batch, 1, query, key]
+        hook.positions, hook.start = positions, start
 
         embed = hook("hook_embed", self.wte[tokens])                           # [batch, pos, d_model]
-        pos_embed = hook("hook_pos_embed", self.wpe[positions])                # [batch, pos, d_model]
+        pos_embed = hook("hook_pos_embed", self.wpe[xp.maximum(positions, 0)])  # [batch, pos, d_model]
         x = embed + pos_embed
         for L, block in enumerate(self.h):
-            x = self.block(L, block, x, hook)
+            kv = (cache.keys[L], cache.values[L]) if cache is not None else None
+            x = self.block(L, block, x, hook, visible, kv, start)
+        if cache is not None:
+            cache.length += seq
+            cache.seen = seen + real.sum(axis=1)
+        if last_only:
+            x = x[:, -1:]
+            hook.positions = positions[:, -1:]
         x = self.layer_norm("ln_final", x, self.ln_f, hook)
         return x @ self.wte.T                                                  # [batch, pos, vocab]
 
-    def block(self, L: int, p: dict, x, hook: _HookPoints):
+    def block(self, L: int, p: dict, x, hook: _HookPoints, visible, kv, start: int):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
         ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook)
-        attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook))
+        attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook,
+                                                            visible=visible, kv=kv, start=start))
         resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
         ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook)
         mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
@@ -240,19 +347,24 @@ class GPT2:
         normalized = hook(name + ".hook_normalized", centred / scale)
         return normalized * p["weight"] + p["bias"]
 
-    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints):
+    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, visible, kv, start: int):
         xp, c = self.xp, self.config
         batch, seq, d_model = x.shape
         qkv = linear(x, **c_attn).reshape(batch, seq, 3, c.n_head, c.d_head)  # q, k, v in that order
         q = hook(name + ".hook_q", qkv[:, :, 0])                               # [batch, pos, head, d_head]
         k = hook(name + ".hook_k", qkv[:, :, 1])
         v = hook(name + ".hook_v", qkv[:, :, 2])
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
+        if kv is not None:  # append to the cache, attend to everything in it
+            keys, values = kv
+            keys[:, :, start:start + seq] = k
+            values[:, :, start:start + seq] = v
+            k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
 
-        scores = q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1) / math.sqrt(c.d_head)
-        causal = xp.tril(xp.ones((seq, seq), dtype=bool))                      # [query, key]
-        scores = hook(name + ".hook_attn_scores", xp.where(causal, scores, -math.inf))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(c.d_head)             # [batch, head, query, key]
+        scores = hook(name + ".hook_attn_scores", xp.where(visible, scores, -math.inf))
         pattern = hook(name + ".hook_pattern", softmax(scores))                # [batch, head, query, key]
-        z = hook(name + ".hook_z", (pattern @ v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3))
+        z = hook(name + ".hook_z", (pattern @ v).transpose(0, 2, 1, 3))       # [batch, pos, head, d_head]
         return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
 
     def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: _HookPoints):
@@ -289,6 +401,26 @@ class GPT2:
                 f"token id {int(ids[b, t])} at batch row {b}, position {t} is outside the vocabulary [0, {V})"
             )
         return self.xp.asarray(ids.astype(np.intp, copy=False))
+
+    def _check_mask(self, attention_mask, shape):
+        """The attention mask as bool [batch, pos] (all True when None): 1/True = real token.
+        Only left padding is supported: once a row's real tokens begin, they do not stop."""
+        if attention_mask is None:
+            return self.xp.ones(shape, dtype=bool)
+        mask = np.asarray(attention_mask)
+        if mask.ndim == 1:
+            mask = mask[None]
+        if mask.shape != shape:
+            raise ValueError(f"attention_mask has shape {mask.shape}, tokens {shape}")
+        if mask.dtype != bool:
+            if mask.dtype.kind not in "iu" or not np.isin(mask, (0, 1)).all():
+                raise ValueError(f"attention_mask must hold 0/1 or bools, got dtype {mask.dtype}")
+            mask = mask.astype(bool)
+        if (mask[:, :-1] & ~mask[:, 1:]).any():
+            row = int(np.argwhere(mask[:, :-1] & ~mask[:, 1:])[0, 0])
+            raise ValueError(f"attention_mask row {row} has padding after a real token; "
+                             "pad on the left (real tokens last)")
+        return self.xp.asarray(mask)
 
 
 def _nest(flat: dict) -> dict:

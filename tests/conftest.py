@@ -86,13 +86,13 @@ def corpora_dir() -> Path:
 
 
 @st.composite
-def configs(draw, max_layers=4, max_heads=4, max_positions=24):
+def configs(draw, max_layers=4, max_heads=4, max_positions=24, min_positions=1):
     n_head = draw(st.integers(1, max_heads))
     return GPT2Config(
         n_layer=draw(st.integers(1, max_layers)),
         n_head=n_head,
         n_embd=n_head * draw(st.integers(4, 32)),
-        n_positions=draw(st.integers(1, max_positions)),
+        n_positions=draw(st.integers(min_positions, max_positions)),
         vocab_size=draw(st.integers(2, 120)),
         layer_norm_epsilon=draw(st.sampled_from([1e-5, 1e-3])),
         activation_function=draw(st.sampled_from(["gelu_new", "gelu_pytorch_tanh"])),

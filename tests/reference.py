@@ -137,3 +137,23 @@ def reference_run(folder: Path, tokens: np.ndarray):
 
     return (to_np(out.logits), [to_np(h) for h in out.hidden_states],
             {name: to_np(t) for name, t in acts.items()})
+
+
+def greedy_generate(folder: Path, prompts: list[list[int]], max_new_tokens: int, eos_token_id: int):
+    """transformers' generate(do_sample=False) on left-padded prompts: each row's new tokens (up
+    to and including eos), and the raw logits of every step, [steps][batch, vocab]."""
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                             min_new_tokens=0, pad_token_id=0, eos_token_id=eos_token_id,
+                             output_logits=True, return_dict_in_generate=True)
+    rows = []
+    for row in out.sequences[:, width:].tolist():
+        rows.append(row[:row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return rows, [step.numpy() for step in out.logits]

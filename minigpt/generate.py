@@ -1,0 +1,232 @@
+"""Generation: a KV-cached sampling loop over a batch of left-padded prompts.
+
+    prompts --left pad--> [batch, pos] + mask --prefill--> logits of the last position
+    repeat: sample one token per row --one decode step (one position per row)--> logits
+
+Sampling follows TransformerLens's `sample_logits`, the order the original ActAdd code used:
+
+    temperature 0          -> argmax of the raw logits (nothing else applies)
+    logits / temperature
+    logits -= freq_penalty * count(token so far, prompt included)
+    logits -= presence_penalty * (count > 0)
+    top-k (keep logits >= the k-th largest), or else top-p (keep sorted tokens while the
+        probability before them is at most p: the smallest prefix reaching p, at least one)
+    draw from softmax(logits)
+
+Randomness: row i draws from `numpy.random.default_rng([seed, i])`, one uniform number per
+generated token. Row i's draws therefore depend on the seed and i only, never on the other rows
+or the batch size: a prompt at row 0 samples the same way alone or in a batch, and two calls with
+the same seed and batch layout (steered and unsteered, as in the paper) share their draws. The
+tokens agree too as long as the logits do; batched matmuls can differ from unbatched ones by
+float32 rounding, which can flip a draw that falls within ~1e-6 of a boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .model import GPT2, HookFn
+from .tokenizer import Tokenizer
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0          # 0 means greedy
+    top_k: int | None = None
+    top_p: float | None = None        # in (0, 1]
+    freq_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    def __post_init__(self):
+        t = self.temperature
+        if not _is_real(t) or not t >= 0 or math.isinf(t):
+            raise ValueError(f"temperature={t!r}: expected a finite number >= 0 (0 means greedy)")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 1):
+            raise ValueError(f"top_k={self.top_k!r}: expected a positive integer")
+        if self.top_p is not None and (not _is_real(self.top_p) or not 0 < self.top_p <= 1):
+            raise ValueError(f"top_p={self.top_p!r}: expected a number in (0, 1]")
+        if self.top_k is not None and self.top_p is not None:
+            raise ValueError("give top_k or top_p, not both (TransformerLens would silently ignore top_p)")
+        for name in ("freq_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r}: expected a finite number")
+
+    def filter(self, logits: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The logits a draw is made from, float64 [batch, vocab]; removed tokens are -inf.
+        `counts[b, t]` is how often token t occurs in row b so far (prompt included)."""
+        logits = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.freq_penalty:
+            logits = logits - self.freq_penalty * counts
+        if self.presence_penalty:
+            logits = logits - self.presence_penalty * (counts > 0)
+        if self.top_k is not None:
+            k = min(self.top_k, logits.shape[-1])
+            kth = -np.partition(-logits, k - 1, axis=-1)[:, k - 1:k]           # [batch, 1]
+            logits = np.where(logits < kth, -np.inf, logits)
+        elif self.top_p is not None:
+            order = np.argsort(-logits, axis=-1, kind="stable")                 # [batch, vocab]
+            ranked = np.take_along_axis(logits, order, axis=-1)
+            probs = np.exp(ranked - ranked[:, :1])
+            cumulative = np.cumsum(probs, axis=-1) / probs.sum(axis=-1, keepdims=True)
+            remove = np.zeros_like(cumulative, dtype=bool)
+            remove[:, 1:] = cumulative[:, :-1] > self.top_p                     # mass before token i
+            logits = logits.copy()
+            np.put_along_axis(logits, order, np.where(remove, -np.inf, ranked), axis=-1)
+        return logits
+
+    def sample(self, logits: np.ndarray, counts: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """One token id per row: [batch] int64."""
+        if self.temperature == 0:
+            return np.asarray(logits).argmax(axis=-1).astype(np.int64)
+        filtered = self.filter(logits, counts)
+        probs = np.exp(filtered - filtered.max(axis=-1, keepdims=True))
+        cdf = np.cumsum(probs, axis=-1)
+        # The first token whose cumulative mass exceeds u * total: a removed token has zero
+        # width and is never the answer.
+        return np.array([np.searchsorted(c, rng.random() * c[-1], side="right")
+                         for c, rng in zip(cdf, rngs)], dtype=np.int64)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and not math.isnan(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, mask), both [batch, longest]: each prompt right-aligned, padding on the left."""
+    width = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = p
+        mask[i, width - len(p):] = True
+    return tokens, mask
+
+
+def _prompt_ids(model: GPT2, prompts, tokenizer: Tokenizer | None, prepend_bos: bool) -> list[list[int]]:
+    """A batch of prompts as lists of ids: from a str, a list of str, a list of ids, or a list
+    of lists of ids; every id checked against the vocabulary."""
+    if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and
+                                    all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompts)):
+        prompts = [prompts]
+    if isinstance(prompts, np.ndarray):
+        prompts = list(prompts)
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError("no prompts given")
+    out = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ValueError(f"prompt {i} is text; pass a tokenizer (minigpt.load gives both), or token ids")
+            ids = tokenizer.encode(prompt)
+        else:
+            ids = np.asarray(prompt)
+            if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+                raise TypeError(f"prompt {i} must be text or a list of integer token ids, got {ids.dtype} {ids.shape}")
+            ids = [int(t) for t in ids]
+        if prepend_bos:
+            if tokenizer is None:
+                raise ValueError("prepend_bos needs a tokenizer (for the id of <|endoftext|>)")
+            ids = [tokenizer.bos_token_id] + ids
+        if not ids:
+            raise ValueError(f"prompt {i} is empty; GPT-2 needs at least one token (prepend_bos=True gives "
+                             "<|endoftext|>)")
+        bad = next((t for t in ids if not 0 <= t < model.config.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"prompt {i}: token id {bad} at position {ids.index(bad)} is outside the "
+                             f"vocabulary [0, {model.config.vocab_size})")
+        out.append(ids)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def stream(model: GPT2, prompts, *, max_new_tokens: int = 20, sampling: Sampling = Sampling(),
+           seed: int = 0, eos_token_id: int | None = None,
+           fwd_hooks: Iterable[tuple[str, HookFn]] = ()) -> Iterator[list[int | None]]:
+    """A generator of each step's new token per row (None for rows that already stopped), for
+    a batch of prompt ids. Rows stop after `eos_token_id` (if given) or `max_new_tokens`.
+    `fwd_hooks` run on every pass: the prompt's (prefill), then each step's; a hook tells them
+    apart by `hook.positions` / `hook.start` (see HookPoint). Every argument is checked here,
+    before any work, not at the first step."""
+    prompts = _prompt_ids(model, prompts, None, prepend_bos=False)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > model.config.n_positions:
+        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} is longer "
+                         f"than n_positions={model.config.n_positions}")
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
+    return _steps(model, prompts, max_new_tokens, sampling, seed, eos_token_id, model.hook_points(fwd_hooks))
+
+
+def _steps(model, prompts, max_new_tokens, sampling, seed, eos_token_id, hooks):
+    if max_new_tokens == 0:
+        return
+    batch, vocab = len(prompts), model.config.vocab_size
+    tokens, mask = left_pad(prompts)
+    counts = np.zeros((batch, vocab), dtype=np.int64)          # every real token so far, per row
+    for i, p in enumerate(prompts):
+        np.add.at(counts[i], p, 1)
+    rngs = [np.random.default_rng([seed, i]) for i in range(batch)]
+    cache = model.new_cache(batch, tokens.shape[1] + max_new_tokens)
+    logits = model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]
+    stopped = np.zeros(batch, dtype=bool)
+    for step in range(max_new_tokens):
+        new = sampling.sample(logits, counts, rngs)            # [batch]
+        yield [None if s else int(t) for s, t in zip(stopped, new)]
+        counts[np.arange(batch), new] += 1
+        if eos_token_id is not None:
+            stopped |= new == eos_token_id
+        if stopped.all() or step + 1 == max_new_tokens:
+            return
+        logits = model.forward(new[:, None], hooks, cache=cache, last_only=True)[:, -1]
+
+
+@dataclass
+class Generation:
+    prompts: list[list[int]]        # each row's prompt ids (with <|endoftext|> if prepended)
+    tokens: list[list[int]]         # each row's new ids, ending with <|endoftext|> if it stopped there
+    texts: list[str] | None = None  # the new tokens decoded, with a tokenizer
+
+
+def generate(model: GPT2, prompts, tokenizer: Tokenizer | None = None, *, max_new_tokens: int = 20,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             freq_penalty: float = 0.0, presence_penalty: float = 0.0, seed: int = 0,
+             prepend_bos: bool = False, stop_at_eos: bool = True, eos_token_id: int | None = None,
+             fwd_hooks: Iterable[tuple[str, HookFn]] = ()) -> Generation:
+    """Sample continuations of one prompt or a batch (text needs `tokenizer`; ids work alone).
+
+    Prompts of different lengths are left-padded; each row generates what it would alone.
+    A row stops after <|endoftext|> (the tokenizer's, or `eos_token_id`) unless `stop_at_eos` is
+    False, or after `max_new_tokens`. The defaults are plain sampling; the paper's are
+    temperature=1, top_p=0.3, freq_penalty=1, prepend_bos=True.
+    """
+    sampling = Sampling(temperature, top_k, top_p, freq_penalty, presence_penalty)
+    ids = _prompt_ids(model, prompts, tokenizer, prepend_bos)
+    if eos_token_id is None and tokenizer is not None:
+        eos_token_id = tokenizer.eos_token_id
+    eos = eos_token_id if stop_at_eos else None
+    new: list[list[int]] = [[] for _ in ids]
+    for step in stream(model, ids, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                       eos_token_id=eos, fwd_hooks=fwd_hooks):
+        for row, token in zip(new, step):
+            if token is not None:
+                row.append(token)
+    texts = [tokenizer.decode(t) for t in new] if tokenizer is not None else None
+    return Generation(ids, new, texts)
