@@ -33,19 +33,26 @@ from .weights import CheckpointError, canonical_state_dict, read_checkpoint, res
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
-def linear(x, weight, bias):
-    return x @ weight + bias  # HF Conv1D: weight is [in, out]
+def linear(x, weight, bias=None):
+    """x @ weight + bias, with HF Conv1D's [in, out] weight. As one 2-D matmul: a stacked one
+    ([batch, 1, in] while decoding) would read the whole weight once per batch row."""
+    flat = x.reshape(-1, x.shape[-1]) @ weight
+    if bias is not None:
+        flat += bias
+    return flat.reshape(*x.shape[:-1], weight.shape[-1])
 
 
 def gelu_new(x):
     xp = x.__array_namespace__()
-    return 0.5 * x * (1.0 + xp.tanh(_GELU_C * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + xp.tanh(_GELU_C * (x + 0.044715 * (x * x * x))))  # x*x*x: x**3 is a slow pow
 
 
 def softmax(x):
     xp = x.__array_namespace__()
-    e = xp.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    e = x - x.max(axis=-1, keepdims=True)   # a new array, so the in-place steps below leave x alone
+    xp.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 def centre(x):
@@ -312,7 +319,7 @@ class GPT2:
         q_at = start + xp.arange(seq)[:, None]                                 # [query, 1]
         k_at = xp.arange(start + seq)[None, :]                                 # [1, key]
         visible = (k_at <= q_at) & (real_keys[:, None, :] | (k_at == q_at))   # [batch, query, key]
-        visible = visible[:, None]                                             # [batch, 1, query, key]
+        mask_bias = xp.where(visible, 0.0, -math.inf).astype(xp.float32)[:, None]  # [batch, 1, query, key]
         hook.positions, hook.start = positions, start
 
         embed = hook("hook_embed", self.wte[tokens])                           # [batch, pos, d_model]
@@ -320,7 +327,7 @@ class GPT2:
         x = embed + pos_embed
         for L, block in enumerate(self.h):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
-            x = self.block(L, block, x, hook, visible, kv, start)
+            x = self.block(L, block, x, hook, mask_bias, kv, start)
         if cache is not None:
             cache.length += seq
             cache.seen = seen + real.sum(axis=1)
@@ -328,14 +335,14 @@ class GPT2:
             x = x[:, -1:]
             hook.positions = positions[:, -1:]
         x = self.layer_norm("ln_final", x, self.ln_f, hook)
-        return x @ self.wte.T                                                  # [batch, pos, vocab]
+        return linear(x, self.wte.T)                                           # [batch, pos, vocab]
 
-    def block(self, L: int, p: dict, x, hook: _HookPoints, visible, kv, start: int):
+    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
         ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook)
         attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook,
-                                                            visible=visible, kv=kv, start=start))
+                                                            mask_bias=mask_bias, kv=kv, start=start))
         resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
         ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook)
         mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
@@ -347,8 +354,8 @@ class GPT2:
         normalized = hook(name + ".hook_normalized", centred / scale)
         return normalized * p["weight"] + p["bias"]
 
-    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, visible, kv, start: int):
-        xp, c = self.xp, self.config
+    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, mask_bias, kv, start: int):
+        c = self.config
         batch, seq, d_model = x.shape
         qkv = linear(x, **c_attn).reshape(batch, seq, 3, c.n_head, c.d_head)  # q, k, v in that order
         q = hook(name + ".hook_q", qkv[:, :, 0])                               # [batch, pos, head, d_head]
@@ -361,8 +368,10 @@ class GPT2:
             values[:, :, start:start + seq] = v
             k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
 
-        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(c.d_head)             # [batch, head, query, key]
-        scores = hook(name + ".hook_attn_scores", xp.where(visible, scores, -math.inf))
+        scores = q @ k.transpose(0, 1, 3, 2)                                   # [batch, head, query, key]
+        scores /= math.sqrt(c.d_head)
+        scores += mask_bias                      # -inf where a key is in the future or padding
+        scores = hook(name + ".hook_attn_scores", scores)
         pattern = hook(name + ".hook_pattern", softmax(scores))                # [batch, head, query, key]
         z = hook(name + ".hook_z", (pattern @ v).transpose(0, 2, 1, 3))       # [batch, pos, head, d_head]
         return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
