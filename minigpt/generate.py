@@ -63,7 +63,11 @@ class Sampling:
     def filter(self, logits: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """The logits a draw is made from, float64 [batch, vocab]; removed tokens are -inf.
         `counts[b, t]` is how often token t occurs in row b so far (prompt included)."""
-        logits = np.asarray(logits, dtype=np.float64) / self.temperature
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.temperature == 0:  # greedy: the argmax of the raw logits is all that is kept
+            keep = np.arange(logits.shape[-1]) == logits.argmax(axis=-1, keepdims=True)
+            return np.where(keep, logits, -np.inf)
+        logits = logits / self.temperature
         if self.freq_penalty:
             logits = logits - self.freq_penalty * counts
         if self.presence_penalty:
@@ -118,11 +122,11 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
 def _prompt_ids(model: GPT2, prompts, tokenizer: Tokenizer | None, prepend_bos: bool) -> list[list[int]]:
     """A batch of prompts as lists of ids: from a str, a list of str, a list of ids, or a list
     of lists of ids; every id checked against the vocabulary."""
-    if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and
-                                    all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompts)):
-        prompts = [prompts]
     if isinstance(prompts, np.ndarray):
-        prompts = list(prompts)
+        prompts = [prompts] if prompts.ndim == 1 else list(prompts)
+    elif isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and
+                                      all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompts)):
+        prompts = [prompts]
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("no prompts given")
     out = []

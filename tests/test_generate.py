@@ -202,6 +202,8 @@ def test_temperature_zero_is_argmax_of_the_raw_logits():
     counts = np.array([[0, 100, 0], [0, 0, 0]])
     # Penalties do not apply at temperature 0 (TransformerLens returns the argmax first).
     assert Sampling(temperature=0, freq_penalty=1.0).sample(logits, counts, rngs=[]).tolist() == [1, 0]
+    kept_sets = np.isfinite(Sampling(temperature=0, freq_penalty=1.0).filter(logits, counts))
+    assert kept_sets.tolist() == [[False, True, False], [True, False, False]]
 
 
 def test_same_seed_same_draws_whatever_the_batch():
@@ -290,6 +292,13 @@ def test_bad_arguments_are_refused_before_any_work(small, kwargs, error, match):
     kwargs = {"prompts": [[1, 2]], **kwargs}
     with pytest.raises(error, match=match):
         generate(small, kwargs.pop("prompts"), **kwargs)
+
+
+def test_prompts_as_arrays_lists_and_batches(small):
+    one = generate(small, [3, 4], max_new_tokens=2, temperature=0).tokens
+    assert generate(small, np.array([3, 4]), max_new_tokens=2, temperature=0).tokens == one
+    assert generate(small, np.array([[3, 4], [3, 4]]), max_new_tokens=2, temperature=0).tokens == one * 2
+    assert generate(small, [[3, 4], [5]], max_new_tokens=2, temperature=0).prompts == [[3, 4], [5]]
 
 
 def test_stream_checks_its_arguments_when_called_not_when_iterated(small):
