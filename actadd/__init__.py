@@ -1,5 +1,24 @@
-"""actadd: Activation Addition (Turner et al., arXiv 2308.10248) on minigpt.
+"""actadd: Activation Addition (Turner et al., arXiv 2308.10248) on minigpt, as a plain array
+addition at blocks.{L}.hook_resid_pre. Read actadd/steering.py top to bottom for the method."""
 
-Empty for now: the algorithm lands with its own issue, on top of minigpt's hook points
-(`blocks.{L}.hook_resid_pre`).
-"""
+from .steering import (
+    ALIGNMENTS,
+    PADDINGS,
+    PAPER_SAMPLING,
+    ActivationAddition,
+    NormReport,
+    SideBySide,
+    SteeringVector,
+    addition,
+    generate,
+    norm_report,
+    site,
+    steering_vector,
+    tokens_with_bos,
+    x_vector,
+)
+from .vector_io import VectorFileError, load, save, weights_hash
+
+__all__ = ["ActivationAddition", "SteeringVector", "SideBySide", "NormReport", "VectorFileError", "addition",
+           "x_vector", "steering_vector", "generate", "norm_report", "save", "load", "weights_hash", "site",
+           "tokens_with_bos", "ALIGNMENTS", "PADDINGS", "PAPER_SAMPLING"]

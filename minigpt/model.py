@@ -217,6 +217,18 @@ class GPT2:
         source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
         return cls(config, read_checkpoint(files), source=source)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter under its bare checkpoint name (the inverse of loading)."""
+        def flatten(prefix, node):
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    yield from flatten(f"{prefix}{key}.", value)
+                else:
+                    yield f"{prefix}{key}", value
+        tree = {"wte": {"weight": self.wte}, "wpe": {"weight": self.wpe},
+                "h": {str(L): block for L, block in enumerate(self.h)}, "ln_f": self.ln_f}
+        return dict(flatten("", tree))
+
     def __repr__(self):
         c = self.config
         return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "

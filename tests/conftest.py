@@ -130,6 +130,24 @@ def write_model_folder(folder: Path, config: GPT2Config, seed: int = 0) -> Path:
     return folder
 
 
+def decode_with_cache(model, prompts, steps, rng, fwd_hooks=()):
+    """Logits [steps + 1][batch, vocab] of a cached, left-padded run fed random next tokens,
+    and the token sequences fed."""
+    from minigpt.generate import left_pad
+
+    tokens, mask = left_pad(prompts)
+    hooks = model.hook_points(fwd_hooks)
+    cache = model.new_cache(len(prompts), tokens.shape[1] + steps)
+    out = [model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]]
+    seqs = [list(p) for p in prompts]
+    for _ in range(steps):
+        new = rng.integers(0, model.config.vocab_size, len(prompts))
+        for seq, t in zip(seqs, new):
+            seq.append(int(t))
+        out.append(model.forward(new[:, None], hooks, cache=cache, last_only=True)[:, -1])
+    return out, seqs
+
+
 # ---------------------------------------------------------------------------------------------
 # A tokenizer built by hand (no reference library, no outside data)
 

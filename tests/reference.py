@@ -157,3 +157,40 @@ def greedy_generate(folder: Path, prompts: list[list[int]], max_new_tokens: int,
     for row in out.sequences[:, width:].tolist():
         rows.append(row[:row.index(eos_token_id) + 1] if eos_token_id in row else row)
     return rows, [step.numpy() for step in out.logits]
+
+
+def original_actadd_logits(folder: Path, prompt: list[int], additions: list[tuple[list[int], float, int]],
+                           alignment: str = "front") -> np.ndarray:
+    """ActAdd as the original code (montemac/activation_additions) does it, written independently
+    of minigpt with PyTorch forward pre-hooks on transformers' GPT-2 blocks: each addition's
+    activations are coeff * hidden_states[layer] of its tokens on the clean model (hidden_states[L]
+    is the residual stream entering block L), and each is added in place to the prompt's
+    front/mid/back slice by its own hook, in order. Logits [pos, vocab] of the steered prompt."""
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        acts = [(coeff * model(torch.tensor([tokens]), output_hidden_states=True).hidden_states[layer][0], layer)
+                for tokens, coeff, layer in additions]
+
+    def hook_for(activations):
+        n = activations.shape[0]
+
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]          # [batch, pos, d_model]
+            length = hidden.shape[1]
+            assert length >= n
+            if alignment == "front":
+                span = slice(0, n)
+            elif alignment == "mid":
+                span = slice(length // 2 - n // 2, length // 2 - n // 2 + n)
+            else:
+                span = slice(length - n, length)
+            hidden[:, span] = activations + hidden[:, span]
+        return pre_hook
+
+    handles = [model.transformer.h[layer].register_forward_pre_hook(hook_for(a), with_kwargs=True) for a, layer in acts]
+    try:
+        with torch.no_grad():
+            return model(torch.tensor([prompt])).logits[0].numpy()
+    finally:
+        for h in handles:
+            h.remove()

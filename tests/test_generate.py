@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import configs, handmade_tokenizer, random_model, scaled_error, write_model_folder, write_tokenizer_files
+from conftest import (configs, decode_with_cache, handmade_tokenizer, random_model, scaled_error, write_model_folder,
+                      write_tokenizer_files)
 from minigpt import GPT2Config, Sampling, generate, stream
 from minigpt.cli import main
 from minigpt.generate import left_pad
@@ -32,22 +33,6 @@ def batches(draw, max_rows=3):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in lengths]
     return random_model(config, seed=draw(st.integers(0, 999))), prompts, steps, rng
-
-
-def decode_with_cache(model, prompts, steps, rng, fwd_hooks=()):
-    """Logits [steps + 1][batch, vocab] of a cached, left-padded run fed random next tokens,
-    and the token sequences fed."""
-    tokens, mask = left_pad(prompts)
-    hooks = model.hook_points(fwd_hooks)
-    cache = model.new_cache(len(prompts), tokens.shape[1] + steps)
-    out = [model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]]
-    seqs = [list(p) for p in prompts]
-    for _ in range(steps):
-        new = rng.integers(0, model.config.vocab_size, len(prompts))
-        for seq, t in zip(seqs, new):
-            seq.append(int(t))
-        out.append(model.forward(new[:, None], hooks, cache=cache, last_only=True)[:, -1])
-    return out, seqs
 
 
 @settings(max_examples=60)
