@@ -310,3 +310,29 @@ def test_steer_errors(folder, capsys):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
+
+
+def test_readme_step_table_points_at_the_code_it_names():
+    """Each `name`, actadd/steering.py:N in the README's "ActAdd in this code" table: line N
+    defines (or, for the product and the sum, contains) what the row says."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "actadd" / "steering.py").read_text().splitlines()
+    table = root.joinpath("README.md").read_text().split("## ActAdd in this code", 1)[1].split("```", 1)[0]
+    rows = [line for line in table.splitlines() if re.match(r"\| \d \|", line)]
+    cells = [re.split(r"(?<!\\)\|", r) for r in rows]                  # cells; escaped \| stays inside
+    assert [int(c[1]) for c in cells] == list(range(1, 10))
+    expected_text = {"the product": "a.coeff * resid_pre[", "the sum": "for m in matrices:",
+                     "decode steps": "return None"}
+    checked = 0
+    for row in cells:
+        where = row[3]
+        for name, line in re.findall(r"`(?:SteeringVector\.)?(\w+)`, actadd/steering\.py:(\d+)", where):
+            assert re.match(rf"\s*def {name}\b", source[int(line) - 1]), (name, line, source[int(line) - 1])
+            checked += 1
+        for label, needle in expected_text.items():
+            for line in re.findall(rf"{label}[^|]*?actadd/steering\.py:(\d+)", where):
+                assert needle in source[int(line) - 1], (label, line)
+                checked += 1
+    assert checked == 12  # nine functions, the product, the sum, the decode-step return
