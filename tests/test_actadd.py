@@ -18,8 +18,8 @@ import minigpt
 from actadd import ActivationAddition, SteeringVector, VectorFileError, steering_vector, x_vector
 from actadd.cli import main
 from actadd.steering import _place
-from conftest import (assert_close, configs, decode_with_cache, handmade_tokenizer, random_model, random_state_dict,
-                      scaled_error, write_model_folder, write_tokenizer_files)
+from conftest import (assert_close, configs, decode_with_cache, handmade_tokenizer, max_abs, random_model,
+                      random_state_dict, record_parity, scaled_error, write_model_folder, write_tokenizer_files)
 from minigpt import GPT2, GPT2Config
 
 TOK = handmade_tokenizer()  # 262 tokens; BOS = 261; " " is one token
@@ -63,7 +63,9 @@ def test_steered_logits_equal_the_original_semantics_on_transformers(reference, 
         theirs = reference.original_actadd_logits(Path(folder), prompt, additions, alignment)
         model = GPT2.from_pretrained(folder)
     vector = steering_vector(model, [ActivationAddition(tuple(t), c, L) for t, c, L in additions], alignment)
-    assert_close(steered_logits(model, prompt, vector), theirs, f"steered logits ({alignment})")
+    ours = steered_logits(model, prompt, vector)
+    err = assert_close(ours, theirs, f"steered logits ({alignment})")
+    record_parity("actadd: steered logits vs original semantics", logits=max_abs(ours, theirs), scaled=err)
 
 
 # --- exact properties ---------------------------------------------------------------------------
@@ -91,6 +93,14 @@ def test_the_added_matrix_is_linear_in_the_coefficient_and_bos_cancels(model):
     np.testing.assert_array_equal(two.matrix(1), 2 * one.matrix(1))
     np.testing.assert_array_equal(one.matrix(1)[0], 0.0)       # [BOS, ...] - [BOS, ...] at position 0
     assert np.abs(one.matrix(1)[1:]).max() > 0
+
+
+def test_a_single_addition_is_its_prompt_with_bos_times_the_coefficient(model):
+    a = actadd.addition(TOK, " the", -2.0, 2)
+    assert (a.tokens, a.coeff, a.layer, a.prompt) == ((TOK.bos_token_id, *TOK.encode(" the")), -2.0, 2, " the")
+    (m,) = steering_vector(model, [a]).activations
+    _, cache = model.run_with_cache(list(a.tokens))
+    np.testing.assert_array_equal(m, -2.0 * cache["blocks.2.hook_resid_pre"][0])
 
 
 def test_x_vector_pads_the_shorter_prompt_right_with_a_space_by_default():
