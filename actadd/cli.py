@@ -1,4 +1,5 @@
-"""`actadd steer`: unsteered and steered completions side by side, as in the paper."""
+"""actadd command line: steer (completions side by side, as in the paper), and the paper's
+measurements: logprobs, nexttoken, sweep, reproduce."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import textwrap
 import minigpt
 from minigpt import CheckpointError, ConfigError
 
+from . import measure
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
 from .vector_io import VectorFileError, load, save
+
+ERRORS = (ConfigError, CheckpointError, VectorFileError, ValueError, TypeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     steer.add_argument("--top-p", type=float, default=PAPER_SAMPLING["top_p"])
     steer.add_argument("--freq-penalty", type=float, default=PAPER_SAMPLING["freq_penalty"])
     steer.add_argument("--json", action="store_true", help="print JSON instead of columns")
+    _add_measure_commands(sub)
     args = parser.parse_args(argv)
+    if args.command != "steer":
+        try:
+            return MEASURES[args.command](parser, args)
+        except ERRORS as e:
+            print(f"actadd: error: {e}", file=sys.stderr)
+            return 2
 
     recipe = [args.plus, args.minus, args.layer, args.coeff]
     if args.vector is not None and any(x is not None for x in recipe):
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         result = generate(model, tok, args.prompt, vector, n=args.n, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, alignment=args.align, temperature=args.temperature,
                           top_p=args.top_p, freq_penalty=args.freq_penalty)
-    except (ConfigError, CheckpointError, VectorFileError, ValueError, TypeError) as e:
+    except ERRORS as e:
         print(f"actadd: error: {e}", file=sys.stderr)
         return 2
 
@@ -96,6 +107,178 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a:<{width}} | {b}")
         print()
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _add_model_args(p, default_model="gpt2"):
+    p.add_argument("--model", default=default_model, help=f"local folder or hub id (default {default_model})")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_vector_args(p):
+    p.add_argument("--plus", help="steering prompt added with +coeff")
+    p.add_argument("--minus", default="", help="steering prompt added with -coeff (default \"\")")
+    p.add_argument("--layer", type=int, help="block whose resid_pre is steered")
+    p.add_argument("--coeff", type=float, help="the coefficient c")
+    p.add_argument("--pad", choices=PADDINGS, default="space", help="right-pad the shorter steering prompt (default space)")
+    p.add_argument("--align", choices=ALIGNMENTS, default="front")
+    p.add_argument("--vector", help="a steering vector saved by actadd steer --save, instead of --plus/--layer/--coeff")
+    p.add_argument("--allow-other-weights", action="store_true")
+
+
+def _vector(parser, args, model, tok):
+    if args.vector is not None:
+        if args.plus is not None or args.layer is not None or args.coeff is not None:
+            parser.error("give either --vector or --plus/--minus/--layer/--coeff, not both")
+        return load(args.vector, model, allow_other_weights=args.allow_other_weights)
+    if args.plus is None or args.layer is None or args.coeff is None:
+        parser.error("--plus, --layer and --coeff are needed (or --vector)")
+    return steering_vector(model, x_vector(tok, args.plus, args.minus, args.coeff, args.layer, args.pad),
+                           alignment=args.align, padding=args.pad)
+
+
+def _corpus_args(p, required=True):
+    p.add_argument("--corpus", required=required, help="a text file, or a folder of .txt files (grouped by file)")
+    p.add_argument("--split", choices=measure.SPLITS, default="sentences",
+                   help="sentences (default), chunks of --chunk-tokens, lines, or 'text<TAB>label' lines (grouped by label)")
+    p.add_argument("--chunk-tokens", type=int, default=128)
+    p.add_argument("--no-mask", action="store_true", help="keep the predictions made at the steered positions "
+                   "(masked by default, as the original)")
+    p.add_argument("--skip-short", action="store_true", help="leave out texts shorter than the steering matrix")
+
+
+def _add_measure_commands(sub):
+    p = sub.add_parser("logprobs", help="log-prob shift and perplexity ratio of a corpus, per group")
+    _add_model_args(p)
+    _add_vector_args(p)
+    _corpus_args(p)
+    p = sub.add_parser("nexttoken", help="the tokens that carry KL(steered || unsteered) after a prompt")
+    _add_model_args(p)
+    _add_vector_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("-k", type=int, default=10, help="how many tokens (default 10)")
+    p.add_argument("--topic", nargs="*", default=(), help="strings whose tokens form the set A for effectiveness "
+                   "and disruption (each must be one token, e.g. ' wedding')")
+    p = sub.add_parser("sweep", help="a metric over layers x coefficients (x alignments): CSV, JSON, PNG")
+    _add_model_args(p)
+    p.add_argument("--plus", required=True)
+    p.add_argument("--minus", default="")
+    p.add_argument("--pad", choices=PADDINGS, default="space")
+    p.add_argument("--layers", required=True, help="e.g. 0,6,12 or 0-11")
+    p.add_argument("--coeffs", required=True, help="e.g. --coeffs=-1,0,1,2,4 (with '=' when the list starts with '-')")
+    p.add_argument("--align", default="front", help="comma-separated alignments (default front)")
+    _corpus_args(p, required=False)
+    p.add_argument("--prompt", help="also (or instead) the next-token KL after this prompt")
+    p.add_argument("--topic", nargs="*", default=(), help="with --prompt: token strings for effectiveness/disruption")
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv, PREFIX.json and PREFIX.png")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("reproduce", help="the original library's numbers on gpt2-xl, beside ours")
+    _add_model_args(p, default_model="gpt2-xl")
+
+
+def _logprobs(parser, args):
+    model, tok = minigpt.load(args.model, revision=args.revision)
+    vector = _vector(parser, args, model, tok)
+    texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens)
+    summary = measure.logprob_shift(model, texts, vector, mask=not args.no_mask, skip_short=args.skip_short).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{'group':<28} {'texts':>6} {'tokens':>8} {'mean logprob diff':>18} {'perplexity ratio':>17}")
+    for group, row in summary.items():
+        print(f"{group:<28} {row['texts']:>6} {row['tokens']:>8} {row['mean_logprob_diff']:>18.5f} "
+              f"{row['perplexity_ratio']:>17.5f}")
+    return 0
+
+
+def _topic_ids(tok, strings):
+    ids = []
+    for s in strings:
+        encoded = tok.encode(s)
+        if len(encoded) != 1:
+            raise ValueError(f"topic string {s!r} is {len(encoded)} tokens {tok.token_strs(encoded)}; give single tokens")
+        ids += encoded
+    return ids
+
+
+def _nexttoken(parser, args):
+    model, tok = minigpt.load(args.model, revision=args.revision)
+    vector = _vector(parser, args, model, tok)
+    nt = measure.next_token(model, tok, args.prompt, vector)
+    topic = _topic_ids(tok, args.topic)
+    rows = [{"token": tok.token_str(t), "id": t, "kl_contribution": c, "steered": q, "unsteered": p, "ratio": r}
+            for t, c, q, p, r in nt.top(args.k)]
+    extra = {"effectiveness": nt.effectiveness(topic), "disruption": nt.disruption(topic)} if topic else {}
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "kl": nt.kl, "top": rows, **extra}, indent=2))
+        return 0
+    print(f"KL(steered || unsteered) after {args.prompt!r}: {nt.kl:.5f}")
+    print(f"{'token':<18} {'KL part':>9} {'steered p':>10} {'unsteered p':>12} {'ratio':>8}")
+    for r in rows:
+        print(f"{r['token']!r:<18} {r['kl_contribution']:>9.5f} {r['steered']:>10.5f} {r['unsteered']:>12.5f} {r['ratio']:>8.3f}")
+    for name, value in extra.items():
+        print(f"{name} over {args.topic}: {value:.5f}")
+    return 0
+
+
+def _numbers(text, kind, what):
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if kind is int and "-" in part[1:]:
+            lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+            values += list(range(int(lo), int(hi) + 1))
+        else:
+            try:
+                values.append(kind(part))
+            except ValueError:
+                raise ValueError(f"{what}: {part!r} is not a number") from None
+    return values
+
+
+def _sweep(parser, args):
+    if args.corpus is None and args.prompt is None:
+        parser.error("give --corpus (log-prob shift) and/or --prompt (next-token KL)")
+    layers, coeffs = _numbers(args.layers, int, "--layers"), _numbers(args.coeffs, float, "--coeffs")
+    alignments = [a.strip() for a in args.align.split(",")]
+    for a in alignments:
+        if a not in ALIGNMENTS:
+            parser.error(f"--align {a!r}: expected one of {ALIGNMENTS}")
+    model, tok = minigpt.load(args.model, revision=args.revision)
+    texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens) if args.corpus else None
+    rows = measure.sweep(model, tok, args.plus, args.minus, layers, coeffs, alignments, args.pad, texts=texts,
+                         prompt=args.prompt, topic_tokens=_topic_ids(tok, args.topic), mask=not args.no_mask,
+                         skip_short=args.skip_short, progress=not args.no_progress)
+    written = measure.write_sweep(rows, args.out)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _reproduce(parser, args):
+    model, tok = minigpt.load(args.model, revision=args.revision)
+    ours = measure.reproduce(model, tok)
+    rows = [(kind, ours[f"{kind}_loss"], measure.ORIGINAL_GPT2_XL[kind]) for kind in ("unsteered", "steered")]
+    if args.json:
+        print(json.dumps({"model": args.model, **ours, "original_gpt2_xl": measure.ORIGINAL_GPT2_XL}, indent=2))
+        return 0
+    print(f"mean next-token loss of <|endoftext|>I hate you because on {args.model}; steering: 'Love ' - 'Hate', "
+          "layer 6, coefficient 2, front")
+    print(f"{'':<10} {'ours':>10} {'original (gpt2-xl)':>19} {'difference':>11}")
+    for kind, value, original in rows:
+        print(f"{kind:<10} {value:>10.6f} {original:>19.6f} {value - original:>11.2e}")
+    return 0
+
+
+MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce}
 
 
 if __name__ == "__main__":

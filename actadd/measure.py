@@ -1,0 +1,417 @@
+"""Measuring ActAdd as the paper and the original code do: log-prob shifts on text, next-token
+KL, effectiveness and disruption, topic counts in samples, prompting vs injection, and sweeps
+over layers x coefficients (x alignments)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from minigpt import GPT2, Tokenizer
+from minigpt.generate import left_pad
+
+from .steering import SteeringVector, _place, generate, steering_vector, tokens_with_bos, x_vector
+
+# ---------------------------------------------------------------------------------------------
+# Corpora: (group, token ids with <|endoftext|> first)
+
+SPLITS = ("sentences", "chunks", "lines", "tsv")
+
+
+def read_corpus(path: str | Path, tokenizer: Tokenizer, split: str = "sentences",
+                chunk_tokens: int = 128) -> list[tuple[str, list[int]]]:
+    """Texts of one file, or of every .txt file of a folder (grouped by file), split into
+    sentences, fixed chunks of `chunk_tokens` tokens, lines, or `text<TAB>label` lines (grouped
+    by label, as the sentiment set is). Each text gets <|endoftext|> prepended."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+    path = Path(path)
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    out: list[tuple[str, list[int]]] = []
+    for file in files:
+        try:
+            raw = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"{file}: no such file") from None
+        except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+            raise ValueError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+        group = file.name
+        if split == "chunks":
+            ids = tokenizer.encode(raw, disallowed_special=())
+            out += [(group, [tokenizer.bos_token_id] + ids[i:i + chunk_tokens]) for i in range(0, len(ids), chunk_tokens)]
+            continue
+        if split == "sentences":
+            pieces = [(group, s) for s in re.split(r"(?<=[.!?])\s+", " ".join(raw.split()))]
+        elif split == "lines":
+            pieces = [(group, line) for line in raw.splitlines()]
+        else:
+            pieces = []
+            for number, line in enumerate(raw.splitlines(), 1):
+                if line.strip():
+                    if "\t" not in line:
+                        raise ValueError(f"{file}:{number}: expected 'text<TAB>label'")
+                    text, label = line.rsplit("\t", 1)
+                    pieces.append((label.strip(), text))
+        out += [(g, tokens_with_bos(tokenizer, t)) for g, t in pieces if t.strip()]
+    if not out:
+        raise ValueError(f"{path}: no text to measure (empty corpus)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs of the actual next tokens
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def next_token_logprobs(model: GPT2, sequences: Sequence[Sequence[int]], vector: SteeringVector | None = None,
+                        batch_tokens: int = 1024) -> list[np.ndarray]:
+    """For each sequence, log P(token t+1 | tokens 0..t) for every t: float32 [len - 1]. With a
+    vector, each sequence is the prompt it steers (added at its own front/mid/back). Sequences
+    are batched by length (left-padded, at most `batch_tokens` positions a batch)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and len(sequences[order[stop]]) * (stop - start + 1) <= batch_tokens:
+            stop += 1
+        batch = [list(sequences[i]) for i in order[start:stop]]
+        tokens, mask = left_pad(batch)
+        hooks = vector.hooks(prompt_lengths=[len(s) for s in batch]) if vector is not None else ()
+        logits = model.run_with_hooks(tokens, hooks, attention_mask=mask)              # [batch, pos, vocab]
+        logprobs = log_softmax(logits[:, :-1])                                          # predictions
+        picked = np.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]     # [batch, pos - 1]
+        for row, i in enumerate(order[start:stop]):
+            out[i] = picked[row, tokens.shape[1] - len(sequences[i]):]
+        start = stop
+    return out
+
+
+def steered_positions(vector: SteeringVector, length: int, alignment: str | None = None) -> np.ndarray:
+    """bool [length]: the positions of a `length`-token prompt that the vector adds to."""
+    delta = np.zeros((1, length, 1), np.float32)
+    for m in vector.activations:
+        _place(delta, np.ones((len(m), 1), np.float32), np.arange(length)[None], np.array([length]),
+               alignment or vector.alignment)
+    return delta[0, :, 0] > 0
+
+
+@dataclass
+class LogprobShift:
+    """Per text: log-probs of its actual next tokens, unsteered and steered, and which
+    predictions are masked (made at positions the addition sits on, when `mask` is on)."""
+
+    groups: list[str]
+    unsteered: list[np.ndarray]
+    steered: list[np.ndarray]
+    masked: list[np.ndarray]
+
+    def summary(self) -> dict:
+        """Token-weighted mean log-prob difference (steered - unsteered) and perplexity ratio
+        exp(-mean difference), over all texts and per group."""
+        def summarize(indices):
+            diffs = [(self.steered[i] - self.unsteered[i])[~self.masked[i]] for i in indices]
+            n = sum(len(d) for d in diffs)
+            mean = float(np.concatenate(diffs).astype(np.float64).mean()) if n else float("nan")
+            return {"texts": len(indices), "tokens": n, "mean_logprob_diff": mean, "perplexity_ratio": math.exp(-mean)}
+
+        result = {"all": summarize(range(len(self.groups)))}
+        for group in dict.fromkeys(self.groups):
+            result[group] = summarize([i for i, g in enumerate(self.groups) if g == group])
+        return result
+
+
+def _check_texts(model: GPT2, texts, vector: SteeringVector, skip_short: bool):
+    """Texts that fit the context, and are not shorter than the steering matrix (or, with
+    `skip_short`, without those that are)."""
+    if not texts:
+        raise ValueError("no texts to measure")
+    long = [i for i, (_, ids) in enumerate(texts) if len(ids) > model.config.n_positions]
+    if long:
+        group, ids = texts[long[0]]
+        raise ValueError(f"text {long[0]} of {group!r} has {len(ids)} tokens, more than n_positions="
+                         f"{model.config.n_positions} ({len(long)} such texts); split the corpus into chunks "
+                         f"of at most {model.config.n_positions - 1} tokens (split='chunks')")
+    short = [i for i, (_, ids) in enumerate(texts) if len(ids) < vector.length]
+    if short and not skip_short:
+        group, ids = texts[short[0]]
+        raise ValueError(f"text {short[0]} of {group!r} has {len(ids)} tokens (with <|endoftext|>) but the steering "
+                         f"matrix has {vector.length} positions ({len(short)} such texts); pass skip_short=True "
+                         "(--skip-short) to leave them out, or use longer texts")
+    kept = [t for i, t in enumerate(texts) if i not in set(short)]
+    if not kept:
+        raise ValueError(f"every text is shorter than the steering matrix ({vector.length} positions)")
+    return kept
+
+
+def logprob_shift(model: GPT2, texts: Sequence[tuple[str, Sequence[int]]], vector: SteeringVector, mask: bool = True,
+                  skip_short: bool = False, unsteered: list[np.ndarray] | None = None,
+                  batch_tokens: int = 1024) -> LogprobShift:
+    """Log-probs of each text's tokens unsteered and steered. As the original, the predictions
+    made at the positions the addition sits on (the first len(matrix) with front alignment) are
+    masked by default: there the model reads the steering prompt's activations, not the text.
+    `unsteered` reuses log-probs already computed for the same texts (as sweeps do)."""
+    texts = _check_texts(model, list(texts), vector, skip_short)
+    seqs = [ids for _, ids in texts]
+    base = unsteered if unsteered is not None else next_token_logprobs(model, seqs, batch_tokens=batch_tokens)
+    steered = next_token_logprobs(model, seqs, vector, batch_tokens=batch_tokens)
+    masked = [steered_positions(vector, len(ids))[:-1] if mask else np.zeros(len(ids) - 1, bool) for ids in seqs]
+    return LogprobShift([g for g, _ in texts], base, steered, masked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Next-token distributions
+
+
+@dataclass
+class NextToken:
+    unsteered: np.ndarray  # float64 [vocab] probabilities after the prompt
+    steered: np.ndarray
+
+    @property
+    def contributions(self) -> np.ndarray:
+        """Per token, q log(q / p): they sum to KL(steered || unsteered)."""
+        q, p = self.steered, self.unsteered
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(q > 0, q * (np.log(q) - np.log(p)), 0.0)
+
+    @property
+    def kl(self) -> float:
+        return float(self.contributions.sum())
+
+    def top(self, k: int = 10) -> list[tuple[int, float, float, float, float]]:
+        """(token, contribution, steered prob, unsteered prob, ratio) of the k largest contributions."""
+        c = self.contributions
+        order = np.argsort(-c, kind="stable")[:k]
+        return [(int(t), float(c[t]), float(self.steered[t]), float(self.unsteered[t]),
+                 float(self.steered[t] / self.unsteered[t])) for t in order]
+
+    def effectiveness(self, tokens: Iterable[int]) -> float:
+        """log P_steered(A) - log P_unsteered(A) for the token set A (the original's logits.py)."""
+        a = _token_set(tokens, len(self.steered))
+        return float(np.log(self.steered[a].sum()) - np.log(self.unsteered[a].sum()))
+
+    def disruption(self, tokens: Iterable[int]) -> float:
+        """The original's disruption: the KL within A and within the rest, each between the
+        distributions renormalised to that set, weighted by the steered mass of the set."""
+        a = _token_set(tokens, len(self.steered))
+        total = 0.0
+        for part in (a, ~a):
+            q, p = self.steered[part], self.unsteered[part]
+            if q.sum() == 0:
+                continue
+            qn, pn = q / q.sum(), p / p.sum()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                total += float(q.sum() * np.where(qn > 0, qn * (np.log(qn) - np.log(pn)), 0.0).sum())
+        return total
+
+
+def _token_set(tokens, vocab: int) -> np.ndarray:
+    ids = np.asarray(list(tokens), dtype=np.int64)
+    if ids.size == 0 or ids.min() < 0 or ids.max() >= vocab:
+        raise ValueError(f"token set {ids.tolist()[:10]} must be non-empty ids in [0, {vocab})")
+    a = np.zeros(vocab, bool)
+    a[ids] = True
+    return a
+
+
+def next_token(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector) -> NextToken:
+    """The next-token distributions after `prompt` (with <|endoftext|>), unsteered and steered."""
+    ids = tokens_with_bos(tokenizer, prompt)
+    p = model(ids, last_only=True)[0, -1]
+    q = model.run_with_hooks(ids, vector.hooks(prompt_lengths=len(ids)), last_only=True)[0, -1]
+    return NextToken(np.exp(log_softmax(p.astype(np.float64))), np.exp(log_softmax(q.astype(np.float64))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples, and prompting vs injection
+
+
+def topic_counts(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, words: Sequence[str],
+                 seeds: Sequence[int] = range(5), n: int = 10, max_new_tokens: int = 40, **sampling) -> dict:
+    """How often words of `words` (whole words, any case) occur in completions sampled as in the
+    paper, unsteered and steered, over several seeds (the paper's wedding-word count)."""
+    if not words:
+        raise ValueError("no topic words given")
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    per_seed = []
+    for seed in seeds:
+        result = generate(model, tokenizer, prompt, vector, n=n, seed=seed, max_new_tokens=max_new_tokens, **sampling)
+        per_seed.append({"seed": seed, "unsteered": sum(len(pattern.findall(t)) for t in result.unsteered),
+                         "steered": sum(len(pattern.findall(t)) for t in result.steered)})
+    completions = n * len(per_seed)
+    return {"per_seed": per_seed, "completions": completions,
+            "unsteered_per_completion": sum(s["unsteered"] for s in per_seed) / completions,
+            "steered_per_completion": sum(s["steered"] for s in per_seed) / completions}
+
+
+def prompting_vs_injection(model: GPT2, tokenizer: Tokenizer, phrase: str, texts: Sequence[tuple[str, Sequence[int]]],
+                           coeff: float, layer: int, padding: str = "space") -> dict:
+    """The post's comparison: perplexity ratio of each group's text when `phrase` is put before
+    it in the prompt, and when it is added as activations (x-vector phrase - "", padded), against
+    the plain text. Both ratios use the same tokens: those predicted after the injection's span."""
+    vector = steering_vector(model, x_vector(tokenizer, phrase, "", coeff, layer, padding), padding=padding)
+    texts = _check_texts(model, list(texts), vector, skip_short=False)
+    phrase_ids = tokenizer.encode(phrase)
+    seqs = [list(ids) for _, ids in texts]
+    plain = next_token_logprobs(model, seqs)
+    prompted = next_token_logprobs(model, [[s[0]] + phrase_ids + s[1:] for s in seqs])
+    injected = next_token_logprobs(model, seqs, vector)
+    out = {}
+    for group in dict.fromkeys(g for g, _ in texts):
+        rows = [i for i, (g, _) in enumerate(texts) if g == group]
+        keep = [~steered_positions(vector, len(seqs[i]))[:-1] for i in rows]
+        base = np.concatenate([plain[i][k] for i, k in zip(rows, keep)]).astype(np.float64)
+        # In the prompted sequence the text's predictions come after the phrase.
+        pro = np.concatenate([prompted[i][len(phrase_ids):][k] for i, k in zip(rows, keep)]).astype(np.float64)
+        inj = np.concatenate([injected[i][k] for i, k in zip(rows, keep)]).astype(np.float64)
+        out[group] = {"tokens": int(base.size), "prompting_perplexity_ratio": math.exp(-(pro - base).mean()),
+                      "injection_perplexity_ratio": math.exp(-(inj - base).mean())}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def scaled(vector: SteeringVector, coeff: float) -> SteeringVector:
+    """The same additions with coefficients multiplied by `coeff` (activations too: exact)."""
+    return replace(vector, additions=tuple(replace(a, coeff=a.coeff * coeff) for a in vector.additions),
+                   activations=tuple(coeff * m for m in vector.activations))
+
+
+def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequence[int], coeffs: Sequence[float],
+          alignments: Sequence[str] = ("front",), padding: str = "space", texts=None, prompt: str | None = None,
+          topic_tokens: Sequence[int] = (), mask: bool = True, skip_short: bool = False, progress: bool = True) -> list[dict]:
+    """One row per (layer, coeff, alignment) cell: the log-prob shift on `texts`, and/or the
+    next-token KL (and effectiveness/disruption over `topic_tokens`) after `prompt`. The
+    unsteered pass is computed once for all cells; each layer's vector once (at coefficient 1,
+    then scaled); every cell is what the single-run functions would give."""
+    for L in layers:
+        if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= L < model.config.n_layer:
+            raise ValueError(f"layer {L!r} in the grid: this model has blocks 0 to {model.config.n_layer - 1}")
+    if texts is None and prompt is None:
+        raise ValueError("give texts (log-prob shift) and/or a prompt (next-token KL) to sweep over")
+    cells = [(L, c, a) for L in layers for c in coeffs for a in alignments]
+    unit = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding) for L in layers}
+    base = plain_next = None
+    if texts is not None:
+        texts = _check_texts(model, list(texts), unit[layers[0]], skip_short)
+        base = next_token_logprobs(model, [ids for _, ids in texts])
+    if prompt is not None:
+        ids = tokens_with_bos(tokenizer, prompt)
+        plain_next = np.exp(log_softmax(model(ids, last_only=True)[0, -1].astype(np.float64)))
+    rows = []
+    for L, c, a in _progress(cells, progress):
+        vector = replace(scaled(unit[L], c), alignment=a)
+        row = {"layer": L, "coeff": c, "alignment": a}
+        if texts is not None:
+            row.update(logprob_shift(model, texts, vector, mask=mask, unsteered=base).summary()["all"])
+        if prompt is not None:
+            steered = model.run_with_hooks(ids, vector.hooks(prompt_lengths=len(ids)), last_only=True)[0, -1]
+            nt = NextToken(plain_next, np.exp(log_softmax(steered.astype(np.float64))))
+            row["kl"] = nt.kl
+            if topic_tokens:
+                row.update(effectiveness=nt.effectiveness(topic_tokens), disruption=nt.disruption(topic_tokens))
+        rows.append(row)
+    return rows
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm  # installed with huggingface-hub
+
+    return tqdm(items, desc="sweep", unit="cell")
+
+
+def write_sweep(rows: list[dict], prefix: str | Path, plot: bool = True) -> list[Path]:
+    """PREFIX.csv and PREFIX.json (and PREFIX.png with matplotlib, a layer x coefficient map per
+    alignment), each written to a temporary file and renamed: never a half-written file."""
+    import csv
+    import io
+    import json
+    import os
+    import tempfile
+
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+
+    def atomic(path: Path, write) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    written = [atomic(prefix.with_suffix(".csv"), lambda p: Path(p).write_text(buffer.getvalue())),
+               atomic(prefix.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(rows, indent=2)))]
+    if plot:
+        try:
+            import matplotlib
+        except ImportError:
+            print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')")
+        else:
+            matplotlib.use("Agg")
+            written.append(atomic(prefix.with_suffix(".png"), lambda p: _plot(rows, p)))
+    return written
+
+
+def _plot(rows: list[dict], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    metric = "perplexity_ratio" if "perplexity_ratio" in rows[0] else "kl"
+    alignments = list(dict.fromkeys(r["alignment"] for r in rows))
+    layers = sorted({r["layer"] for r in rows})
+    coeffs = sorted({r["coeff"] for r in rows})
+    fig, axes = plt.subplots(1, len(alignments), figsize=(1.2 + 1.1 * len(coeffs) * len(alignments), 1 + 0.4 * len(layers)),
+                             squeeze=False)
+    for ax, alignment in zip(axes[0], alignments):
+        grid = np.full((len(layers), len(coeffs)), np.nan)
+        for r in rows:
+            if r["alignment"] == alignment:
+                grid[layers.index(r["layer"]), coeffs.index(r["coeff"])] = r[metric]
+        image = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(coeffs)), [f"{c:g}" for c in coeffs])
+        ax.set_yticks(range(len(layers)), layers)
+        ax.set(xlabel="coefficient", ylabel="layer", title=f"{metric} ({alignment})")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproduction
+
+
+ORIGINAL_GPT2_XL = {"unsteered": 4.819790363311768, "steered": 7.975721836090088}
+
+
+def reproduce(model: GPT2, tokenizer: Tokenizer, layer: int = 6, coeff: float = 2.0) -> dict:
+    """Mean next-token loss of <|endoftext|>I hate you because, unsteered and with the x-vector
+    "Love " - "Hate" (both 3 tokens with BOS: no padding) at `layer`, `coeff`, front. On gpt2-xl
+    the original library gave ORIGINAL_GPT2_XL (layer 6, coefficient 2)."""
+    ids = tokens_with_bos(tokenizer, "I hate you because")
+    vector = steering_vector(model, x_vector(tokenizer, "Love ", "Hate", coeff, layer, padding="none"), padding="none")
+    plain, steered = (next_token_logprobs(model, [ids], v)[0] for v in (None, vector))
+    return {"tokens": ids, "additions": [list(a.tokens) for a in vector.additions],
+            "unsteered_loss": float(-plain.astype(np.float64).mean()), "steered_loss": float(-steered.astype(np.float64).mean())}
