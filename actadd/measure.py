@@ -57,7 +57,8 @@ def read_corpus(path: str | Path, tokenizer: Tokenizer, split: str = "sentences"
                         raise ValueError(f"{file}:{number}: expected 'text<TAB>label'")
                     text, label = line.rsplit("\t", 1)
                     pieces.append((label.strip(), text))
-        out += [(g, tokens_with_bos(tokenizer, t)) for g, t in pieces if t.strip()]
+        # Corpus text is ordinary text: a literal "<|endoftext|>" in it is not the special token.
+        out += [(g, [tokenizer.bos_token_id] + tokenizer.encode(t, disallowed_special=())) for g, t in pieces if t.strip()]
     if not out:
         raise ValueError(f"{path}: no text to measure (empty corpus)")
     return out
@@ -240,6 +241,7 @@ def topic_counts(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: Steerin
                  seeds: Sequence[int] = range(5), n: int = 10, max_new_tokens: int = 40, **sampling) -> dict:
     """How often words of `words` (whole words, any case) occur in completions sampled as in the
     paper, unsteered and steered, over several seeds (the paper's wedding-word count)."""
+    words = [w.strip() for w in words if w.strip()]
     if not words:
         raise ValueError("no topic words given")
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)

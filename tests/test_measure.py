@@ -132,8 +132,8 @@ def test_next_token_kl_effectiveness_and_disruption(model):
 
 def test_topic_counts_count_whole_words_in_the_side_by_side_samples(model):
     vector = steering_vector(model, x_vector(TOK, "the ab", " a", 8.0, 0))
-    counts = measure.topic_counts(model, TOK, " the abab the ab", vector, ["ab", "THE"], seeds=[0, 1], n=3,
-                                  max_new_tokens=8)
+    counts = measure.topic_counts(model, TOK, " the abab the ab", vector, [" ab", "THE"], seeds=[0, 1], n=3,
+                                  max_new_tokens=8)   # surrounding spaces do not matter
     import re
 
     word = re.compile(r"\b(ab|the)\b", re.IGNORECASE)
@@ -271,17 +271,19 @@ def test_bad_corpora_and_texts_are_refused(model, tmp_path, texts):
 def test_corpus_splits(tmp_path):
     folder = tmp_path / "books"
     folder.mkdir()
-    (folder / "a.txt").write_text("The ab. The  ba!\nIs it?  ")
+    (folder / "a.txt").write_text("The ab. The  ba!\nIs it?  <|endoftext|>")
     (folder / "b.txt").write_text("one line\nsecond line\n")
     sentences = measure.read_corpus(folder, TOK)
     assert [(g, TOK.decode(ids[1:])) for g, ids in sentences] == [
-        ("a.txt", "The ab."), ("a.txt", "The ba!"), ("a.txt", "Is it?"), ("b.txt", "one line second line")]
+        ("a.txt", "The ab."), ("a.txt", "The ba!"), ("a.txt", "Is it?"), ("a.txt", "<|endoftext|>"),
+        ("b.txt", "one line second line")]
+    assert TOK.eos_token_id not in sentences[3][1][1:]   # the literal text, not the special token
     assert all(ids[0] == TOK.bos_token_id for _, ids in sentences)
     lines = measure.read_corpus(folder / "b.txt", TOK, split="lines")
     assert [TOK.decode(ids[1:]) for _, ids in lines] == ["one line", "second line"]
     chunks = measure.read_corpus(folder / "a.txt", TOK, split="chunks", chunk_tokens=4)
     assert all(len(ids) <= 5 for _, ids in chunks)
-    assert TOK.decode([t for _, ids in chunks for t in ids[1:]]) == "The ab. The  ba!\nIs it?  "
+    assert TOK.decode([t for _, ids in chunks for t in ids[1:]]) == "The ab. The  ba!\nIs it?  <|endoftext|>"
 
 
 # --- the CLI -----------------------------------------------------------------------------------
