@@ -15,7 +15,7 @@ import numpy as np
 from minigpt import GPT2, Tokenizer
 from minigpt.generate import left_pad
 
-from .steering import SteeringVector, _place, generate, steering_vector, tokens_with_bos, x_vector
+from .steering import ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, steering_vector, tokens_with_bos, x_vector
 
 # ---------------------------------------------------------------------------------------------
 # Corpora: (group, token ids with <|endoftext|> first)
@@ -228,9 +228,13 @@ def _token_set(tokens, vocab: int) -> np.ndarray:
 def next_token(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector) -> NextToken:
     """The next-token distributions after `prompt` (with <|endoftext|>), unsteered and steered."""
     ids = tokens_with_bos(tokenizer, prompt)
-    p = model(ids, last_only=True)[0, -1]
-    q = model.run_with_hooks(ids, vector.hooks(prompt_lengths=len(ids)), last_only=True)[0, -1]
-    return NextToken(np.exp(log_softmax(p.astype(np.float64))), np.exp(log_softmax(q.astype(np.float64))))
+    return NextToken(_next_distribution(model, ids), _next_distribution(model, ids, vector))
+
+
+def _next_distribution(model: GPT2, ids: list[int], vector: SteeringVector | None = None) -> np.ndarray:
+    """float64 [vocab]: P(next token | ids), steered by `vector` over the whole of `ids` if given."""
+    hooks = vector.hooks(prompt_lengths=len(ids)) if vector is not None else ()
+    return np.exp(log_softmax(model.run_with_hooks(ids, hooks, last_only=True)[0, -1].astype(np.float64)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,15 +307,24 @@ def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequ
             raise ValueError(f"layer {L!r} in the grid: this model has blocks 0 to {model.config.n_layer - 1}")
     if texts is None and prompt is None:
         raise ValueError("give texts (log-prob shift) and/or a prompt (next-token KL) to sweep over")
+    if not layers or not coeffs or not alignments:
+        raise ValueError("the grid is empty: give at least one layer, one coefficient and one alignment")
+    for c in coeffs:
+        if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) or not math.isfinite(c):
+            raise ValueError(f"coefficient {c!r} in the grid: expected a finite number")
+    for a in alignments:
+        if a not in ALIGNMENTS:
+            raise ValueError(f"alignment {a!r} in the grid: expected one of {ALIGNMENTS}")
     cells = [(L, c, a) for L in layers for c in coeffs for a in alignments]
     unit = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding) for L in layers}
     base = plain_next = None
+    if prompt is not None:  # checked before the long unsteered pass over the texts
+        ids = tokens_with_bos(tokenizer, prompt)
+        _check_lengths(np.array([len(ids)]), unit[layers[0]].length, "front")
+        plain_next = _next_distribution(model, ids)
     if texts is not None:
         texts = _check_texts(model, list(texts), unit[layers[0]], skip_short)
         base = next_token_logprobs(model, [ids for _, ids in texts])
-    if prompt is not None:
-        ids = tokens_with_bos(tokenizer, prompt)
-        plain_next = np.exp(log_softmax(model(ids, last_only=True)[0, -1].astype(np.float64)))
     rows = []
     for L, c, a in _progress(cells, progress):
         vector = replace(scaled(unit[L], c), alignment=a)
@@ -319,8 +332,7 @@ def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequ
         if texts is not None:
             row.update(logprob_shift(model, texts, vector, mask=mask, unsteered=base).summary()["all"])
         if prompt is not None:
-            steered = model.run_with_hooks(ids, vector.hooks(prompt_lengths=len(ids)), last_only=True)[0, -1]
-            nt = NextToken(plain_next, np.exp(log_softmax(steered.astype(np.float64))))
+            nt = NextToken(plain_next, _next_distribution(model, ids, vector))
             row["kl"] = nt.kl
             if topic_tokens:
                 row.update(effectiveness=nt.effectiveness(topic_tokens), disruption=nt.disruption(topic_tokens))

@@ -266,6 +266,14 @@ def test_bad_corpora_and_texts_are_refused(model, tmp_path, texts):
         measure.logprob_shift(model, long, vector)
     with pytest.raises(ValueError, match="layer 7 in the grid: this model has blocks 0 to 6"):
         measure.sweep(model, TOK, "a", "", [0, 7], [1.0], texts=texts)
+    with pytest.raises(ValueError, match="the grid is empty"):
+        measure.sweep(model, TOK, "a", "", [], [1.0], texts=texts)
+    with pytest.raises(ValueError, match="coefficient nan in the grid"):
+        measure.sweep(model, TOK, "a", "", [0], [float("nan")], texts=texts)
+    with pytest.raises(ValueError, match="alignment 'side' in the grid"):
+        measure.sweep(model, TOK, "a", "", [0], [1.0], ["side"], texts=texts)
+    with pytest.raises(ValueError, match="lengthen the prompt"):
+        measure.sweep(model, TOK, "the ab the ab", "", [0], [1.0], prompt="ab")
 
 
 def test_corpus_splits(tmp_path):
