@@ -331,7 +331,8 @@ class GPT2:
         q_at = start + xp.arange(seq)[:, None]                                 # [query, 1]
         k_at = xp.arange(start + seq)[None, :]                                 # [1, key]
         visible = (k_at <= q_at) & (real_keys[:, None, :] | (k_at == q_at))   # [batch, query, key]
-        mask_bias = xp.where(visible, 0.0, -math.inf).astype(xp.float32)[:, None]  # [batch, 1, query, key]
+        # float32 scalars: Python floats would make where() build a float64 array
+        mask_bias = xp.where(visible, xp.float32(0.0), xp.float32(-math.inf))[:, None]  # [batch, 1, query, key]
         hook.positions, hook.start = positions, start
 
         embed = hook("hook_embed", self.wte[tokens])                           # [batch, pos, d_model]

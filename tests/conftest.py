@@ -117,15 +117,19 @@ def random_model(config: GPT2Config, seed: int = 0) -> GPT2:
     return GPT2(config, random_state_dict(config, seed))
 
 
-def write_model_folder(folder: Path, config: GPT2Config, seed: int = 0) -> Path:
-    """config.json + model.safetensors of a random model, written without torch."""
+def config_dict(config: GPT2Config, **overrides) -> dict:
+    """What config.json holds for `config` (plus `overrides`, to make bad ones)."""
     from dataclasses import asdict
 
+    return {"model_type": "gpt2", **{k: v for k, v in asdict(config).items() if v is not None}, **overrides}
+
+
+def write_model_folder(folder: Path, config: GPT2Config, seed: int = 0) -> Path:
+    """config.json + model.safetensors of a random model, written without torch."""
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    raw = {"model_type": "gpt2", **{k: v for k, v in asdict(config).items() if v is not None}}
-    (folder / "config.json").write_text(json.dumps(raw))
+    (folder / "config.json").write_text(json.dumps(config_dict(config)))
     save_file(random_state_dict(config, seed), folder / "model.safetensors")
     return folder
 

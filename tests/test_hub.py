@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import handmade_tokenizer, random_state_dict, write_tokenizer_files
+from conftest import config_dict, handmade_tokenizer, random_state_dict, write_tokenizer_files
 from minigpt import GPT2, GPT2Config
 
 CONFIG = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=13)
@@ -38,7 +38,7 @@ def add_snapshot(cache: Path, repo: str, commit: str, files: dict[str, object], 
 
 
 def config_json():
-    return {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 8, "n_positions": 8, "vocab_size": 13}
+    return config_dict(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def cache(tmp_path_factory):
     big = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=262)
     c = random_state_dict(big, seed=3)
     add_snapshot(cache, "acme/with-tokenizer", COMMIT_A,
-                 {"config.json": {**config_json(), "vocab_size": 262}, "model.safetensors": c}, "main")
+                 {"config.json": config_dict(big), "model.safetensors": c}, "main")
     write_tokenizer_files(cache / "models--acme--with-tokenizer" / "snapshots" / COMMIT_A, handmade_tokenizer())
     ids = handmade_tokenizer().encode(" the abab")
     return cache, {"a": GPT2(CONFIG, a)(TOKENS), "b": GPT2(CONFIG, b)(TOKENS), "c": GPT2(big, c)([ids])}

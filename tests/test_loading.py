@@ -7,14 +7,13 @@ format) or byte by byte, so these tests need no torch.
 import json
 import pickle
 import struct
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import random_state_dict
+from conftest import config_dict, random_state_dict
 from minigpt import GPT2, CheckpointError, ConfigError, GPT2Config
 from minigpt.weights import read_safetensors
 
@@ -22,9 +21,8 @@ CONFIG = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=6, vocab_size=11)
 TOKENS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
 
 
-def hf_config_dict(config=CONFIG, **overrides):
-    d = {"model_type": "gpt2", **{k: v for k, v in asdict(config).items() if v is not None}}
-    return {**d, **overrides}
+def hf_config_dict(**overrides):
+    return config_dict(CONFIG, **overrides)
 
 
 def write_folder(folder: Path, tensors: dict, config: dict | None = None) -> Path:
