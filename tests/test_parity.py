@@ -117,3 +117,36 @@ def test_primitives_match_torch_elementwise(reference):
     t = torch.from_numpy(h)
     np.testing.assert_allclose(normalized, F.layer_norm(t, (64,), eps=1e-5).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scale, (t.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt().numpy(), rtol=1e-6)
+
+
+@settings(max_examples=60)
+@given(case=cases(), block=st.integers(1, 8))
+def test_attention_by_blocks_matches_transformers(reference, case, block):
+    """The forward pass as generation and measurement run it (no hook on scores or pattern, so
+    attention goes by blocks of queries), with blocks small enough that these short sequences
+    span several of them."""
+    from unittest import mock
+
+    from minigpt import model as model_module
+
+    config, tokens, seed = case
+    with tempfile.TemporaryDirectory() as folder:
+        reference.write_checkpoint(Path(folder), config, seed)
+        ref_logits, _, _ = reference.reference_run(Path(folder), tokens)
+        model = GPT2.from_pretrained(folder)
+        with mock.patch.object(model_module, "ATTENTION_BLOCK", block):
+            logits = model(tokens)
+    scaled = assert_close(logits, ref_logits, "logits")
+    assert_same_argmax(logits, ref_logits)
+    record_parity("hypothesis float32, attention by blocks", logits=max_abs(logits, ref_logits), scaled=scaled)
+
+
+def test_gpt2_shape_long_prompt_matches_transformers(reference, tmp_path):
+    """The gpt2 shape on 300 tokens: three blocks of the default 128 queries."""
+    config = GPT2Config()
+    reference.write_checkpoint(tmp_path, config, seed=2, layout="prefixed")
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, (1, 300))
+    ref_logits, _, _ = reference.reference_run(tmp_path, tokens)
+    logits = GPT2.from_pretrained(tmp_path)(tokens)
+    scaled = assert_close(logits, ref_logits, "logits")
+    record_parity("gpt2 shape, 300 tokens, attention by blocks", logits=max_abs(logits, ref_logits), scaled=scaled)
