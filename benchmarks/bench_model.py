@@ -1,19 +1,25 @@
-"""minigpt against transformers (PyTorch CPU) on the same random weights of the real `gpt2` shape
-(12 layers, 768 wide, vocab 50257, float32), in one process:
+"""minigpt against transformers (PyTorch CPU) on the same random weights of a real GPT-2 shape
+(float32), both engines in one process, plus the machine's own limits measured in the same run:
 
-    python benchmarks/bench_generate.py [--repeats 3] [--json out.json]
+    python benchmarks/bench_model.py [--shape gpt2|gpt2-medium] [--repeats 5] [--json out.json]
 
     prefill 128 / 1024   one forward pass over that many tokens, logits for every position
     decode b1 / b8       greedy generation of 64 new tokens after a 16-token prompt, batch 1 / 8
                          (tok/s counts new tokens of all rows; the 16-token prefill is included)
-    weights read once    one matrix-vector product with every weight matrix (the four per block,
-                         and wte for the logits): the least a batch-1 decode step can cost when
-                         the weights do not fit in cache, i.e. this machine's bandwidth limit
+    decode b1 steered    the same with an ActAdd vector (two 4-token additions at the middle
+                         layer) on the prompt's positions: minigpt against minigpt unsteered
+    load                 a fresh process loading the local float32 checkpoint: seconds, and its
+                         peak resident memory (VmHWM) against the checkpoint's bytes
+
+    limits               bandwidth: one matrix-vector product with every weight matrix, the least
+                         a batch-1 decode step can cost when the weights do not fit in cache;
+                         compute: float32 GEMM GFLOP/s at the prefill's shapes, which with the
+                         prefill's FLOPs bounds prefill tok/s
 
 transformers runs its own `model(...)` and `model.generate(do_sample=False)` with its KV cache;
-minigpt runs `model(...)` and `minigpt.generate(temperature=0)`. Each repeat runs every case on
-both engines, the engine order alternating between repeats (the machines are noisy); the table
-gives medians, min and max, and minigpt's speed relative to transformers. Needs the test extra.
+minigpt runs `model(...)` and `minigpt.generate(temperature=0)`. Every repeat runs every case on
+both engines, the order alternating between repeats (the machines are noisy); the table gives
+medians, min and max, and minigpt's speed relative to transformers. Needs the test extra.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -36,24 +44,68 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import minigpt  # noqa: E402
 import reference  # noqa: E402
+from actadd import ActivationAddition, SteeringVector  # noqa: E402
 from minigpt import GPT2, GPT2Config  # noqa: E402
+
+SHAPES = {"gpt2": GPT2Config(), "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024)}
+
+LOAD = {  # engine: (imports, the load), run in a fresh process for each measurement
+    "minigpt": ("import minigpt", "minigpt.GPT2.from_pretrained(folder)"),
+    "transformers": ("import torch, transformers",
+                     "transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)"),
+}
+LOAD_SCRIPT = """
+import sys, time
+{imports}
+def peak_rss_kb(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])
+folder = sys.argv[1]
+before = peak_rss_kb(); start = time.perf_counter()
+model = {load}
+print(time.perf_counter() - start, before, peak_rss_kb())
+"""
+
+
+def load_in_fresh_process(engine: str, folder: Path) -> tuple[float, int, int]:
+    """Seconds to load, and peak RSS in bytes before (after the imports) and after loading."""
+    imports, load = LOAD[engine]
+    script = LOAD_SCRIPT.format(imports=imports, load=load)
+    out = subprocess.run([sys.executable, "-c", script, str(folder)], check=True, capture_output=True, text=True)
+    seconds, before, after = out.stdout.split()
+    return float(seconds), int(before) * 1024, int(after) * 1024
+
+
+def prefill_flops(config: GPT2Config, n: int) -> float:
+    """Multiply-adds x 2 of a prefill of n tokens with all logits: the four matrices per block,
+    the causal half of q k^T and pattern v, and the unembedding."""
+    d, L = config.n_embd, config.n_layer
+    per_token = L * (d * 3 * d + d * d + 2 * d * config.d_mlp) + d * config.vocab_size
+    attention = L * 2 * d * n * (n + 1) / 2
+    return 2 * (n * per_token + attention)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=HERE / "bench_generate.json")
+    parser.add_argument("--shape", choices=SHAPES, default="gpt2")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="default: benchmarks/bench_model_SHAPE.json")
     args = parser.parse_args()
+    args.json = args.json or HERE / f"bench_model_{args.shape}.json"
     torch.set_num_threads(os.cpu_count() or 1)  # the reference module sets 1 for its tiny test models
 
-    config = GPT2Config()
-    folder = Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
+    config = SHAPES[args.shape]
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{args.shape}-"))
     reference.write_checkpoint(folder, config, seed=0, layout="prefixed")
+    checkpoint_bytes = (folder / "model.safetensors").stat().st_size
     hf = reference.transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
     ours = GPT2.from_pretrained(folder)
     rng = np.random.default_rng(0)
     long_ids = rng.integers(0, config.vocab_size, (1, 1024))
     prompts = rng.integers(0, config.vocab_size, (8, 16))
+    layer = config.n_layer // 2
+    plus, minus = (tuple(rng.integers(0, config.vocab_size, 4)) for _ in range(2))
+    additions = (ActivationAddition(plus, 4.0, layer), ActivationAddition(minus, -4.0, layer))
+    vector = SteeringVector(additions, tuple(a.coeff * ours.run_with_cache(list(a.tokens))[1][
+        f"blocks.{layer}.hook_resid_pre"][0] for a in additions))
 
     def hf_generate(batch):
         ids = torch.as_tensor(prompts[:batch])
@@ -61,68 +113,114 @@ def main():
                           min_new_tokens=64, pad_token_id=0)
         assert out.shape == (batch, 16 + 64)
 
-    def ours_generate(batch):
-        out = minigpt.generate(ours, prompts[:batch].tolist(), max_new_tokens=64, temperature=0)
+    def ours_generate(batch, hooks=()):
+        out = minigpt.generate(ours, prompts[:batch].tolist(), max_new_tokens=64, temperature=0, fwd_hooks=hooks)
         assert all(len(t) == 64 for t in out.tokens)
 
     def hf_prefill(n):
         with torch.no_grad():
             hf(torch.as_tensor(long_ids[:, :n]))
 
-    matrices = [ours.wte.T] + [layer[a][b]["weight"] for layer in ours.h
+    matrices = [ours.wte.T] + [block[a][b]["weight"] for block in ours.h
                                for a, b in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))]
     weight_bytes = sum(w.nbytes for w in matrices)
-    vector = np.ones((1, config.n_embd), np.float32)
+    vectors = {n: np.ones((1, n), np.float32) for n in {w.shape[0] for w in matrices}}
 
     def read_weights_once():
         for w in matrices:
-            (vector if w.shape[0] == config.n_embd else np.ones((1, w.shape[0]), np.float32)) @ w
+            vectors[w.shape[0]] @ w
 
-    cases = {  # name: (units of work, transformers, minigpt)
-        "prefill 128": (128, lambda: hf_prefill(128), lambda: ours(long_ids[:, :128])),
-        "prefill 1024": (1024, lambda: hf_prefill(1024), lambda: ours(long_ids)),
-        "decode b1 (64 after 16)": (64, lambda: hf_generate(1), lambda: ours_generate(1)),
-        "decode b8 (64 after 16)": (8 * 64, lambda: hf_generate(8), lambda: ours_generate(8)),
+    gemm_a = rng.standard_normal((1024, config.n_embd), dtype=np.float32)
+    gemm_b = rng.standard_normal((config.n_embd, config.d_mlp), dtype=np.float32)
+
+    def gemm():  # the c_fc product of a 1024-token prefill
+        gemm_a @ gemm_b
+
+    steer = vector.hooks(prompt_lengths=16)
+    cases = {  # name: (units of work, {engine: run})
+        "prefill 128": (128, {"transformers": lambda: hf_prefill(128), "minigpt": lambda: ours(long_ids[:, :128])}),
+        "prefill 1024": (1024, {"transformers": lambda: hf_prefill(1024), "minigpt": lambda: ours(long_ids)}),
+        "decode b1": (64, {"transformers": lambda: hf_generate(1), "minigpt": lambda: ours_generate(1),
+                           "minigpt steered": lambda: ours_generate(1, steer)}),
+        "decode b8": (8 * 64, {"transformers": lambda: hf_generate(8), "minigpt": lambda: ours_generate(8)}),
     }
-    for _, run_hf, run_ours in cases.values():  # warm-up: page in the weights, build kernels
-        run_hf(), run_ours()
-    read_weights_once()
-    limit_times = []
+    for _, runs in cases.values():  # warm-up: page in the weights, build kernels
+        for run in runs.values():
+            run()
+    read_weights_once(), gemm()
 
-    times = {(case, engine): [] for case in cases for engine in ("transformers", "minigpt")}
+    times = {(case, engine): [] for case, (_, runs) in cases.items() for engine in runs}
+    limit_times, gemm_times = [], []
+    load = {engine: [] for engine in LOAD}
     for r in range(args.repeats):
-        for case, (_, run_hf, run_ours) in cases.items():
-            order = [("transformers", run_hf), ("minigpt", run_ours)]
-            for engine, run in (order if r % 2 == 0 else order[::-1]):
+        for case, (_, runs) in cases.items():
+            for engine, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
                 start = time.perf_counter()
                 run()
                 times[case, engine].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        read_weights_once()
-        limit_times.append(time.perf_counter() - start)
+        for engine in (list(LOAD) if r % 2 == 0 else list(LOAD)[::-1]):
+            load[engine].append(load_in_fresh_process(engine, folder))
+        for measure, into in ((read_weights_once, limit_times), (gemm, gemm_times)):
+            start = time.perf_counter()
+            measure()
+            into.append(time.perf_counter() - start)
 
     rows = []
-    for case, (units, _, _) in cases.items():
-        med = {e: statistics.median(times[case, e]) for e in ("transformers", "minigpt")}
-        for engine in ("transformers", "minigpt"):
+    for case, (units, runs) in cases.items():
+        med = {e: statistics.median(times[case, e]) for e in runs}
+        for engine in runs:
             ts = times[case, engine]
             rows.append({"case": case, "engine": engine, "median_s": med[engine], "min_s": min(ts), "max_s": max(ts),
                          "tokens_per_s": units / med[engine], "speedup_vs_transformers": med["transformers"] / med[engine]})
+    row = {(r["case"], r["engine"]): r for r in rows}
 
-    limit = statistics.median(limit_times)
-    b1 = next(r for r in rows if r["case"].startswith("decode b1") and r["engine"] == "minigpt")
-    print(f"gpt2 shape (12 x 768, vocab 50257), float32; {args.repeats} repeats; Python {platform.python_version()}, "
-          f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} cores")
-    print(f"{'case':<26} {'engine':<13} {'median s':>9} {'min':>7} {'max':>7} {'tok/s':>8} {'x transformers':>15}")
-    for row in rows:
-        print(f"{row['case']:<26} {row['engine']:<13} {row['median_s']:>9.3f} {row['min_s']:>7.3f} {row['max_s']:>7.3f} "
-              f"{row['tokens_per_s']:>8.1f} {row['speedup_vs_transformers']:>15.2f}")
-    print(f"weights read once: {weight_bytes / 1e6:.0f} MB in {limit * 1e3:.1f} ms = {weight_bytes / limit / 1e9:.1f} GB/s, "
-          f"so batch-1 decode is bound near {1 / limit:.1f} tok/s; minigpt reaches {b1['tokens_per_s'] * limit:.0%} of it")
-    args.json.write_text(json.dumps({"repeats": args.repeats, "python": platform.python_version(),
-                                     "numpy": np.__version__, "torch": torch.__version__, "rows": rows,
-                                     "weights_read_once": {"bytes": weight_bytes, "seconds": limit,
-                                                           "decode_bound_tokens_per_s": 1 / limit}}, indent=2))
+    bandwidth_s = statistics.median(limit_times)
+    gflops = 2 * gemm_a.shape[0] * gemm_a.shape[1] * gemm_b.shape[1] / statistics.median(gemm_times) / 1e9
+    limits = {
+        "weights_read_once": {"bytes": weight_bytes, "seconds": bandwidth_s, "GB_per_s": weight_bytes / bandwidth_s / 1e9,
+                              "decode_b1_bound_tokens_per_s": 1 / bandwidth_s},
+        "gemm": {"shape": [1024, config.n_embd, config.d_mlp], "GFLOP_per_s": gflops,
+                 "prefill_bound_tokens_per_s": {n: n / (prefill_flops(config, n) / (gflops * 1e9)) for n in (128, 1024)}},
+    }
+    loads = {}
+    for engine, runs in load.items():
+        secs, before, after = zip(*runs)
+        loads[engine] = {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
+                         "peak_rss_before_load": statistics.median(before), "peak_rss_after_load": statistics.median(after),
+                         "peak_rss_after_load_over_checkpoint": statistics.median(after) / checkpoint_bytes}
+    steered_ratio = row["decode b1", "minigpt steered"]["median_s"] / row["decode b1", "minigpt"]["median_s"]
+    blas = threadpoolctl.threadpool_info()
+
+    c = config
+    print(f"{args.shape} shape ({c.n_layer} x {c.n_embd}, vocab {c.vocab_size}), float32; {args.repeats} repeats; "
+          f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {os.cpu_count()} cores")
+    print("threads: " + "; ".join(f"{b['internal_api']} {b.get('version') or ''} {b.get('architecture') or ''} "
+                                  f"{b['num_threads']} threads ({b['prefix']})" for b in blas))
+    print(f"{'case':<14} {'engine':<16} {'median s':>9} {'min':>7} {'max':>7} {'tok/s':>8} {'x transformers':>15}")
+    for r in rows:
+        print(f"{r['case']:<14} {r['engine']:<16} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} "
+              f"{r['tokens_per_s']:>8.1f} {r['speedup_vs_transformers']:>15.2f}")
+    for engine, l in loads.items():
+        print(f"{'load':<14} {engine:<16} {l['median_s']:>9.3f} {l['min_s']:>7.3f} {l['max_s']:>7.3f}   peak RSS "
+              f"{l['peak_rss_after_load'] / 1e6:.0f} MB (before loading {l['peak_rss_before_load'] / 1e6:.0f} MB) = "
+              f"{l['peak_rss_after_load_over_checkpoint']:.2f}x the {checkpoint_bytes / 1e6:.0f} MB checkpoint")
+    b1 = row["decode b1", "minigpt"]["tokens_per_s"]
+    print(f"steered decode b1 takes {steered_ratio:.3f}x the time of unsteered")
+    print(f"limit, bandwidth: {weight_bytes / 1e6:.0f} MB of weights read once in {bandwidth_s * 1e3:.1f} ms "
+          f"= {weight_bytes / bandwidth_s / 1e9:.1f} GB/s, so batch-1 decode is bound near {1 / bandwidth_s:.1f} tok/s; "
+          f"minigpt reaches {b1 * bandwidth_s:.0%} of it, transformers "
+          f"{row['decode b1', 'transformers']['tokens_per_s'] * bandwidth_s:.0%}")
+    for n, bound in limits["gemm"]["prefill_bound_tokens_per_s"].items():
+        print(f"limit, compute: GEMM {gflops:.0f} GFLOP/s, so prefill {n} is bound near {bound:.0f} tok/s; minigpt "
+              f"reaches {row[f'prefill {n}', 'minigpt']['tokens_per_s'] / bound:.0%} of it, transformers "
+              f"{row[f'prefill {n}', 'transformers']['tokens_per_s'] / bound:.0%}")
+    args.json.write_text(json.dumps({
+        "shape": args.shape, "config": vars(config) if hasattr(config, "__dict__") else str(config),
+        "repeats": args.repeats, "python": platform.python_version(), "numpy": np.__version__,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(),
+        "threadpools": blas, "rows": rows, "load": {"checkpoint_bytes": checkpoint_bytes, **loads},
+        "steered_over_unsteered_decode_b1": steered_ratio, "limits": limits}, indent=2, default=str))
     print(f"wrote {args.json}")
 
 
