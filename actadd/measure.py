@@ -15,7 +15,8 @@ import numpy as np
 from minigpt import GPT2, Tokenizer
 from minigpt.generate import left_pad
 
-from .steering import ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, steering_vector, tokens_with_bos, x_vector
+from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, site, steering_vector, tokens_with_bos,
+                       x_vector)
 
 # ---------------------------------------------------------------------------------------------
 # Corpora: (group, token ids with <|endoftext|> first)
@@ -78,23 +79,38 @@ def next_token_logprobs(model: GPT2, sequences: Sequence[Sequence[int]], vector:
     """For each sequence, log P(token t+1 | tokens 0..t) for every t: float32 [len - 1]. With a
     vector, each sequence is the prompt it steers (added at its own front/mid/back). Sequences
     are batched by length (left-padded, at most `batch_tokens` positions a batch)."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[np.ndarray | None] = [None] * len(sequences)
+    for rows, tokens, mask in length_batches(sequences, batch_tokens):
+        hooks = vector.hooks(prompt_lengths=[len(sequences[i]) for i in rows]) if vector is not None else ()
+        logits = model.run_with_hooks(tokens, hooks, attention_mask=mask)              # [batch, pos, vocab]
+        _scatter(out, rows, picked_logprobs(logits, tokens), sequences)
+    return out
+
+
+def length_batches(sequences: Sequence[Sequence[int]], batch_tokens: int = 1024):
+    """(indices, tokens, attention mask) of sequences batched by length, left-padded, at most
+    `batch_tokens` positions a batch (a longer sequence goes alone)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     start = 0
     while start < len(order):
         stop = start + 1
         while stop < len(order) and len(sequences[order[stop]]) * (stop - start + 1) <= batch_tokens:
             stop += 1
-        batch = [list(sequences[i]) for i in order[start:stop]]
-        tokens, mask = left_pad(batch)
-        hooks = vector.hooks(prompt_lengths=[len(s) for s in batch]) if vector is not None else ()
-        logits = model.run_with_hooks(tokens, hooks, attention_mask=mask)              # [batch, pos, vocab]
-        logprobs = log_softmax(logits[:, :-1])                                          # predictions
-        picked = np.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]     # [batch, pos - 1]
-        for row, i in enumerate(order[start:stop]):
-            out[i] = picked[row, tokens.shape[1] - len(sequences[i]):]
+        tokens, mask = left_pad([list(sequences[i]) for i in order[start:stop]])
+        yield order[start:stop], tokens, mask
         start = stop
-    return out
+
+
+def picked_logprobs(logits, tokens):
+    """log P(the next token) at each position but the last: [batch, pos - 1]."""
+    logprobs = log_softmax(logits[:, :-1])                                              # predictions
+    return np.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+def _scatter(out: list, rows, picked, sequences) -> None:
+    """Each batch row's log-probs, without its left padding, into out[its sequence's index]."""
+    for row, i in enumerate(rows):
+        out[i] = picked[row, picked.shape[1] + 1 - len(sequences[i]):]
 
 
 def steered_positions(vector: SteeringVector, length: int, alignment: str | None = None) -> np.ndarray:
@@ -165,8 +181,11 @@ def logprob_shift(model: GPT2, texts: Sequence[tuple[str, Sequence[int]]], vecto
     seqs = [ids for _, ids in texts]
     base = unsteered if unsteered is not None else next_token_logprobs(model, seqs, batch_tokens=batch_tokens)
     steered = next_token_logprobs(model, seqs, vector, batch_tokens=batch_tokens)
-    masked = [steered_positions(vector, len(ids))[:-1] if mask else np.zeros(len(ids) - 1, bool) for ids in seqs]
-    return LogprobShift([g for g, _ in texts], base, steered, masked)
+    return LogprobShift([g for g, _ in texts], base, steered, _masked(vector, seqs, mask))
+
+
+def _masked(vector: SteeringVector, seqs, mask: bool) -> list[np.ndarray]:
+    return [steered_positions(vector, len(ids))[:-1] if mask else np.zeros(len(ids) - 1, bool) for ids in seqs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +316,8 @@ def scaled(vector: SteeringVector, coeff: float) -> SteeringVector:
 
 def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequence[int], coeffs: Sequence[float],
           alignments: Sequence[str] = ("front",), padding: str = "space", texts=None, prompt: str | None = None,
-          topic_tokens: Sequence[int] = (), mask: bool = True, skip_short: bool = False, progress: bool = True) -> list[dict]:
+          topic_tokens: Sequence[int] = (), mask: bool = True, skip_short: bool = False, progress: bool = True,
+          batch_tokens: int = 1024) -> list[dict]:
     """One row per (layer, coeff, alignment) cell: the log-prob shift on `texts`, and/or the
     next-token KL (and effectiveness/disruption over `topic_tokens`) after `prompt`. The
     unsteered pass is computed once for all cells; each layer's vector once (at coefficient 1,
@@ -317,26 +337,36 @@ def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequ
             raise ValueError(f"alignment {a!r} in the grid: expected one of {ALIGNMENTS}")
     cells = [(L, c, a) for L in layers for c in coeffs for a in alignments]
     unit = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding) for L in layers}
-    base = plain_next = None
-    if prompt is not None:  # checked before the long unsteered pass over the texts
+    vectors = [replace(scaled(unit[L], c), alignment=a) for L, c, a in cells]
+    rows = [{"layer": L, "coeff": c, "alignment": a} for L, c, a in cells]
+    if prompt is not None:  # checked before the long passes over the texts
         ids = tokens_with_bos(tokenizer, prompt)
         _check_lengths(np.array([len(ids)]), unit[layers[0]].length, "front")
-        plain_next = _next_distribution(model, ids)
     if texts is not None:
         texts = _check_texts(model, list(texts), unit[layers[0]], skip_short)
-        base = next_token_logprobs(model, [ids for _, ids in texts])
-    rows = []
-    for L, c, a in _progress(cells, progress):
-        vector = replace(scaled(unit[L], c), alignment=a)
-        row = {"layer": L, "coeff": c, "alignment": a}
-        if texts is not None:
-            row.update(logprob_shift(model, texts, vector, mask=mask, unsteered=base).summary()["all"])
-        if prompt is not None:
+        seqs = [ids for _, ids in texts]
+        base = [None] * len(seqs)
+        steered = [[None] * len(seqs) for _ in cells]
+        # Batch by batch: one unsteered pass keeps resid_pre at every swept layer, and each
+        # cell's steered pass starts from there: the blocks before its layer are unsteered.
+        for batch, tokens, padding_mask in _progress(list(length_batches(seqs, batch_tokens)), progress):
+            logits, resid = model.run_with_cache(tokens, names=[site(L) for L in layers], attention_mask=padding_mask)
+            _scatter(base, batch, picked_logprobs(logits, tokens), seqs)
+            lengths = [len(seqs[i]) for i in batch]
+            for (L, _, _), vector, out in zip(cells, vectors, steered):
+                logits = model.run_with_hooks(tokens, vector.hooks(prompt_lengths=lengths), attention_mask=padding_mask,
+                                              start_at_layer=L, resid_pre=resid[site(L)])
+                _scatter(out, batch, picked_logprobs(logits, tokens), seqs)
+        groups = [g for g, _ in texts]
+        for row, vector, out in zip(rows, vectors, steered):
+            row.update(LogprobShift(groups, base, out, _masked(vector, seqs, mask)).summary()["all"])
+    if prompt is not None:
+        plain_next = _next_distribution(model, ids)
+        for row, vector in zip(rows, vectors):
             nt = NextToken(plain_next, _next_distribution(model, ids, vector))
             row["kl"] = nt.kl
             if topic_tokens:
                 row.update(effectiveness=nt.effectiveness(topic_tokens), disruption=nt.disruption(topic_tokens))
-        rows.append(row)
     return rows
 
 
@@ -345,7 +375,7 @@ def _progress(items, enabled: bool):
         return items
     from tqdm import tqdm  # installed with huggingface-hub
 
-    return tqdm(items, desc="sweep", unit="cell")
+    return tqdm(items, desc="sweep", unit="batch")
 
 
 def write_sweep(rows: list[dict], prefix: str | Path, plot: bool = True) -> list[Path]:

@@ -169,6 +169,8 @@ def _steering_hook(matrices: list[np.ndarray], alignment: Alignment, prompt_leng
         else:
             return None                                                       # a decode step: not the prompt
         _check_lengths(lengths, max(len(m) for m in matrices), alignment)
+        if not (positions < lengths[:, None]).any():
+            return None                                                       # past the prompt: nothing to add
         delta = np.zeros_like(resid_pre)
         for m in matrices:
             _place(delta, m, positions, lengths, alignment)

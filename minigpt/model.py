@@ -353,7 +353,8 @@ class GPT2:
     # --- the forward pass ----------------------------------------------------------------------
 
     def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
-                cache: KVCache | None = None, last_only: bool = False):
+                cache: KVCache | None = None, last_only: bool = False,
+                start_at_layer: int = 0, resid_pre=None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`) for `tokens`.
 
         attention_mask  [batch, pos] of 0/1 or bool, 1 for real tokens, 0 for left padding.
@@ -363,6 +364,10 @@ class GPT2:
                         earlier positions are attended to. Prefill with the prompt, then pass
                         one token per row per step.
         last_only       unembed the last position only (what generation needs).
+        start_at_layer  with `resid_pre`, the activation at blocks.{L}.hook_resid_pre of these
+                        tokens (e.g. cached from an unsteered pass): run blocks L onward only,
+                        from it, as TransformerLens's start_at_layer. Hooks at that point and
+                        later run as usual; a sweep over layers skips the blocks before each.
         """
         xp = self.xp
         hook = hook or _HookPoints({}, None, set())
@@ -393,10 +398,13 @@ class GPT2:
         mask_bias = xp.where(visible, xp.float32(0.0), xp.float32(-math.inf))[:, None]  # [batch, 1, query, key]
         hook.positions, hook.start = positions, start
 
-        embed = hook("hook_embed", self.wte[tokens])                           # [batch, pos, d_model]
-        pos_embed = hook("hook_pos_embed", self.wpe[xp.maximum(positions, 0)])  # [batch, pos, d_model]
-        x = embed + pos_embed
-        for L, block in enumerate(self.h):
+        if start_at_layer or resid_pre is not None:
+            x = self._check_resid_pre(resid_pre, start_at_layer, tokens.shape, cache)
+        else:
+            embed = hook("hook_embed", self.wte[tokens])                       # [batch, pos, d_model]
+            pos_embed = hook("hook_pos_embed", self.wpe[xp.maximum(positions, 0)])  # [batch, pos, d_model]
+            x = embed + pos_embed
+        for L, block in enumerate(self.h[start_at_layer:], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
             x = self.block(L, block, x, hook, mask_bias, kv, start)
         if cache is not None:
@@ -486,6 +494,20 @@ class GPT2:
                 f"token id {int(ids[b, t])} at batch row {b}, position {t} is outside the vocabulary [0, {V})"
             )
         return self.xp.asarray(ids.astype(np.intp, copy=False))
+
+    def _check_resid_pre(self, resid_pre, layer, shape, cache):
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"start_at_layer={layer!r}: this model has blocks 0 to {self.config.n_layer - 1}")
+        if cache is not None:
+            raise ValueError("start_at_layer cannot fill a KV cache: the blocks before it would have no keys")
+        want = (*shape, self.config.n_embd)
+        if resid_pre is None:
+            raise ValueError(f"start_at_layer={layer} needs resid_pre, the activation at "
+                             f"blocks.{layer}.hook_resid_pre of these tokens")
+        if type(resid_pre) is not type(self.wte) or resid_pre.dtype != self.wte.dtype or resid_pre.shape != want:
+            raise ValueError(f"resid_pre is {type(resid_pre).__name__} {getattr(resid_pre, 'dtype', '')} "
+                             f"{getattr(resid_pre, 'shape', '')}; expected {type(self.wte).__name__} float32 {want}")
+        return resid_pre
 
     def _check_mask(self, attention_mask, shape):
         """The attention mask as bool [batch, pos] (all True when None): 1/True = real token.

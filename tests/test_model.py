@@ -361,3 +361,46 @@ def test_hooking_the_pattern_is_what_forces_the_full_square(monkeypatch):
     assert len(calls) == 3 and cache["blocks.1.attn.hook_pattern"].shape == (1, 2, 16, 16)
     model.run_with_hooks(tokens, [("blocks.0.attn.hook_attn_scores", lambda x, hook: None)])
     assert len(calls) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting at a layer
+
+
+@settings(max_examples=40)
+@given(padded_batches(), st.data())
+def test_starting_at_a_layer_from_its_cached_resid_pre_gives_the_same_floats(case, data):
+    """What sweeps do: the blocks before L are skipped, their output taken from a cached
+    unsteered pass. With hooks at L and after, the logits must be those of the whole pass, to
+    the bit (the same operations on the same inputs)."""
+    model, tokens, mask, _, _ = case
+    L = data.draw(st.integers(0, model.config.n_layer - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    delta = rng.standard_normal((*tokens.shape, model.config.n_embd)).astype(np.float32)
+    hooks = [(f"blocks.{L}.hook_resid_pre", lambda x, hook: x + delta),
+             (f"blocks.{model.config.n_layer - 1}.hook_mlp_out", lambda x, hook: x * np.float32(0.5))]
+    whole = model.run_with_hooks(tokens, hooks, attention_mask=mask)
+    _, cache = model.run_with_cache(tokens, names=f"blocks.{L}.hook_resid_pre", attention_mask=mask)
+    resumed = model.run_with_hooks(tokens, hooks, attention_mask=mask, start_at_layer=L,
+                                   resid_pre=cache[f"blocks.{L}.hook_resid_pre"])
+    np.testing.assert_array_equal(resumed, whole)
+    seen = []
+    model.run_with_hooks(tokens, [(lambda n: True, lambda x, hook: seen.append(str(hook)))], attention_mask=mask,
+                         start_at_layer=L, resid_pre=cache[f"blocks.{L}.hook_resid_pre"])
+    assert seen[0] == f"blocks.{L}.hook_resid_pre"   # nothing of the skipped blocks runs
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"start_at_layer": 2}, "start_at_layer=2: this model has blocks 0 to 1"),
+    ({"start_at_layer": -1}, "start_at_layer=-1"),
+    ({"start_at_layer": 1}, "needs resid_pre, the activation at blocks.1.hook_resid_pre"),
+    ({"start_at_layer": 1, "resid_pre": np.zeros((1, 5, 8), np.float64)}, "float64 \\(1, 5, 8\\); expected ndarray float32"),
+    ({"start_at_layer": 1, "resid_pre": np.zeros((1, 4, 8), np.float32)}, "expected ndarray float32 \\(1, 5, 8\\)"),
+    ({"start_at_layer": 1, "resid_pre": [[0.0] * 8] * 5}, "resid_pre is list"),
+])
+def test_bad_start_at_layer_is_refused(kwargs, match):
+    model = random_model(GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=8, vocab_size=10))
+    with pytest.raises(ValueError, match=match):
+        model(np.arange(5), **kwargs)
+    with pytest.raises(ValueError, match="start_at_layer cannot fill a KV cache"):
+        model(np.arange(5), start_at_layer=1, resid_pre=np.zeros((1, 5, 8), np.float32), cache=model.new_cache(1, 8))
