@@ -340,3 +340,13 @@ def test_cli_sweep_with_an_invalid_layer_writes_nothing(folder, capsys, tmp_path
     assert main(["logprobs", "--model", str(folder), "--plus", "a", "--layer", "0", "--coeff", "1",
                  "--corpus", str(tmp_path / "missing.txt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_picked_logprobs_are_the_floats_of_the_full_log_softmax():
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((3, 9, 500)) * 8).astype(np.float32)
+    tokens = rng.integers(0, 500, (3, 9))
+    full = np.take_along_axis(measure.log_softmax(logits[:, :-1]), tokens[:, 1:, None], axis=-1)[..., 0]
+    got = measure.picked_logprobs(logits, tokens)
+    assert got.dtype == np.float32 and got.shape == (3, 8)
+    np.testing.assert_array_equal(got, full)
