@@ -496,7 +496,7 @@ class GPT2:
         return self.xp.asarray(ids.astype(np.intp, copy=False))
 
     def _check_resid_pre(self, resid_pre, layer, shape, cache):
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.config.n_layer:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.config.n_layer:
             raise ValueError(f"start_at_layer={layer!r}: this model has blocks 0 to {self.config.n_layer - 1}")
         if cache is not None:
             raise ValueError("start_at_layer cannot fill a KV cache: the blocks before it would have no keys")

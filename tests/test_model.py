@@ -402,5 +402,8 @@ def test_bad_start_at_layer_is_refused(kwargs, match):
     model = random_model(GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=8, vocab_size=10))
     with pytest.raises(ValueError, match=match):
         model(np.arange(5), **kwargs)
+    resid = np.zeros((1, 5, 8), np.float32)
+    np.testing.assert_array_equal(model(np.arange(5), start_at_layer=np.int64(1), resid_pre=resid),
+                                  model(np.arange(5), start_at_layer=1, resid_pre=resid))  # numpy ints, as sweeps pass
     with pytest.raises(ValueError, match="start_at_layer cannot fill a KV cache"):
         model(np.arange(5), start_at_layer=1, resid_pre=np.zeros((1, 5, 8), np.float32), cache=model.new_cache(1, 8))
