@@ -252,3 +252,16 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"| {case} | {row['examples']} | " + " | ".join(cells) + " |")
     if os.environ.get("MINIGPT_PARITY_REPORT"):
         Path(os.environ["MINIGPT_PARITY_REPORT"]).write_text(json.dumps(PARITY, indent=2))
+
+
+def pytest_collection_modifyitems(config, items):
+    """docs/walkthrough.md runs as a doctest (pyproject: --doctest-glob). Its last steps read a
+    held-out book from the shared corpora: where MINIGPT_CORPORA is unset it skips, saying so; in
+    CI (.ci/run sets it) it always runs."""
+    if os.environ.get("MINIGPT_CORPORA"):
+        return
+    skip = pytest.mark.skip(reason="MINIGPT_CORPORA is not set: the walkthrough reads a held-out book "
+                                   "from the shared corpora (.ci/run sets it to ../shared/corpora)")
+    for item in items:
+        if item.path.name == "walkthrough.md":
+            item.add_marker(skip)
