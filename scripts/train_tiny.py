@@ -24,6 +24,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from minigpt.checkpoints import split_held_out  # one rule for training, tests and docs
+
 EOT = "<|endoftext|>"
 TITLES = {"pg11": "Alice's Adventures in Wonderland", "pg1342": "Pride and Prejudice", "pg16": "Peter Pan",
           "pg1661": "The Adventures of Sherlock Holmes", "pg174": "The Picture of Dorian Gray",
@@ -31,7 +33,6 @@ TITLES = {"pg11": "Alice's Adventures in Wonderland", "pg1342": "Pride and Preju
           "pg98": "A Tale of Two Cities"}
 ARCH = dict(n_layer=4, n_head=4, n_embd=256, n_positions=256)
 VOCAB = 4096
-HELD_OUT = 0.05
 
 
 def read_texts(corpora: Path) -> dict[str, str]:
@@ -40,12 +41,6 @@ def read_texts(corpora: Path) -> dict[str, str]:
     texts = {p.stem: p.read_text(encoding="utf-8") for p in sorted((corpora / "gutenberg").glob("*.txt"))}
     texts["tinyshakespeare"] = (corpora / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     return texts
-
-
-def split(text: str) -> tuple[str, str]:
-    """(train, validation): the last HELD_OUT of the text, from a line break on."""
-    cut = text.rindex("\n", 0, int(len(text) * (1 - HELD_OUT))) + 1
-    return text[:cut], text[cut:]
 
 
 def train_tokenizer(train_texts: list[str]) -> Tokenizer:
@@ -178,7 +173,7 @@ def main():
     started = time.perf_counter()
 
     texts = read_texts(args.corpora)
-    train_texts, val_texts = zip(*(split(t) for t in texts.values()))
+    train_texts, val_texts = zip(*(split_held_out(t) for t in texts.values()))
     tok = train_tokenizer(list(train_texts))
     train_ids, val_ids = stream(tok, train_texts), stream(tok, val_texts)
     ctx = ARCH["n_positions"]

@@ -13,7 +13,7 @@ import pytest
 
 import minigpt
 from conftest import assert_close, max_abs, record_parity
-from minigpt.checkpoints import SHIPPED
+from minigpt.checkpoints import SHIPPED, held_out_chunks
 
 FOLDER = SHIPPED["tiny-books"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,13 +96,6 @@ SEA_WORDS = ["whale", "whales", "sea", "seas", "ship", "ships", "boat", "boats",
              "water", "waves", "ocean", "deck", "sail", "sails", "sailor", "sailors", "shore"]
 
 
-def held_out_chunks(tok, corpora_dir, book, n=64, count=40):
-    """The held-out end of a book (the last 5%, as scripts/train_tiny.py splits), in chunks."""
-    text = (corpora_dir / "gutenberg" / book).read_text(encoding="utf-8")
-    ids = tok.encode(text[text.rindex("\n", 0, int(len(text) * 0.95)) + 1:])
-    return [(book, [tok.bos_token_id] + ids[i:i + n]) for i in range(0, n * count, n)]
-
-
 def test_a_gentle_whale_vector_raises_held_out_moby_dick(tiny, corpora_dir):
     """Coefficient 1 at layer 0: the mean log-prob of held-out Moby Dick rises, that of Pride and
     Prejudice falls. Noise, measured two ways: the standard error of the shift over the 40
@@ -113,7 +106,7 @@ def test_a_gentle_whale_vector_raises_held_out_moby_dick(tiny, corpora_dir):
     from actadd import measure
 
     model, tok = tiny
-    moby, pride = (held_out_chunks(tok, corpora_dir, b) for b in ("pg2701.txt", "pg1342.txt"))
+    moby, pride = (held_out_chunks(tok, corpora_dir / "gutenberg" / b) for b in ("pg2701.txt", "pg1342.txt"))
 
     def shift(word, texts):
         result = measure.logprob_shift(model, texts, steering_vector(model, x_vector(tok, word, MINUS, 1.0, LAYER)))
@@ -143,3 +136,19 @@ def test_the_whale_vector_fills_completions_with_sea_words(tiny):
     per_seed = np.array([(s["steered"] - s["unsteered"]) / 10 for s in counts["per_seed"]])
     difference = counts["steered_per_completion"] - counts["unsteered_per_completion"]
     assert difference > 0.5 and difference > 3 * per_seed.std(ddof=1) / np.sqrt(len(per_seed)), (difference, per_seed)
+
+
+def test_the_held_out_split_is_the_end_of_the_text_from_a_line_break(tiny, tmp_path):
+    from minigpt.checkpoints import split_held_out
+
+    text = "".join(f"line {i} of a book\n" for i in range(1000))
+    train, held = split_held_out(text)
+    assert train + held == text and train.endswith("\n") and 0.04 < len(held) / len(text) <= 0.06
+    _, tok = tiny
+    path = tmp_path / "book.txt"
+    path.write_text(text, encoding="utf-8")
+    chunks = held_out_chunks(tok, path, n=16, count=3)
+    assert [len(ids) for _, ids in chunks] == [17] * 3 and all(ids[0] == tok.bos_token_id for _, ids in chunks)
+    assert tok.decode(sum((ids[1:] for _, ids in chunks), [])) in held
+    with pytest.raises(ValueError, match="fewer than 1000 chunks of 16"):
+        held_out_chunks(tok, path, n=16, count=1000)

@@ -6,3 +6,22 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 SHIPPED = {"tiny-books": FOLDER / "tiny-books"}  # short name -> Hugging Face folder
+
+HELD_OUT = 0.05  # the end of each training text that tiny-books never saw
+
+
+def split_held_out(text: str) -> tuple[str, str]:
+    """(training part, held-out part) of a text, as scripts/train_tiny.py splits each book: the
+    held-out part is the last 5%, from a line break on."""
+    cut = text.rindex("\n", 0, int(len(text) * (1 - HELD_OUT))) + 1
+    return text[:cut], text[cut:]
+
+
+def held_out_chunks(tokenizer, path, n: int = 64, count: int = 40) -> list[tuple[str, list[int]]]:
+    """`count` chunks of `n` tokens, each with <|endoftext|> first, from the held-out end of a book
+    file (grouped under its file name): text to measure tiny-books on that it was not trained on."""
+    path = Path(path)
+    ids = tokenizer.encode(split_held_out(path.read_text(encoding="utf-8"))[1], disallowed_special=())
+    if len(ids) < n * count:
+        raise ValueError(f"{path}: the held-out part has {len(ids)} tokens, fewer than {count} chunks of {n}")
+    return [(path.name, [tokenizer.bos_token_id] + ids[i:i + n]) for i in range(0, n * count, n)]
