@@ -25,6 +25,7 @@ medians, min and max, and minigpt's speed relative to transformers. Needs the te
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -216,7 +217,7 @@ def main():
               f"reaches {row[f'prefill {n}', 'minigpt']['tokens_per_s'] / bound:.0%} of it, transformers "
               f"{row[f'prefill {n}', 'transformers']['tokens_per_s'] / bound:.0%}")
     args.json.write_text(json.dumps({
-        "shape": args.shape, "config": vars(config) if hasattr(config, "__dict__") else str(config),
+        "shape": args.shape, "config": dataclasses.asdict(config),
         "repeats": args.repeats, "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(),
         "threadpools": blas, "rows": rows, "load": {"checkpoint_bytes": checkpoint_bytes, **loads},

@@ -2,8 +2,9 @@
 normal HF cache. The model and the tokenizer resolve their files through this one path.
 
 A name that is an existing folder is local; then come the short names of the checkpoints shipped
-in the package (`tiny-books`); anything else must look like a hub id (`gpt2`, `org/name`). Hub files are fetched one by one, only those asked for, at `revision`;
-`HF_HUB_OFFLINE=1` makes huggingface_hub answer from the cache alone.
+in the package (`tiny-books`); anything else must look like a hub id (`gpt2`, `org/name`). Hub
+files are fetched one by one, only those asked for, at `revision`; `HF_HUB_OFFLINE=1` makes
+huggingface_hub answer from the cache alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+from .checkpoints import SHIPPED
 
 
 class CheckpointError(ValueError):
@@ -77,8 +80,6 @@ class Source:
 def locate(name_or_path: str | os.PathLike, revision: str | None = None) -> Source:
     """The Source a name refers to: an existing folder, else a checkpoint shipped with minigpt
     (`tiny-books`, see weights/), else a hub id."""
-    from .checkpoints import SHIPPED
-
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and str(name_or_path) in SHIPPED:
         path = SHIPPED[str(name_or_path)]

@@ -165,6 +165,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from training.json")
     args = parser.parse_args()
+    if not args.card_only and args.corpora is None:
+        parser.error("--corpora is needed to train (only --card-only works without it)")
     if args.card_only:
         return write_card(args.out, json.loads((args.out / "training.json").read_text()))
     torch.manual_seed(args.seed)
