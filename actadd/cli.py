@@ -10,13 +10,15 @@ import sys
 import textwrap
 
 import minigpt
-from minigpt import CheckpointError, ConfigError
+from minigpt import BackendError, CheckpointError, ConfigError
+from minigpt.backend import BACKENDS
+from minigpt.cli import BACKEND_HELP
 
 from . import measure
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
 from .vector_io import VectorFileError, load, save
 
-ERRORS = (ConfigError, CheckpointError, VectorFileError, ValueError, TypeError)
+ERRORS = (ConfigError, CheckpointError, BackendError, VectorFileError, ValueError, TypeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "of the prompt's first positions, and samples with the paper's settings.")
     steer.add_argument("--model", default="gpt2", help="local Hugging Face folder or hub id (default gpt2)")
     steer.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    steer.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     steer.add_argument("--prompt", required=True, help="the prompt to complete (<|endoftext|> is prepended)")
     steer.add_argument("--plus", help="steering prompt added with +coeff")
     steer.add_argument("--minus", help="steering prompt added with -coeff (may be \"\")")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vector is None and any(x is None for x in recipe):
         parser.error("--plus, --minus, --layer and --coeff are all needed (or --vector)")
     try:
-        model, tok = minigpt.load(args.model, revision=args.revision)
+        model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
         if args.vector is not None:
             vector = load(args.vector, model, allow_other_weights=args.allow_other_weights)
         else:
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def _add_model_args(p, default_model="gpt2"):
     p.add_argument("--model", default=default_model, help=f"local folder or hub id (default {default_model})")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -181,7 +185,7 @@ def _add_measure_commands(sub):
 
 
 def _logprobs(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision)
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     vector = _vector(parser, args, model, tok)
     texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens)
     summary = measure.logprob_shift(model, texts, vector, mask=not args.no_mask, skip_short=args.skip_short).summary()
@@ -206,7 +210,7 @@ def _topic_ids(tok, strings):
 
 
 def _nexttoken(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision)
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     vector = _vector(parser, args, model, tok)
     nt = measure.next_token(model, tok, args.prompt, vector)
     topic = _topic_ids(tok, args.topic)
@@ -248,7 +252,7 @@ def _sweep(parser, args):
     for a in alignments:
         if a not in ALIGNMENTS:
             parser.error(f"--align {a!r}: expected one of {ALIGNMENTS}")
-    model, tok = minigpt.load(args.model, revision=args.revision)
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens) if args.corpus else None
     rows = measure.sweep(model, tok, args.plus, args.minus, layers, coeffs, alignments, args.pad, texts=texts,
                          prompt=args.prompt, topic_tokens=_topic_ids(tok, args.topic), mask=not args.no_mask,
@@ -264,7 +268,7 @@ def _sweep(parser, args):
 
 
 def _reproduce(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision)
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     ours = measure.reproduce(model, tok)
     rows = [(kind, ours[f"{kind}_loss"], measure.ORIGINAL_GPT2_XL[kind]) for kind in ("unsteered", "steered")]
     if args.json:

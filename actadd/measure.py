@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from minigpt import GPT2, Tokenizer
+from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
 
 from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, site, steering_vector, tokens_with_bos,
@@ -83,7 +84,7 @@ def next_token_logprobs(model: GPT2, sequences: Sequence[Sequence[int]], vector:
     for rows, tokens, mask in length_batches(sequences, batch_tokens):
         hooks = vector.hooks(prompt_lengths=[len(sequences[i]) for i in rows]) if vector is not None else ()
         logits = model.run_with_hooks(tokens, hooks, attention_mask=mask)              # [batch, pos, vocab]
-        _scatter(out, rows, picked_logprobs(logits, tokens), sequences)
+        _scatter(out, rows, model.backend.to_host(picked_logprobs(logits, tokens)), sequences)
     return out
 
 
@@ -104,12 +105,14 @@ def length_batches(sequences: Sequence[Sequence[int]], batch_tokens: int = 1024)
 def picked_logprobs(logits, tokens):
     """log P(the next token) at each position but the last: [batch, pos - 1]. The floats of
     log_softmax(logits[:, :-1]) at the next tokens, without writing out the whole vocabulary's
-    log-probs (one array of the logits' size fewer, on the sweeps' hottest path)."""
+    log-probs (one array of the logits' size fewer, on the sweeps' hottest path). Computed on
+    the logits' backend; `tokens` (host ids) are moved there."""
+    xp = array_namespace(logits)
     predictions = logits[:, :-1]                                               # [batch, pos - 1, vocab]
     top = predictions.max(axis=-1, keepdims=True)
     shifted = predictions - top
-    log_total = np.log(np.exp(shifted, out=shifted).sum(axis=-1, keepdims=True))
-    picked = np.take_along_axis(predictions, tokens[:, 1:, None], axis=-1)    # [batch, pos - 1, 1]
+    log_total = xp.log(xp.exp(shifted, out=shifted).sum(axis=-1, keepdims=True))
+    picked = xp.take_along_axis(predictions, xp.asarray(tokens[:, 1:, None]), axis=-1)  # [batch, pos - 1, 1]
     return ((picked - top) - log_total)[..., 0]
 
 
@@ -259,7 +262,8 @@ def next_token(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringV
 def _next_distribution(model: GPT2, ids: list[int], vector: SteeringVector | None = None) -> np.ndarray:
     """float64 [vocab]: P(next token | ids), steered by `vector` over the whole of `ids` if given."""
     hooks = vector.hooks(prompt_lengths=len(ids)) if vector is not None else ()
-    return np.exp(log_softmax(model.run_with_hooks(ids, hooks, last_only=True)[0, -1].astype(np.float64)))
+    logits = model.backend.to_host(model.run_with_hooks(ids, hooks, last_only=True)[0, -1])  # [vocab]
+    return np.exp(log_softmax(logits.astype(np.float64)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,12 +361,12 @@ def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequ
         # cell's steered pass starts from there: the blocks before its layer are unsteered.
         for batch, tokens, padding_mask in _progress(list(length_batches(seqs, batch_tokens)), progress):
             logits, resid = model.run_with_cache(tokens, names=[site(L) for L in layers], attention_mask=padding_mask)
-            _scatter(base, batch, picked_logprobs(logits, tokens), seqs)
+            _scatter(base, batch, model.backend.to_host(picked_logprobs(logits, tokens)), seqs)
             lengths = [len(seqs[i]) for i in batch]
             for (L, _, _), vector, out in zip(cells, vectors, steered):
                 logits = model.run_with_hooks(tokens, vector.hooks(prompt_lengths=lengths), attention_mask=padding_mask,
                                               start_at_layer=L, resid_pre=resid[site(L)])
-                _scatter(out, batch, picked_logprobs(logits, tokens), seqs)
+                _scatter(out, batch, model.backend.to_host(picked_logprobs(logits, tokens)), seqs)
         groups = [g for g, _ in texts]
         for row, vector, out in zip(rows, vectors, steered):
             row.update(LogprobShift(groups, base, out, _masked(vector, seqs, mask)).summary()["all"])

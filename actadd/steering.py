@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from minigpt import GPT2, Tokenizer
+from minigpt.backend import array_namespace
 
 Alignment = Literal["front", "mid", "back"]
 ALIGNMENTS = ("front", "mid", "back")
@@ -105,7 +106,10 @@ def x_vector(tokenizer: Tokenizer, plus: str, minus: str, coeff: float, layer: i
 class SteeringVector:
     """The additions and their activations, coeff * resid_pre_L(tokens), each [pos, d_model]
     float32, computed on the unsteered model. Applied with `hooks()`: at inference each layer's
-    additions are placed (front, mid or back of the prompt) and summed into one delta."""
+    additions are placed (front, mid or back of the prompt) and summed into one delta.
+
+    The activations are host NumPy arrays whatever the model's backend (a vector is data, to
+    save, compare and inspect); the hooks copy them to the device once, at their first pass."""
 
     additions: tuple[ActivationAddition, ...]
     activations: tuple[np.ndarray, ...]
@@ -160,8 +164,10 @@ class SteeringVector:
 
 
 def _steering_hook(matrices: list[np.ndarray], alignment: Alignment, prompt_lengths):
+    on_device: dict = {}                                                      # namespace -> matrices there
+
     def steer(resid_pre, hook):                                               # [batch, pos, d_model]
-        positions = np.asarray(hook.positions)                                # [batch, pos]; -1 = padding
+        positions = hook.positions                                            # host [batch, pos]; -1 = padding
         if prompt_lengths is not None:
             lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
         elif hook.start == 0:
@@ -171,21 +177,27 @@ def _steering_hook(matrices: list[np.ndarray], alignment: Alignment, prompt_leng
         _check_lengths(lengths, max(len(m) for m in matrices), alignment)
         if not (positions < lengths[:, None]).any():
             return None                                                       # past the prompt: nothing to add
-        delta = np.zeros_like(resid_pre)
-        for m in matrices:
+        xp = array_namespace(resid_pre)
+        if xp not in on_device:
+            on_device[xp] = [xp.asarray(m) for m in matrices]
+        delta = xp.zeros(resid_pre.shape, dtype=resid_pre.dtype)
+        for m in on_device[xp]:
             _place(delta, m, positions, lengths, alignment)
         return resid_pre + delta
     return steer
 
 
-def _place(delta, m: np.ndarray, positions, lengths, alignment: Alignment) -> None:
+def _place(delta, m, positions: np.ndarray, lengths: np.ndarray, alignment: Alignment) -> None:
     """Step 5: add matrix m ([n, d_model]) to delta at each row's prompt positions
-    front: 0..n-1;  mid: len//2 - n//2 onward (as the original);  back: len-n..len-1."""
+    front: 0..n-1;  mid: len//2 - n//2 onward (as the original);  back: len-n..len-1.
+    Where is worked out on the host (positions, lengths); delta and m may live on a device."""
     n = len(m)
     start = {"front": np.zeros_like(lengths), "mid": lengths // 2 - n // 2, "back": lengths - n}[alignment]
     row = positions - start[:, None]                                          # index into m
     inside = (positions >= 0) & (positions < lengths[:, None]) & (row >= 0) & (row < n)
-    delta[inside] += m[row[inside]]
+    b, p = np.nonzero(inside)                                                 # [places]
+    xp = array_namespace(delta)
+    delta[xp.asarray(b), xp.asarray(p)] += m[xp.asarray(row[b, p])]
 
 
 def _check_lengths(lengths, n: int, alignment: str) -> None:
@@ -217,7 +229,7 @@ def steering_vector(model: GPT2, additions: Sequence[ActivationAddition], alignm
     for tokens, layers in by_tokens.items():
         _, cache = model.run_with_cache(list(tokens), names=[site(L) for L in sorted(layers)])
         for L in layers:
-            resid_pre[tokens, L] = cache[site(L)][0]                           # [pos, d_model]
+            resid_pre[tokens, L] = model.backend.to_host(cache[site(L)][0])    # [pos, d_model]
     activations = tuple(a.coeff * resid_pre[a.tokens, a.layer] for a in additions)  # Step 3: coeff * resid_pre
     return SteeringVector(additions, activations, alignment, padding, fingerprint(model))
 
@@ -304,7 +316,7 @@ def norm_report(model: GPT2, tokenizer: Tokenizer, vector: SteeringVector, promp
     _check_lengths(lengths, vector.length, alignment)
     reports = []
     for L in vector.layers:
-        resid = cache[site(L)]                                                # [1, pos, d_model]
+        resid = model.backend.to_host(cache[site(L)])                          # [1, pos, d_model]
         delta = np.zeros_like(resid)
         for a, m in zip(vector.additions, vector.activations):
             if a.layer == L:

@@ -39,7 +39,7 @@ def weights_hash(model: GPT2) -> str:
         h = hashlib.sha256()
         params = model.state_dict()
         for name in sorted(params):
-            t = np.ascontiguousarray(params[name], dtype=np.float32)
+            t = np.ascontiguousarray(model.backend.to_host(params[name]), dtype=np.float32)
             h.update(f"{name}{t.shape}".encode())
             h.update(t.data)
         cached = h.hexdigest()

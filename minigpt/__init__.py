@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .backend import Backend, BackendError
 from .config import ConfigError, GPT2Config
 from .generate import Generation, Sampling, generate, stream
 from .model import GPT2, HookPoint, KVCache, hook_names
@@ -11,12 +12,15 @@ from .sources import CheckpointError
 from .tokenizer import Tokenizer, TokenizerError
 
 __all__ = ["GPT2", "GPT2Config", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
-           "HookPoint", "KVCache", "ConfigError", "CheckpointError", "TokenizerError", "hook_names"]
+           "HookPoint", "KVCache", "Backend", "ConfigError", "CheckpointError", "TokenizerError",
+           "BackendError", "hook_names"]
 
 
-def load(name_or_path: str | os.PathLike, revision: str | None = None) -> tuple[GPT2, Tokenizer]:
-    """The model and its tokenizer from one folder or hub id (e.g. `model, tok = load("gpt2")`)."""
-    model = GPT2.from_pretrained(name_or_path, revision=revision)
+def load(name_or_path: str | os.PathLike, revision: str | None = None,
+         backend: str | Backend = "numpy") -> tuple[GPT2, Tokenizer]:
+    """The model and its tokenizer from one folder or hub id (e.g. `model, tok = load("gpt2")`);
+    backend="cupy" puts the model on the current CUDA device."""
+    model = GPT2.from_pretrained(name_or_path, revision=revision, backend=backend)
     tokenizer = Tokenizer.from_pretrained(name_or_path, revision=revision)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from . import load
+from .backend import BACKENDS, BackendError
 from .config import ConfigError
 from .generate import Sampling, stream
 from .model import GPT2, softmax
@@ -18,10 +19,14 @@ from .tokenizer import EOT, Tokenizer
 
 def top_next_tokens(model: GPT2, ids: list[int], k: int) -> list[tuple[int, float, float]]:
     """(token id, logit, probability) of the k most likely tokens after `ids`, best first."""
-    logits = model(ids)[0, -1]                                                 # [vocab]
+    logits = model.backend.to_host(model(ids)[0, -1])                          # [vocab]
     probs = softmax(logits)
     order = np.argsort(-logits, kind="stable")[:k]
     return [(int(i), float(logits[i]), float(probs[i])) for i in order]
+
+
+BACKEND_HELP = "numpy (the CPU, the default) or cupy (a CUDA GPU: pip install 'minigpt-actadd[cuda12]')"
+ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     nxt.add_argument("text", nargs="?", help="the prompt (or give --ids)")
     nxt.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
     nxt.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    nxt.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     nxt.add_argument("--ids", type=int, nargs="+", help="the prompt as token ids instead of text")
     nxt.add_argument("--bos", action="store_true", help=f"prepend {EOT} (as TransformerLens and ActAdd do)")
     nxt.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
@@ -39,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
     gen.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
     gen.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    gen.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     gen.add_argument("--max-new-tokens", type=int, default=40)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 means greedy (default 1)")
     gen.add_argument("--top-k", type=int, default=None)
@@ -59,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
         if args.text is not None:
-            model, tokenizer = load(args.model, revision=args.revision)
+            model, tokenizer = load(args.model, revision=args.revision, backend=args.backend)
             ids = tokenizer.encode(args.text)
         else:
-            model, ids = GPT2.from_pretrained(args.model, revision=args.revision), list(args.ids)
+            model, ids = GPT2.from_pretrained(args.model, revision=args.revision, backend=args.backend), list(args.ids)
             try:  # token strings are nice to have; a folder without tokenizer files still works
                 tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
             except CheckpointError:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CheckpointError(f"--bos needs the tokenizer files (vocab.json, merges.txt) in {args.model}")
             ids = [tokenizer.bos_token_id] + ids
         top = top_next_tokens(model, ids, args.top_k)
-    except (ConfigError, CheckpointError, ValueError, TypeError) as e:
+    except ERRORS as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
 
@@ -94,12 +101,12 @@ def _generate(parser, args) -> int:
         parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.freq_penalty, args.presence_penalty)
-        model, tok = load(args.model, revision=args.revision)
+        model, tok = load(args.model, revision=args.revision, backend=args.backend)
         prompts = [[tok.bos_token_id] * args.bos + tok.encode(p) for p in args.prompts]
         rows = [(j, ids) for j, ids in enumerate(prompts) for _ in range(args.num_samples)]
         steps = stream(model, [ids for _, ids in rows], max_new_tokens=args.max_new_tokens, sampling=sampling,
                        seed=args.seed, eos_token_id=None if args.no_stop else tok.eos_token_id)
-    except (ConfigError, CheckpointError, ValueError, TypeError) as e:
+    except ERRORS as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
     if len(rows) == 1:  # stream: print each token as it comes (a character may span tokens)

@@ -14,11 +14,14 @@ Sampling follows TransformerLens's `sample_logits`, the order the original ActAd
     draw from softmax(logits)
 
 Randomness: row i draws from `numpy.random.default_rng([seed, i])`, one uniform number per
-generated token. Row i's draws therefore depend on the seed and i only, never on the other rows
+generated token (all drawn before the first step and sent to the model's device once). Row i's draws therefore depend on the seed and i only, never on the other rows
 or the batch size: a prompt at row 0 samples the same way alone or in a batch, and two calls with
 the same seed and batch layout (steered and unsteered, as in the paper) share their draws. The
 tokens agree too as long as the logits do; batched matmuls can differ from unbatched ones by
 float32 rounding, which can flip a draw that falls within ~1e-6 of a boundary.
+
+Everything per step happens on the model's backend (NumPy, or CuPy on a GPU): the filtering
+and the draw read the logits where they are, and only the sampled ids cross to the host.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .backend import array_namespace
 from .model import GPT2, HookFn
 from .tokenizer import Tokenizer
 
@@ -60,13 +64,15 @@ class Sampling:
             if not _is_real(value) or not math.isfinite(value):
                 raise ValueError(f"{name}={value!r}: expected a finite number")
 
-    def filter(self, logits: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def filter(self, logits, counts):
         """The logits a draw is made from, float64 [batch, vocab]; removed tokens are -inf.
-        `counts[b, t]` is how often token t occurs in row b so far (prompt included)."""
-        logits = np.asarray(logits, dtype=np.float64)
+        `counts[b, t]` is how often token t occurs in row b so far (prompt included). Both are
+        arrays of one backend (the model's), and the work is done there."""
+        xp = array_namespace(logits)
+        logits = logits.astype(xp.float64)
         if self.temperature == 0:  # greedy: the argmax of the raw logits is all that is kept
-            keep = np.arange(logits.shape[-1]) == logits.argmax(axis=-1, keepdims=True)
-            return np.where(keep, logits, -np.inf)
+            keep = xp.arange(logits.shape[-1]) == logits.argmax(axis=-1)[:, None]
+            return xp.where(keep, logits, -math.inf)
         logits = logits / self.temperature
         if self.freq_penalty:
             logits = logits - self.freq_penalty * counts
@@ -74,30 +80,33 @@ class Sampling:
             logits = logits - self.presence_penalty * (counts > 0)
         if self.top_k is not None:
             k = min(self.top_k, logits.shape[-1])
-            kth = -np.partition(-logits, k - 1, axis=-1)[:, k - 1:k]           # [batch, 1]
-            logits = np.where(logits < kth, -np.inf, logits)
+            kth = -xp.partition(-logits, k - 1, axis=-1)[:, k - 1:k]           # [batch, 1]
+            logits = xp.where(logits < kth, -math.inf, logits)
         elif self.top_p is not None:
-            order = np.argsort(-logits, axis=-1, kind="stable")                 # [batch, vocab]
-            ranked = np.take_along_axis(logits, order, axis=-1)
-            probs = np.exp(ranked - ranked[:, :1])
-            cumulative = np.cumsum(probs, axis=-1) / probs.sum(axis=-1, keepdims=True)
-            remove = np.zeros_like(cumulative, dtype=bool)
+            order = xp.argsort(-logits, axis=-1, kind="stable")                 # [batch, vocab]
+            ranked = xp.take_along_axis(logits, order, axis=-1)
+            probs = xp.exp(ranked - ranked[:, :1])
+            cumulative = xp.cumsum(probs, axis=-1) / probs.sum(axis=-1, keepdims=True)
+            remove = xp.zeros(cumulative.shape, dtype=bool)
             remove[:, 1:] = cumulative[:, :-1] > self.top_p                     # mass before token i
-            logits = logits.copy()
-            np.put_along_axis(logits, order, np.where(remove, -np.inf, ranked), axis=-1)
+            filtered = xp.empty(logits.shape, dtype=logits.dtype)               # back to vocabulary order
+            filtered[xp.arange(order.shape[0])[:, None], order] = xp.where(remove, -math.inf, ranked)
+            logits = filtered
         return logits
 
-    def sample(self, logits: np.ndarray, counts: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-        """One token id per row: [batch] int64."""
+    def sample(self, logits, counts, uniforms):
+        """One token id per row, [batch] int64, on the logits' backend. Row b takes the first
+        token whose cumulative probability exceeds uniforms[b] (in [0, 1), same backend)."""
+        xp = array_namespace(logits)
         if self.temperature == 0:
-            return np.asarray(logits).argmax(axis=-1).astype(np.int64)
+            return logits.argmax(axis=-1).astype(xp.int64)
         filtered = self.filter(logits, counts)
-        probs = np.exp(filtered - filtered.max(axis=-1, keepdims=True))
-        cdf = np.cumsum(probs, axis=-1)
-        # The first token whose cumulative mass exceeds u * total: a removed token has zero
-        # width and is never the answer.
-        return np.array([np.searchsorted(c, rng.random() * c[-1], side="right")
-                         for c, rng in zip(cdf, rngs)], dtype=np.int64)
+        probs = xp.exp(filtered - filtered.max(axis=-1, keepdims=True))
+        cdf = xp.cumsum(probs, axis=-1)                                         # [batch, vocab]
+        # searchsorted(cdf[b], u * total, side="right") for all rows at once: the count of
+        # entries <= the target, as cdf does not decrease. A removed token has zero width and
+        # is never the answer (u < 1, so u * total < total in floating point too).
+        return (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1).astype(xp.int64)
 
 
 def _is_real(x) -> bool:
@@ -182,24 +191,30 @@ def stream(model: GPT2, prompts, *, max_new_tokens: int = 20, sampling: Sampling
 def _steps(model, prompts, max_new_tokens, sampling, seed, eos_token_id, hooks):
     if max_new_tokens == 0:
         return
+    xp, backend = model.xp, model.backend
     batch, vocab = len(prompts), model.config.vocab_size
     tokens, mask = left_pad(prompts)
     counts = np.zeros((batch, vocab), dtype=np.int64)          # every real token so far, per row
     for i, p in enumerate(prompts):
         np.add.at(counts[i], p, 1)
-    rngs = [np.random.default_rng([seed, i]) for i in range(batch)]
+    counts = backend.to_device(counts)                         # then updated on the device
+    # Every uniform of row i now, in one array: the same numbers as one draw per step.
+    uniforms = backend.to_device(np.stack([np.random.default_rng([seed, i]).random(max_new_tokens)
+                                           for i in range(batch)]))  # [batch, step]
+    rows = xp.arange(batch)
     cache = model.new_cache(batch, tokens.shape[1] + max_new_tokens)
     logits = model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]
     stopped = np.zeros(batch, dtype=bool)
     for step in range(max_new_tokens):
-        new = sampling.sample(logits, counts, rngs)            # [batch]
-        yield [None if s else int(t) for s, t in zip(stopped, new)]
-        counts[np.arange(batch), new] += 1
+        new = sampling.sample(logits, counts, uniforms[:, step])  # [batch], on the device
+        ids = backend.to_host(new)                             # the step's one transfer to the host
+        yield [None if s else int(t) for s, t in zip(stopped, ids)]
+        counts[rows, new] += 1
         if eos_token_id is not None:
-            stopped |= new == eos_token_id
+            stopped |= ids == eos_token_id
         if stopped.all() or step + 1 == max_new_tokens:
             return
-        logits = model.forward(new[:, None], hooks, cache=cache, last_only=True)[:, -1]
+        logits = model.forward(ids[:, None], hooks, cache=cache, last_only=True)[:, -1]
 
 
 @dataclass

@@ -10,8 +10,9 @@
 ActAdd adds a matrix to `blocks.{L}.hook_resid_pre`; everything here exists so that that
 addition is a plain array addition at a named point.
 
-Array code gets its namespace from the arrays (`x.__array_namespace__()`) or from `self.xp`,
-never from a bare `np.` call, so that another array library (CuPy) can run the same code.
+Array code gets its namespace from the arrays (`array_namespace(x)`) or from `self.xp`, never
+from a bare `np.` call on an activation, so that CuPy runs the same code (see backend.py).
+Token ids, masks and position ids are checked and made on the host with NumPy, then moved.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .backend import Backend, array_namespace, get_backend
 from .config import GPT2Config
 from .weights import CheckpointError, canonical_state_dict, read_checkpoint, resolve_checkpoint
 
@@ -45,7 +47,7 @@ def linear(x, weight, bias=None):
 def gelu_new(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), step by step in one new buffer: the same
     floats as that formula written out (halving last is exact), without its eight temporaries."""
-    xp = x.__array_namespace__()
+    xp = array_namespace(x)
     y = x * x
     y *= x                                   # x*x*x: x**3 is a slow pow
     y *= 0.044715
@@ -60,7 +62,7 @@ def gelu_new(x):
 
 def softmax(x, out=None):
     """Softmax over the last axis, into a new array (or into `out`, which may be x itself)."""
-    xp = x.__array_namespace__()
+    xp = array_namespace(x)
     e = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
     xp.exp(e, out=e)
     e /= e.sum(axis=-1, keepdims=True)
@@ -93,7 +95,7 @@ def causal_attention(q, k, v, mask_bias, start, block=None):
     if seq <= block:
         scores = attention_scores(q, k, mask_bias)
         return softmax(scores, out=scores) @ v
-    xp = q.__array_namespace__()
+    xp = array_namespace(q)
     z = xp.empty(q.shape, dtype=q.dtype)                                       # [batch, head, query, d_head]
     for i in range(0, seq, block):
         end = min(i + block, seq)
@@ -222,7 +224,8 @@ class KVCache:
 
     keys[L], values[L]   [batch, head, max_len, d_head]
     mask                 [batch, max_len] True where a position holds a real token (not padding)
-    seen                 [batch] real tokens per row so far (the next token's position id)
+    seen                 [batch] real tokens per row so far (the next token's position id);
+                         host NumPy, as position ids are made on the host
     length               positions filled, the same for every row (left padding aligns them)
     """
 
@@ -233,7 +236,7 @@ class KVCache:
         self.keys = [xp.zeros(shape, dtype=xp.float32) for _ in range(config.n_layer)]
         self.values = [xp.zeros(shape, dtype=xp.float32) for _ in range(config.n_layer)]
         self.mask = xp.zeros((batch, max_len), dtype=bool)
-        self.seen = xp.zeros((batch,), dtype=xp.int64)
+        self.seen = np.zeros((batch,), dtype=np.int64)
         self.batch, self.max_len, self.length = batch, max_len, 0
 
 
@@ -248,9 +251,13 @@ class GPT2:
     self.h[L]["ln_1"]["weight"], ...     # h.{L}.ln_1.weight in the checkpoint
     self.h[L]["attn"]["c_attn"]          # {"weight": [d_model, 3*d_model], "bias": [3*d_model]}
     self.ln_f                            # {"weight": [d_model], "bias": [d_model]}
+
+    Every parameter is an array of `self.backend` (NumPy by default; CuPy with backend="cupy"),
+    moved there once, here.
     """
 
-    def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict"):
+    def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict",
+                 backend: str | Backend = "numpy"):
         params = canonical_state_dict(state_dict, config, source=source)
         for name, tensor in params.items():
             if not isinstance(tensor, np.ndarray) or tensor.dtype != np.float32:
@@ -259,24 +266,29 @@ class GPT2:
                     f"{getattr(tensor, 'dtype', '')}; expected float32 (checkpoints may store "
                     "F32, F16 or BF16; minigpt never narrows float64 silently)"
                 )
-        tree = _nest(params)
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp  # the array namespace of every parameter and activation
+        tree = _nest({name: self.backend.to_device(tensor) for name, tensor in params.items()})
         self.config = config
-        self.xp = np  # the array namespace of every parameter and activation
         self.wte, self.wpe = tree["wte"]["weight"], tree["wpe"]["weight"]
         self.h = [tree["h"][str(L)] for L in range(config.n_layer)]
         self.ln_f = tree["ln_f"]
         self.hook_names = hook_names(config.n_layer)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> GPT2:
-        """Load a local Hugging Face folder or a hub id (`gpt2`, `gpt2-xl`, `org/name`, ...)."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
+                        backend: str | Backend = "numpy") -> GPT2:
+        """Load a local Hugging Face folder or a hub id (`gpt2`, `gpt2-xl`, `org/name`, ...),
+        onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
+        backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
         files = resolve_checkpoint(name_or_path, revision)
         config = GPT2Config.from_json(files.config)
         source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
-        return cls(config, read_checkpoint(files), source=source)
+        return cls(config, read_checkpoint(files), source=source, backend=backend)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Every parameter under its bare checkpoint name (the inverse of loading)."""
+        """Every parameter under its bare checkpoint name (the inverse of loading), as arrays of
+        the model's backend."""
         def flatten(prefix, node):
             for key, value in node.items():
                 if isinstance(value, dict):
@@ -289,8 +301,9 @@ class GPT2:
 
     def __repr__(self):
         c = self.config
+        on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
         return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
-                f"n_positions={c.n_positions}, vocab_size={c.vocab_size})")
+                f"n_positions={c.n_positions}, vocab_size={c.vocab_size}{on})")
 
     # --- public entry points -----------------------------------------------------------------
 
@@ -369,26 +382,27 @@ class GPT2:
                         from it, as TransformerLens's start_at_layer. Hooks at that point and
                         later run as usual; a sweep over layers skips the blocks before each.
         """
-        xp = self.xp
+        xp, to_device = self.xp, self.backend.to_device
         hook = hook or _HookPoints({}, None, set())
-        tokens = self.check_tokens(tokens)                                     # [batch, pos]
-        batch, seq = tokens.shape
-        real = self._check_mask(attention_mask, tokens.shape)                  # [batch, pos]
-        start, seen = 0, xp.zeros((batch,), dtype=xp.int64)
+        ids = self.check_tokens(tokens)                                        # host [batch, pos]
+        batch, seq = ids.shape
+        real = self._check_mask(attention_mask, ids.shape)                     # host bool [batch, pos]
+        start, seen = 0, np.zeros((batch,), dtype=np.int64)
         if cache is not None:
             if cache.batch != batch or cache.length + seq > cache.max_len:
                 raise ValueError(f"{seq} positions for {batch} rows do not fit a KV cache of {cache.batch} "
                                  f"rows holding {cache.length} of {cache.max_len} positions")
             start, seen = cache.length, cache.seen
-        positions = seen[:, None] + xp.cumsum(real, axis=1) - 1                # [batch, pos]
-        positions = xp.where(real, positions, -1)
-        if int(positions.max()) >= self.config.n_positions:
+        # Position ids are bookkeeping, made and checked on the host: no device sync for them.
+        positions = np.where(real, seen[:, None] + real.cumsum(axis=1) - 1, -1)  # host [batch, pos]
+        if positions.max() >= self.config.n_positions:
             raise ValueError(f"position {int(positions.max())} is past n_positions={self.config.n_positions}")
+        tokens, real_here = to_device(ids), to_device(real)                    # the pass's only inputs
         if cache is not None:
-            cache.mask[:, start:start + seq] = real
+            cache.mask[:, start:start + seq] = real_here
             real_keys = cache.mask[:, :start + seq]                            # [batch, key]
         else:
-            real_keys = real
+            real_keys = real_here
         # Query i sees key j <= i that is a real token; a padding position sees itself only, so
         # that no row of scores is all -inf (a NaN there would reach real rows through 0 * NaN).
         q_at = start + xp.arange(seq)[:, None]                                 # [query, 1]
@@ -399,10 +413,10 @@ class GPT2:
         hook.positions, hook.start = positions, start
 
         if start_at_layer or resid_pre is not None:
-            x = self._check_resid_pre(resid_pre, start_at_layer, tokens.shape, cache)
+            x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)
         else:
             embed = hook("hook_embed", self.wte[tokens])                       # [batch, pos, d_model]
-            pos_embed = hook("hook_pos_embed", self.wpe[xp.maximum(positions, 0)])  # [batch, pos, d_model]
+            pos_embed = hook("hook_pos_embed", self.wpe[to_device(np.maximum(positions, 0))])  # [batch, pos, d_model]
             x = embed + pos_embed
         for L, block in enumerate(self.h[start_at_layer:], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
@@ -467,14 +481,15 @@ class GPT2:
 
     # --- input checks --------------------------------------------------------------------------
 
-    def check_tokens(self, tokens):
-        """Token ids as an integer array [batch, pos] of `self.xp`, or an error saying what is wrong.
+    def check_tokens(self, tokens) -> np.ndarray:
+        """Token ids as a host NumPy integer array [batch, pos], or an error saying what is wrong.
 
         Checked on the host, where ids come from, before they index anything: an out-of-range
         index must be an error here, not a wrap-around (as in CuPy) or an IndexError deep inside.
+        Ids given as an array of the model's backend are copied to the host for that.
         """
         try:
-            ids = np.asarray(tokens)
+            ids = self._host(tokens)
         except ValueError as e:  # ragged nested lists
             raise ValueError(f"tokens must be a rectangular [seq] or [batch, seq] array of ids ({e})") from None
         if ids.ndim not in (1, 2):
@@ -493,7 +508,7 @@ class GPT2:
             raise ValueError(
                 f"token id {int(ids[b, t])} at batch row {b}, position {t} is outside the vocabulary [0, {V})"
             )
-        return self.xp.asarray(ids.astype(np.intp, copy=False))
+        return ids.astype(np.intp, copy=False)
 
     def _check_resid_pre(self, resid_pre, layer, shape, cache):
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.config.n_layer:
@@ -509,12 +524,19 @@ class GPT2:
                              f"{getattr(resid_pre, 'shape', '')}; expected {type(self.wte).__name__} float32 {want}")
         return resid_pre
 
-    def _check_mask(self, attention_mask, shape):
-        """The attention mask as bool [batch, pos] (all True when None): 1/True = real token.
-        Only left padding is supported: once a row's real tokens begin, they do not stop."""
+    def _host(self, x) -> np.ndarray:
+        """x (a list, a NumPy array, or an array of the model's backend) as a host NumPy array."""
+        try:
+            return np.asarray(x)
+        except TypeError:  # a device array refuses implicit conversion: copy it explicitly
+            return self.backend.to_host(x)
+
+    def _check_mask(self, attention_mask, shape) -> np.ndarray:
+        """The attention mask as host bool [batch, pos] (all True when None): 1/True = real
+        token. Only left padding is supported: once a row's real tokens begin, they do not stop."""
         if attention_mask is None:
-            return self.xp.ones(shape, dtype=bool)
-        mask = np.asarray(attention_mask)
+            return np.ones(shape, dtype=bool)
+        mask = self._host(attention_mask)
         if mask.ndim == 1:
             mask = mask[None]
         if mask.shape != shape:
@@ -527,7 +549,7 @@ class GPT2:
             row = int(np.argwhere(mask[:, :-1] & ~mask[:, 1:])[0, 0])
             raise ValueError(f"attention_mask row {row} has padding after a real token; "
                              "pad on the left (real tokens last)")
-        return self.xp.asarray(mask)
+        return mask
 
 
 def _nest(flat: dict) -> dict:

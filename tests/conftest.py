@@ -113,8 +113,8 @@ def random_state_dict(config: GPT2Config, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def random_model(config: GPT2Config, seed: int = 0) -> GPT2:
-    return GPT2(config, random_state_dict(config, seed))
+def random_model(config: GPT2Config, seed: int = 0, backend="numpy") -> GPT2:
+    return GPT2(config, random_state_dict(config, seed), backend=backend)
 
 
 def config_dict(config: GPT2Config, **overrides) -> dict:

@@ -1,4 +1,5 @@
-"""Test-only: the reference implementation (transformers' GPT2LMHeadModel, PyTorch on the CPU).
+"""Test-only: the reference implementation (transformers' GPT2LMHeadModel, PyTorch on the CPU,
+or on a CUDA GPU for the GPU backend's tests).
 
 `write_checkpoint` makes real-format checkpoint folders (transformers' own `save_pretrained`,
 or the hub's bare-name layout); `reference_run` runs transformers on such a folder and returns
@@ -78,10 +79,11 @@ def write_checkpoint(folder: Path, config: GPT2Config, seed: int = 0,
         raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
 
 
-def reference_run(folder: Path, tokens: np.ndarray):
-    """(logits, hidden_states, activations by TransformerLens name) from transformers, float32."""
+def reference_run(folder: Path, tokens: np.ndarray, device: str = "cpu"):
+    """(logits, hidden_states, activations by TransformerLens name) from transformers, float32,
+    computed on `device` ("cpu", or "cuda")."""
     model = transformers.GPT2LMHeadModel.from_pretrained(
-        folder, dtype=torch.float32, attn_implementation="eager").eval()
+        folder, dtype=torch.float32, attn_implementation="eager").eval().to(device)
     cfg, tr = model.config, model.transformer
     H, eps = cfg.n_head, cfg.layer_norm_epsilon
     seen: dict[str, torch.Tensor] = {}
@@ -107,7 +109,7 @@ def reference_run(folder: Path, tokens: np.ndarray):
     input_of(tr.ln_f, "ln_final.input")
 
     with torch.no_grad():
-        out = model(torch.as_tensor(tokens), output_hidden_states=True, output_attentions=True)
+        out = model(torch.as_tensor(tokens, device=device), output_hidden_states=True, output_attentions=True)
         batch, seq = tokens.shape
         acts = {"hook_embed": seen["hook_embed"],
                 "hook_pos_embed": seen["hook_pos_embed"].expand(batch, seq, -1)}
@@ -133,7 +135,7 @@ def reference_run(folder: Path, tokens: np.ndarray):
         norm("ln_final", seen["ln_final.input"])
 
     def to_np(t):
-        return t.detach().numpy()
+        return t.detach().cpu().numpy()
 
     return (to_np(out.logits), [to_np(h) for h in out.hidden_states],
             {name: to_np(t) for name, t in acts.items()})

@@ -333,7 +333,7 @@ def test_readme_step_table_points_at_the_code_it_names():
     rows = [line for line in table.splitlines() if re.match(r"\| \d \|", line)]
     cells = [re.split(r"(?<!\\)\|", r) for r in rows]                  # cells; escaped \| stays inside
     assert [int(c[1]) for c in cells] == list(range(1, 10))
-    expected_text = {"the product": "a.coeff * resid_pre[", "the sum": "for m in matrices:",
+    expected_text = {"the product": "a.coeff * resid_pre[", "the sum": "for m in on_device[xp]:",
                      "decode steps": "return None"}
     checked = 0
     for row in cells:
