@@ -340,3 +340,17 @@ def test_importing_minigpt_and_actadd_never_imports_cupy():
             "assert 'cupy' not in sys.modules, 'cupy was imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_strict_namespace_allows_nothing_cupy_lacks():
+    """Where CuPy is installed (a GPU is not needed for this): every function and method the
+    strict backend lets minigpt and actadd use exists in CuPy too, so passing on the strict
+    backend means no AttributeError on a GPU."""
+    try:
+        import cupy
+    except ImportError as e:
+        pytest.skip(f"CuPy is not installed ({e})")
+    from strict_backend import StrictArray, StrictNamespace
+
+    assert [f for f in sorted(StrictNamespace.FUNCTIONS) if not hasattr(cupy, f)] == []
+    assert [m for m in sorted(StrictArray._METHODS) if not hasattr(cupy.ndarray, m)] == []
