@@ -158,8 +158,9 @@ class HookPoint(str):
     """The second argument of a hook: the hook's name (it *is* that str, so `hook == name` and
     `hook.name` both work, as in TransformerLens) plus where in the sequence this pass is.
 
-    positions  int array [batch, pos]: each row's token position at each place of this pass
-               (0 = the row's first token, as fed to wpe); -1 at left padding.
+    positions  int array [batch, pos], host NumPy whatever the backend: each row's token position
+               at each place of this pass (0 = the row's first token, as fed to wpe); -1 at
+               left padding.
     start      where this pass begins in the sequence: 0 on a pass over the whole prompt; with a
                KV cache, the number of positions already cached (n on the step that adds token n).
 
