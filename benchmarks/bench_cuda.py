@@ -22,9 +22,7 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
+import alternate  # noqa: E402
 import minigpt  # noqa: E402
 import reference  # noqa: E402
 from minigpt import GPT2, GPT2Config  # noqa: E402
@@ -93,24 +93,8 @@ def main():
         "decode b1": (64, {"pytorch": lambda: hf_generate(1), "minigpt": lambda: ours_generate(1)}),
         "decode b8": (8 * 64, {"pytorch": lambda: hf_generate(8), "minigpt": lambda: ours_generate(8)}),
     }
-    for _, runs in cases.values():
-        for run in runs.values():
-            run()
-    times = {(case, engine): [] for case, (_, runs) in cases.items() for engine in runs}
-    for r in range(args.repeats):
-        for case, (_, runs) in cases.items():
-            for engine, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
-                start = time.perf_counter()
-                run()
-                times[case, engine].append(time.perf_counter() - start)
-
-    rows = []
-    for case, (units, runs) in cases.items():
-        med = {e: statistics.median(times[case, e]) for e in runs}
-        for engine in runs:
-            ts = times[case, engine]
-            rows.append({"case": case, "engine": engine, "median_s": med[engine], "min_s": min(ts), "max_s": max(ts),
-                         "tokens_per_s": units / med[engine], "speedup_vs_pytorch": med["pytorch"] / med[engine]})
+    alternate.warm_up(cases)
+    rows = alternate.rows(cases, alternate.time_alternating(cases, args.repeats), baseline="pytorch")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU run)"
     versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                 "cupy": backend.xp.__version__ if args.backend == "cupy" else None}

@@ -42,7 +42,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
+import alternate  # noqa: E402
 import minigpt  # noqa: E402
 import reference  # noqa: E402
 from actadd import ActivationAddition, SteeringVector  # noqa: E402
@@ -145,20 +147,13 @@ def main():
                            "minigpt steered": lambda: ours_generate(1, steer)}),
         "decode b8": (8 * 64, {"transformers": lambda: hf_generate(8), "minigpt": lambda: ours_generate(8)}),
     }
-    for _, runs in cases.values():  # warm-up: page in the weights, build kernels
-        for run in runs.values():
-            run()
+    alternate.warm_up(cases)
     read_weights_once(), gemm()
 
-    times = {(case, engine): [] for case, (_, runs) in cases.items() for engine in runs}
     limit_times, gemm_times = [], []
     load = {engine: [] for engine in LOAD}
-    for r in range(args.repeats):
-        for case, (_, runs) in cases.items():
-            for engine, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
-                start = time.perf_counter()
-                run()
-                times[case, engine].append(time.perf_counter() - start)
+
+    def loads_and_limits(r):
         for engine in (list(LOAD) if r % 2 == 0 else list(LOAD)[::-1]):
             load[engine].append(load_in_fresh_process(engine, folder))
         for measure, into in ((read_weights_once, limit_times), (gemm, gemm_times)):
@@ -166,13 +161,8 @@ def main():
             measure()
             into.append(time.perf_counter() - start)
 
-    rows = []
-    for case, (units, runs) in cases.items():
-        med = {e: statistics.median(times[case, e]) for e in runs}
-        for engine in runs:
-            ts = times[case, engine]
-            rows.append({"case": case, "engine": engine, "median_s": med[engine], "min_s": min(ts), "max_s": max(ts),
-                         "tokens_per_s": units / med[engine], "speedup_vs_transformers": med["transformers"] / med[engine]})
+    times = alternate.time_alternating(cases, args.repeats, after_each_repeat=loads_and_limits)
+    rows = alternate.rows(cases, times, baseline="transformers")
     row = {(r["case"], r["engine"]): r for r in rows}
 
     bandwidth_s = statistics.median(limit_times)
