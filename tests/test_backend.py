@@ -145,8 +145,12 @@ def check_against_transformers(reference, device, config, tokens, seed, case):
     with tempfile.TemporaryDirectory() as folder:
         reference.write_checkpoint(Path(folder), config, seed)
         ref_logits, _, ref_acts = reference.reference_run(Path(folder), tokens, device=torch_device)
-        model = GPT2.from_pretrained(folder, backend=device)
-    logits, cache = model.run_with_cache(tokens)
+        model, numpy_model = GPT2.from_pretrained(folder, backend=device), GPT2.from_pretrained(folder)
+        logits, cache = model.run_with_cache(tokens)
+        numpy_logits, numpy_cache = numpy_model.run_with_cache(tokens)
+    assert_matches(device, logits, numpy_logits, "logits against the NumPy path")
+    for name in numpy_cache:
+        assert_matches(device, cache[name], numpy_cache[name], f"{name} against the NumPy path")
     logits = host(device, logits)
     errors = [assert_close(logits, ref_logits, "logits")]
     for name, ref in ref_acts.items():
