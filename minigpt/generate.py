@@ -14,11 +14,12 @@ Sampling follows TransformerLens's `sample_logits`, the order the original ActAd
     draw from softmax(logits)
 
 Randomness: row i draws from `numpy.random.default_rng([seed, i])`, one uniform number per
-generated token (all drawn before the first step and sent to the model's device once). Row i's draws therefore depend on the seed and i only, never on the other rows
-or the batch size: a prompt at row 0 samples the same way alone or in a batch, and two calls with
-the same seed and batch layout (steered and unsteered, as in the paper) share their draws. The
-tokens agree too as long as the logits do; batched matmuls can differ from unbatched ones by
-float32 rounding, which can flip a draw that falls within ~1e-6 of a boundary.
+generated token (all drawn before the first step and sent to the model's device once). Row i's
+draws therefore depend on the seed and i only, never on the other rows or the batch size: a
+prompt at row 0 samples the same way alone or in a batch, and two calls with the same seed and
+batch layout (steered and unsteered, as in the paper) share their draws. The tokens agree too as
+long as the logits do; batched matmuls can differ from unbatched ones by float32 rounding, which
+can flip a draw that falls within ~1e-6 of a boundary.
 
 Everything per step happens on the model's backend (NumPy, or CuPy on a GPU): the filtering
 and the draw read the logits where they are, and only the sampled ids cross to the host.

@@ -10,6 +10,7 @@ Every test taking `device` runs twice:
     also checked against transformers on the same GPU.
 """
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,7 @@ def test_the_strict_backend_refuses_what_a_gpu_library_would():
         "host array into xp.where": lambda: b.xp.where(x > 1, x, on_host),
         "int(device)": lambda: int(x.sum()),
         "float(device)": lambda: float(x.max()),
-        "bool(device)": lambda: bool((x > 0).any()),
+        "bool(device)": lambda: bool((x > 0).sum()),
         "iterate": lambda: list(x),
         ".tolist()": lambda: x.tolist(),
         "boolean mask": lambda: x[x > 2],
@@ -212,12 +213,14 @@ def generate_by_recomputing(model, prompt, seed, row, steps, sampling):
     return ids[len(prompt):]
 
 
-def test_generation_equals_recomputation_and_only_sampled_ids_cross_to_the_host(device):
+@pytest.mark.parametrize("filters", [dict(top_p=0.9, freq_penalty=0.5),
+                                     dict(temperature=0.7, top_k=5, presence_penalty=0.5)])
+def test_generation_equals_recomputation_and_only_sampled_ids_cross_to_the_host(device, filters):
     config = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=40)
     model, ref_model = random_model(config, 6, backend=device), random_model(config, 6)
     prompts, steps = [[1, 2, 3], [4, 5], [6]], 9
-    sampling = minigpt.Sampling(top_p=0.9, freq_penalty=0.5)
-    kwargs = dict(max_new_tokens=steps, seed=11, top_p=0.9, freq_penalty=0.5, stop_at_eos=False)
+    sampling = minigpt.Sampling(**filters)
+    kwargs = dict(max_new_tokens=steps, seed=11, stop_at_eos=False, **filters)
     reset_logs()
     got = generate(model, prompts, **kwargs).tokens
     log_host, log_device = list(strict_xp.to_host_log), list(strict_xp.to_device_log)
@@ -340,11 +343,18 @@ def test_the_clis_report_a_missing_cupy(monkeypatch, capsys):
     assert "needs CuPy" in capsys.readouterr().err
 
 
-def test_importing_minigpt_and_actadd_never_imports_cupy():
+def test_importing_minigpt_and_actadd_never_imports_cupy(tmp_path):
+    """With an importable (stand-in) cupy on the path, so that an import of it would succeed and
+    show in sys.modules: importing and using the NumPy path must leave it alone."""
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("")
     code = ("import sys, minigpt, actadd, minigpt.cli, actadd.cli, actadd.measure\n"
-            "minigpt.load('tiny-books')\n"
-            "assert 'cupy' not in sys.modules, 'cupy was imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            "model, tok = minigpt.load('tiny-books')\n"
+            "minigpt.generate(model, 'In the', tok, max_new_tokens=2)\n"
+            "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
+            "import cupy; assert 'cupy' in sys.modules  # the stand-in is importable\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
 
 
