@@ -13,13 +13,16 @@ Sampling follows TransformerLens's `sample_logits`, the order the original ActAd
         probability before them is at most p: the smallest prefix reaching p, at least one)
     draw from softmax(logits)
 
-Randomness: row i draws from `numpy.random.default_rng([seed, i])`, one uniform number per
-generated token (all drawn before the first step and sent to the model's device once). Row i's
-draws therefore depend on the seed and i only, never on the other rows or the batch size: a
-prompt at row 0 samples the same way alone or in a batch, and two calls with the same seed and
-batch layout (steered and unsteered, as in the paper) share their draws. The tokens agree too as
-long as the logits do; batched matmuls can differ from unbatched ones by float32 rounding, which
-can flip a draw that falls within ~1e-6 of a boundary.
+Randomness: row i draws from `numpy.random.default_rng([seed, i])` (or from its own entry of
+`row_seeds`), one uniform number per generated token (all drawn before the first step and sent
+to the model's device once). Row i's draws therefore depend on the seed and i only, never on the
+other rows or the batch size: a prompt at row 0 samples the same way alone or in a batch, and
+two calls with the same seed and batch layout (steered and unsteered, as in the paper) share
+their draws. The tokens agree too as long as the logits do; batched matmuls can differ from
+unbatched ones by float32 rounding, which can flip a draw that falls within ~1e-6 of a boundary.
+
+Several samples of one prompt (`samples=N`) share its prompt pass: it runs once per prompt and
+its keys and values are copied to the N rows, rather than computed N times.
 
 Everything per step happens on the model's backend (NumPy, or CuPy on a GPU): the filtering
 and the draw read the logits where they are, and only the sampled ids cross to the host.
@@ -170,14 +173,28 @@ def _prompt_ids(model: GPT2, prompts, tokenizer: Tokenizer | None, prepend_bos: 
 
 
 def stream(model: GPT2, prompts, *, max_new_tokens: int = 20, sampling: Sampling = Sampling(),
-           seed: int = 0, eos_token_id: int | None = None,
-           fwd_hooks: Iterable[tuple[str, HookFn]] = ()) -> Iterator[list[int | None]]:
+           seed: int = 0, eos_token_id: int | None = None, fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+           samples: int = 1, row_seeds: Sequence | None = None) -> Iterator[list[int | None]]:
     """A generator of each step's new token per row (None for rows that already stopped), for
     a batch of prompt ids. Rows stop after `eos_token_id` (if given) or `max_new_tokens`.
     `fwd_hooks` run on every pass: the prompt's (prefill), then each step's; a hook tells them
     apart by `hook.positions` / `hook.start` (see HookPoint). Every argument is checked here,
-    before any work, not at the first step."""
+    before any work, not at the first step.
+
+    samples    rows per prompt, prompt-major (prompt 0's samples first). The prompt pass runs
+               once per prompt, with one row each, and its keys and values are copied to that
+               prompt's rows: hooks see len(prompts) rows on the prompt pass, and
+               len(prompts) * samples on each step.
+    row_seeds  one seed per row (an int or a sequence of ints, as numpy's default_rng takes):
+               row r draws from default_rng(row_seeds[r]) instead of default_rng([seed, r])."""
     prompts = _prompt_ids(model, prompts, None, prepend_bos=False)
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ValueError(f"samples={samples!r}: expected a positive number of rows per prompt")
+    rows = len(prompts) * int(samples)
+    if row_seeds is None:
+        row_seeds = [[seed, r] for r in range(rows)]
+    elif len(row_seeds) != rows:
+        raise ValueError(f"{len(row_seeds)} row_seeds for {rows} rows ({len(prompts)} prompts x {samples} samples)")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
     longest = max(len(p) for p in prompts)
@@ -186,25 +203,30 @@ def stream(model: GPT2, prompts, *, max_new_tokens: int = 20, sampling: Sampling
                          f"than n_positions={model.config.n_positions}")
     if not isinstance(sampling, Sampling):
         raise TypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
-    return _steps(model, prompts, max_new_tokens, sampling, seed, eos_token_id, model.hook_points(fwd_hooks))
+    return _steps(model, prompts, int(samples), max_new_tokens, sampling, row_seeds, eos_token_id,
+                  model.hook_points(fwd_hooks))
 
 
-def _steps(model, prompts, max_new_tokens, sampling, seed, eos_token_id, hooks):
+def _steps(model, prompts, samples, max_new_tokens, sampling, row_seeds, eos_token_id, hooks):
     if max_new_tokens == 0:
         return
     xp, backend = model.xp, model.backend
-    batch, vocab = len(prompts), model.config.vocab_size
+    batch, vocab = len(prompts) * samples, model.config.vocab_size
     tokens, mask = left_pad(prompts)
     counts = np.zeros((batch, vocab), dtype=np.int64)          # every real token so far, per row
-    for i, p in enumerate(prompts):
-        np.add.at(counts[i], p, 1)
+    for i in range(batch):
+        np.add.at(counts[i], prompts[i // samples], 1)
     counts = backend.to_device(counts)                         # then updated on the device
     # Every uniform of row i now, in one array: the same numbers as one draw per step.
-    uniforms = backend.to_device(np.stack([np.random.default_rng([seed, i]).random(max_new_tokens)
-                                           for i in range(batch)]))  # [batch, step]
+    uniforms = backend.to_device(np.stack([np.random.default_rng(s).random(max_new_tokens)
+                                           for s in row_seeds]))  # [batch, step]
     rows = xp.arange(batch)
-    cache = model.new_cache(batch, tokens.shape[1] + max_new_tokens)
+    cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
     logits = model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]
+    if samples > 1:  # the prompt pass once per prompt, its keys and values copied to its rows
+        prompt_of_row = backend.to_device(np.repeat(np.arange(len(prompts)), samples))  # [batch]
+        cache.take_rows(prompt_of_row, np.repeat(cache.seen, samples))
+        logits = logits[prompt_of_row]
     stopped = np.zeros(batch, dtype=bool)
     for step in range(max_new_tokens):
         new = sampling.sample(logits, counts, uniforms[:, step])  # [batch], on the device
@@ -229,22 +251,26 @@ def generate(model: GPT2, prompts, tokenizer: Tokenizer | None = None, *, max_ne
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              freq_penalty: float = 0.0, presence_penalty: float = 0.0, seed: int = 0,
              prepend_bos: bool = False, stop_at_eos: bool = True, eos_token_id: int | None = None,
-             fwd_hooks: Iterable[tuple[str, HookFn]] = ()) -> Generation:
+             fwd_hooks: Iterable[tuple[str, HookFn]] = (), samples: int = 1,
+             row_seeds: Sequence | None = None) -> Generation:
     """Sample continuations of one prompt or a batch (text needs `tokenizer`; ids work alone).
 
     Prompts of different lengths are left-padded; each row generates what it would alone.
     A row stops after <|endoftext|> (the tokenizer's, or `eos_token_id`) unless `stop_at_eos` is
     False, or after `max_new_tokens`. The defaults are plain sampling; the paper's are
-    temperature=1, top_p=0.3, freq_penalty=1, prepend_bos=True.
+    temperature=1, top_p=0.3, freq_penalty=1, prepend_bos=True. `samples` and `row_seeds` as in
+    `stream`: with samples=N, every prompt gets N rows (prompt-major), sharing one prompt pass.
     """
     sampling = Sampling(temperature, top_k, top_p, freq_penalty, presence_penalty)
     ids = _prompt_ids(model, prompts, tokenizer, prepend_bos)
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = tokenizer.eos_token_id
     eos = eos_token_id if stop_at_eos else None
+    steps = stream(model, ids, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed, eos_token_id=eos,
+                   fwd_hooks=fwd_hooks, samples=samples, row_seeds=row_seeds)
+    ids = [p for p in ids for _ in range(samples)]             # one prompt per row
     new: list[list[int]] = [[] for _ in ids]
-    for step in stream(model, ids, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
-                       eos_token_id=eos, fwd_hooks=fwd_hooks):
+    for step in steps:
         for row, token in zip(new, step):
             if token is not None:
                 row.append(token)

@@ -240,6 +240,15 @@ class KVCache:
         self.seen = np.zeros((batch,), dtype=np.int64)
         self.batch, self.max_len, self.length = batch, max_len, 0
 
+    def take_rows(self, rows, seen: np.ndarray) -> None:
+        """Keep rows `rows` (a device int array, repeats allowed) of every buffer, in that
+        order: how several samples of one prompt share its prompt pass. `seen` is the same
+        selection of `self.seen`, made on the host by the caller (no device sync here)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+        self.mask = self.mask[rows]
+        self.seen, self.batch = seen, len(seen)
+
 
 # ---------------------------------------------------------------------------------------------
 # The model

@@ -235,6 +235,27 @@ def test_generation_equals_recomputation_and_only_sampled_ids_cross_to_the_host(
     assert log_device == [(B, V), (B, steps)] + [(B, P)] * 3 + [(B, 1)] * 3 * (steps - 1)
 
 
+def test_samples_sharing_a_prompt_pass_on_the_device(device):
+    """samples=k on the device: the prompt pass once per prompt, its cache rows copied there
+    (one [rows] index crosses, once), then the same steps as any batch of k x prompts rows."""
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=40)
+    model, ref_model = random_model(config, 6, backend=device), random_model(config, 6)
+    prompts, k, steps = [[1, 2, 3], [4, 5]], 3, 6
+    kwargs = dict(max_new_tokens=steps, seed=2, stop_at_eos=False, top_p=0.9, samples=k)
+    reset_logs()
+    got = generate(model, prompts, **kwargs).tokens
+    log_host, log_device = list(strict_xp.to_host_log), list(strict_xp.to_device_log)
+    for row in range(len(prompts) * k):
+        prompt = prompts[row // k]
+        assert got[row] == generate_by_recomputing(model, prompt, 2, row, steps, minigpt.Sampling(top_p=0.9)), row
+    if device.name != "strict":
+        return
+    assert got == generate(ref_model, prompts, **kwargs).tokens
+    R, B, P, V = len(prompts) * k, len(prompts), 3, config.vocab_size
+    assert log_host == [(R,)] * steps
+    assert log_device == [(R, V), (R, steps)] + [(B, P)] * 3 + [(R,)] + [(R, 1)] * 3 * (steps - 1)
+
+
 def test_greedy_generation_equals_transformers_on_the_device(reference, device):
     config = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=40)
     prompts = [[1, 2, 3, 4], [5, 6]]

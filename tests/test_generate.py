@@ -210,6 +210,49 @@ def test_row_i_draws_one_uniform_a_step_from_default_rng_seed_i():
         assert got[i] == ids[len(prompt):], i
 
 
+@settings(max_examples=40)
+@given(batches(), st.integers(1, 4))
+def test_samples_share_one_prompt_pass_and_equal_repeated_rows(case, samples):
+    """samples=k runs the prompt pass once per prompt and copies its keys and values to k rows:
+    the same logits at every step as the prompts repeated k times (scaled error <= 1e-5; the
+    prompt pass has fewer rows, which BLAS may round differently), and rows drawing from
+    default_rng([seed, row]) as before, so the sampled tokens agree."""
+    model, prompts, steps, _ = case
+    kw = dict(max_new_tokens=steps, seed=5, temperature=1.0, top_p=0.9, freq_penalty=0.5, stop_at_eos=False)
+    repeated = [p for p in prompts for _ in range(samples)]
+    seen, steps_logits = {}, {"shared": [], "repeated": []}
+
+    def spy(kind):
+        def hook(x, hook):
+            seen.setdefault(kind, []).append(x.shape[0])
+            steps_logits[kind].append(x.copy())
+        return hook
+    shared = generate(model, prompts, samples=samples, fwd_hooks=[("ln_final.hook_normalized", spy("shared"))], **kw)
+    plain = generate(model, repeated, fwd_hooks=[("ln_final.hook_normalized", spy("repeated"))], **kw)
+    assert shared.prompts == plain.prompts == repeated
+    assert seen["shared"][0] == len(prompts) and set(seen["shared"][1:]) <= {len(repeated)}
+    first = np.repeat(steps_logits["shared"][0], samples, axis=0)
+    assert scaled_error(first, steps_logits["repeated"][0]) <= CACHE_TOL
+    for a, b in zip(steps_logits["shared"][1:], steps_logits["repeated"][1:]):
+        assert scaled_error(a, b) <= CACHE_TOL
+    assert shared.tokens == plain.tokens
+
+
+def test_row_seeds_replace_the_default_seed_of_each_row():
+    """Row r draws from default_rng(row_seeds[r]): the same tokens as a batch laid out so that
+    default_rng([seed, r]) gives those seeds, and independent of which other rows are there."""
+    model = random_model(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=40), seed=3)
+    kw = dict(max_new_tokens=8, temperature=1.0, top_p=0.9, stop_at_eos=False)
+    plain = generate(model, [[1, 2, 3]] * 3, seed=7, **kw).tokens
+    assert generate(model, [[1, 2, 3]], samples=3, row_seeds=[[7, 0], [7, 1], [7, 2]], **kw).tokens == plain
+    assert generate(model, [[1, 2, 3]], row_seeds=[[7, 2]], **kw).tokens == plain[2:]
+    assert generate(model, [[1, 2, 3]], row_seeds=[[7, 0]], **kw).tokens != plain[2:]
+    with pytest.raises(ValueError, match="2 row_seeds for 3 rows"):
+        generate(model, [[1, 2, 3]], samples=3, row_seeds=[[7, 0], [7, 1]], **kw)
+    with pytest.raises(ValueError, match="samples=0"):
+        generate(model, [[1, 2, 3]], samples=0, **kw)
+
+
 def test_draws_follow_the_filtered_softmax():
     """Chi-square goodness of fit of 20,000 draws (fixed seed) against softmax of the filtered
     logits. At T=0.8 the probabilities are p^1.25 renormalised (0.343, 0.233, 0.182, 0.109,
