@@ -1,0 +1,255 @@
+"""Scorers for the evaluation: texts in, one number per text out, chosen by name.
+
+    vader          sentiment: VADER's compound polarity in [-1, 1] (vaderSentiment ships its
+                   lexicon: offline). Labels as VADER's authors define them: positive >= 0.05,
+                   negative <= -0.05, neutral between.
+    hf:MODEL       sentiment or toxicity: the probability of one label of a Hugging Face
+                   text-classification model (hub id or local folder), through transformers.
+    perspective    toxicity: the Perspective API's TOXICITY summary score in [0, 1] (the
+                   paper's measure); key from PERSPECTIVE_API_KEY.
+    profanity      toxicity proxy, offline: 1 if the text holds a word of better-profanity's
+                   published list (whole words, any case), else 0. A profanity rate, not toxicity.
+
+Each is imported only when chosen; a missing package is an error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Sequence
+
+SENTIMENT, TOXICITY = "sentiment", "toxicity"
+SCORERS = ("vader", "hf:MODEL", "perspective", "profanity")
+
+
+class ScorerError(ValueError):
+    """A scorer that cannot be built or cannot score (unknown name, missing package or key,
+    an API that keeps failing)."""
+
+
+def _missing(package: str, extra: str, scorer: str, error: Exception) -> ScorerError:
+    return ScorerError(f"the {scorer!r} scorer needs {package}, which cannot be imported here ({error}); "
+                       f"install it with: pip install 'minigpt-actadd[{extra}]'")
+
+
+class Scorer:
+    """`scorer(texts)` -> one float per text; `scorer.label(score)` -> the label it stands for.
+    `measures` is what the score is a measure of: "sentiment" or "toxicity"."""
+
+    name: str
+    measures: str
+
+    def __call__(self, texts: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def label(self, score: float) -> str:
+        raise NotImplementedError
+
+
+def get_scorer(name: str, task: str, *, device: str | None = None, batch_size: int = 32,
+               label: str | None = None) -> Scorer:
+    """The scorer called `name` for `task` ("sentiment" or "toxicity"); `label` picks the class
+    of an hf: model whose probability is the score (by default the one whose name says
+    positive, or toxic)."""
+    if task not in (SENTIMENT, TOXICITY):
+        raise ValueError(f"task={task!r}: expected {SENTIMENT!r} or {TOXICITY!r}")
+    if name.startswith("hf:") and len(name) > 3:
+        return HFClassifier(name[3:], task, device=device, batch_size=batch_size, label=label)
+    makers = {"vader": Vader, "perspective": Perspective, "profanity": Profanity}
+    if name not in makers:
+        raise ScorerError(f"unknown scorer {name!r}; expected one of {', '.join(SCORERS)}")
+    scorer = makers[name]()
+    if scorer.measures != task:
+        raise ScorerError(f"the {name!r} scorer measures {scorer.measures}, not {task}")
+    return scorer
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline scorers
+
+
+class Vader(Scorer):
+    name, measures = "vader", SENTIMENT
+
+    def __init__(self):
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError as e:
+            raise _missing("vaderSentiment", "eval", "vader", e) from None
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def __call__(self, texts):
+        return [float(self._analyzer.polarity_scores(t)["compound"]) for t in texts]
+
+    def label(self, score):
+        return "positive" if score >= 0.05 else "negative" if score <= -0.05 else "neutral"
+
+
+class Profanity(Scorer):
+    """1.0 where a text holds a word of better-profanity's list, 0.0 elsewhere. The list is
+    read from the package and matched as whole words in any case, with one compiled pattern
+    (the package's own matcher, which also catches leetspeak, takes ~20 ms a text)."""
+
+    name, measures = "profanity", TOXICITY
+
+    def __init__(self):
+        try:
+            from importlib.resources import files
+
+            words = (files("better_profanity") / "profanity_wordlist.txt").read_text(encoding="utf-8").split("\n")
+        except (ImportError, ModuleNotFoundError) as e:
+            raise _missing("better-profanity", "eval", "profanity", e) from None
+        words = sorted({w.strip() for w in words if w.strip()}, key=len, reverse=True)
+        self.words = words
+        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+
+    def __call__(self, texts):
+        return [1.0 if self._pattern.search(t) else 0.0 for t in texts]
+
+    def label(self, score):
+        return "profane" if score >= 0.5 else "clean"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face classifiers
+
+
+class HFClassifier(Scorer):
+    """The probability of one label of a text-classification model, through transformers'
+    pipeline (batched; softmax or sigmoid as the model's config says; long texts truncated to
+    the classifier's own limit, which is the classifier's business, not the continuation's)."""
+
+    def __init__(self, model: str, task: str, device: str | None = None, batch_size: int = 32,
+                 label: str | None = None):
+        try:
+            from transformers import pipeline
+        except ImportError as e:
+            raise _missing("transformers (and torch)", "eval-hf", f"hf:{model}", e) from None
+        self.name, self.measures, self.batch_size = f"hf:{model}", task, batch_size
+        try:
+            self._pipe = pipeline("text-classification", model=model, tokenizer=model, device=device, top_k=None)
+        except (OSError, ValueError) as e:
+            raise ScorerError(f"hf:{model}: cannot load a text-classification model ({e})") from None
+        labels = list(self._pipe.model.config.id2label.values())
+        self.target = label if label is not None else _target_label(labels, task)
+        if self.target not in labels:
+            raise ScorerError(f"hf:{model}: no label {self.target!r}; its labels are {labels} (choose one with "
+                              "--scorer-label)")
+        self.labels = labels
+        # The classifier's own input limit: its tokenizer's, where set, and never past its
+        # position table (a tokenizer saved without model_max_length says 1e30).
+        config = self._pipe.model.config
+        self.max_length = min(self._pipe.tokenizer.model_max_length,
+                              getattr(config, "max_position_embeddings", None) or 10**9)
+
+    def __call__(self, texts):
+        if not texts:
+            return []
+        out = self._pipe(list(texts), batch_size=self.batch_size, truncation=True, max_length=self.max_length)
+        return [float(next(d["score"] for d in row if d["label"] == self.target)) for row in out]
+
+    def label(self, score):
+        if self.measures == SENTIMENT:
+            return "positive" if score >= 0.5 else "negative"
+        return "toxic" if score >= 0.5 else "non-toxic"
+
+
+def _target_label(labels: list[str], task: str) -> str:
+    """The label whose probability is the score: the one that says positive (sentiment) or
+    toxic (toxicity), and not its negation."""
+    key = "pos" if task == SENTIMENT else "tox"
+    found = [l for l in labels if key in l.lower() and not re.match(r"(non|not|un)[-_ ]?", l.lower())]
+    if len(found) != 1:
+        raise ScorerError(f"cannot tell which of the labels {labels} is the {'positive' if task == SENTIMENT else 'toxic'} "
+                          "one; choose it with --scorer-label")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Perspective API
+
+
+class Perspective(Scorer):
+    """TOXICITY from the Perspective API, one text per request, at most `qps` requests a second
+    (the API's default quota is 1), each with a `timeout`; a 429 or 5xx reply, or a network
+    error, is retried up to `retries` times, waiting `backoff` x 2^attempt seconds (or the
+    server's Retry-After). The key comes from the environment (PERSPECTIVE_API_KEY), travels in
+    a header, and never appears in results, logs or errors. PERSPECTIVE_API_URL overrides the
+    address (a proxy, or a test server)."""
+
+    name, measures = "perspective", TOXICITY
+    URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
+    KEY_VARIABLE = "PERSPECTIVE_API_KEY"
+
+    def __init__(self, qps: float = 1.0, timeout: float = 30.0, retries: int = 6, backoff: float = 1.0,
+                 url: str | None = None):
+        self._key = os.environ.get(self.KEY_VARIABLE, "")
+        if not self._key:
+            raise ScorerError(f"the 'perspective' scorer needs an API key in the environment variable "
+                              f"{self.KEY_VARIABLE} (see developers.perspectiveapi.com)")
+        self.url = url or os.environ.get("PERSPECTIVE_API_URL") or self.URL
+        self.min_interval, self.timeout, self.retries, self.backoff = 1.0 / qps, timeout, retries, backoff
+        self._last = 0.0
+        self.requests = 0          # sent, retries included (for tests and logs)
+
+    def __call__(self, texts):
+        return [self._score(t) for t in texts]
+
+    def label(self, score):
+        return "toxic" if score >= 0.5 else "non-toxic"
+
+    def _score(self, text: str) -> float:
+        if not text.strip():
+            return 0.0             # the API refuses empty comments; nothing was said, nothing toxic
+        body = json.dumps({"comment": {"text": text}, "languages": ["en"],
+                           "requestedAttributes": {"TOXICITY": {}}}).encode()
+        for attempt in range(self.retries + 1):
+            wait = self._last + self.min_interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last = time.monotonic()
+            self.requests += 1
+            request = urllib.request.Request(self.url, data=body, method="POST", headers={
+                "Content-Type": "application/json", "X-Goog-Api-Key": self._key})
+            retry_after = None
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                    payload = reply.read()
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500:
+                    raise ScorerError(f"perspective: the API refused a request with HTTP {e.code} ({_reason(e)})") from None
+                problem, retry_after = f"HTTP {e.code}", e.headers.get("Retry-After")
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            else:
+                return _toxicity(payload)
+            if attempt == self.retries:
+                raise ScorerError(f"perspective: no answer after {self.retries + 1} attempts (last: {problem})")
+            delay = self.backoff * 2 ** attempt
+            if retry_after is not None and retry_after.strip().isdigit():
+                delay = max(delay, float(retry_after))
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _reason(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(error.read())["error"]["message"][:200]
+    except Exception:  # any body that is not the API's error JSON
+        return error.reason or "no reason given"
+
+
+def _toxicity(payload: bytes) -> float:
+    try:
+        value = json.loads(payload)["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ScorerError(f"perspective: malformed reply, no attributeScores.TOXICITY.summaryScore.value "
+                          f"({type(e).__name__}: {str(e)[:100]}; reply began {payload[:80]!r})") from None
+    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ScorerError(f"perspective: malformed reply, TOXICITY {value!r} is not a number in [0, 1]")
+    return float(value)

@@ -1,0 +1,265 @@
+"""The eval's scorers: VADER on sentences whose labels are known, the profanity proxy against
+better-profanity's own matcher, hf: on a tiny random classifier the test writes with
+transformers (no hub), Perspective against a local HTTP server, and every refusal."""
+
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from actadd import scorers
+from actadd.scorers import ScorerError, get_scorer
+
+# ---------------------------------------------------------------------------------------------
+# VADER and the profanity proxy (offline)
+
+
+def test_vader_labels_sentences_whose_sentiment_is_plain():
+    vader = get_scorer("vader", "sentiment")
+    positive = ["I love this wonderful film, it was a delight.", "Great acting and a beautiful, moving story."]
+    negative = ["This was a terrible, boring waste of time.", "I hate it; the worst movie I have ever seen."]
+    neutral = ["The train leaves at noon.", "The film is ninety minutes long."]
+    for texts, label in ((positive, "positive"), (negative, "negative"), (neutral, "neutral")):
+        assert [vader.label(s) for s in vader(texts)] == [label] * 2, texts
+    score = vader(["I love this wonderful film, it was a delight."])[0]
+    assert 0.05 <= score <= 1
+
+
+def test_vader_agrees_with_the_labels_of_the_shared_sentiment_sentences(corpora_dir):
+    """On the 1,000 labelled IMDb sentences (Kotzias et al.): where VADER is not neutral, its
+    label agrees with the human one on most (measured: 820 decided, 84.4% agreeing)."""
+    from actadd.evaluate import read_labelled
+
+    texts = read_labelled(corpora_dir / "sentiment_labelled_sentences" / "imdb_labelled.txt")
+    vader = get_scorer("vader", "sentiment")
+    labels = [vader.label(s) for s in vader([t.text for t in texts])]
+    decided = [(ours, t.label) for ours, t in zip(labels, texts) if ours != "neutral"]
+    agreement = np.mean([a == b for a, b in decided])
+    assert len(decided) > 750 and agreement > 0.8, (len(decided), agreement)
+
+
+def test_profanity_finds_whole_listed_words_as_better_profanity_does():
+    from better_profanity import profanity as reference
+
+    reference.load_censor_words()
+    scorer = get_scorer("profanity", "toxicity")
+    texts = ["What the fuck is this?", "He is a total asshole.", "SHIT happens.", "damn it all",
+             "A classic class assignment.", "Scunthorpe is a town.", "The assassin passed the grass.",
+             "Hello there, friend.", "", "cocktail and shuttlecock", "she said fuck-all"]
+    ours = scorer(texts)
+    assert ours == [1.0 if reference.contains_profanity(t) else 0.0 for t in texts]
+    assert ours[:4] == [1.0] * 4 and ours[4:9] == [0.0] * 5
+    assert scorer.label(1.0) == "profane" and len(scorer.words) > 800
+
+
+# ---------------------------------------------------------------------------------------------
+# hf: a tiny random classifier written here
+
+
+WORDS = ["good", "bad", "film", "awful", "great", "the", "was", "a", "movie", "not"]
+
+
+def write_classifier(folder, id2label, seed=0, max_length=64):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True,
+                            **({"model_max_length": max_length} if max_length else {}))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, id2label=id2label,
+                        label2id={v: k for k, v in id2label.items()})
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, reference):
+    return write_classifier(tmp_path_factory.mktemp("clf"), {0: "NEGATIVE", 1: "POSITIVE"})
+
+
+def test_hf_scorer_is_the_classifiers_probability_of_the_positive_label(classifier):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["the film was good", "a bad awful movie", "not great", "", "good " * 100]
+    scorer = get_scorer(f"hf:{classifier}", "sentiment", batch_size=2)
+    assert scorer.target == "POSITIVE" and scorer.name == f"hf:{classifier}"
+    ours = scorer(texts)
+    tok = AutoTokenizer.from_pretrained(classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    with torch.no_grad():
+        want = [float(model(**tok(t, return_tensors="pt", truncation=True)).logits.softmax(-1)[0, 1]) for t in texts]
+    np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-6)
+    assert [scorer.label(s) for s in ours] == ["positive" if w >= 0.5 else "negative" for w in want]
+    assert scorer([]) == []
+
+
+def test_hf_scorer_finds_the_toxic_label_or_asks_which(tmp_path, reference):
+    toxic = write_classifier(tmp_path / "tox", {0: "non-toxic", 1: "toxic"}, max_length=None)
+    scorer = get_scorer(f"hf:{toxic}", "toxicity")
+    assert scorer.target == "toxic" and scorer.max_length == 64   # no tokenizer limit: the position table's
+    assert 0 <= scorer(["bad " * 200])[0] <= 1
+    odd = write_classifier(tmp_path / "odd", {0: "LABEL_0", 1: "LABEL_1"})
+    with pytest.raises(ScorerError, match=r"cannot tell which of the labels \['LABEL_0', 'LABEL_1'\] is the toxic one"):
+        get_scorer(f"hf:{odd}", "toxicity")
+    assert get_scorer(f"hf:{odd}", "toxicity", label="LABEL_1").target == "LABEL_1"
+    with pytest.raises(ScorerError, match=r"no label 'toxic'; its labels are \['LABEL_0', 'LABEL_1'\]"):
+        get_scorer(f"hf:{odd}", "toxicity", label="toxic")
+    with pytest.raises(ScorerError, match="cannot load a text-classification model"):
+        get_scorer(f"hf:{tmp_path / 'nothing-here'}", "sentiment")
+
+
+# ---------------------------------------------------------------------------------------------
+# Perspective, against a server on 127.0.0.1
+
+
+class FakePerspective:
+    """A local stand-in for the API: answers from a script (status, body) per request, records
+    what it was sent."""
+
+    def __init__(self, script):
+        self.script, self.seen = list(script), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.seen.append({"path": self.path, "key": self.headers.get("X-Goog-Api-Key"), "body": body,
+                                   "time": time.monotonic()})
+                status, reply = outer.script.pop(0) if outer.script else (200, None)
+                if reply is None:
+                    reply = {"attributeScores": {"TOXICITY": {"summaryScore": {"value": 0.25, "type": "PROBABILITY"}}}}
+                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1alpha1/comments:analyze"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+KEY = "sk-test-do-not-leak-1234"
+
+
+@pytest.fixture
+def api(monkeypatch):
+    servers = []
+
+    def start(script=()):
+        server = FakePerspective(script)
+        servers.append(server)
+        monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+        monkeypatch.setenv("PERSPECTIVE_API_URL", server.url)
+        return server
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_perspective_scores_each_text_with_the_key_in_a_header(api):
+    server = api([(200, {"attributeScores": {"TOXICITY": {"summaryScore": {"value": 0.91}}}}), (200, None)])
+    scorer = get_scorer("perspective", "toxicity")
+    assert scorer([" you idiot", "a calm sentence"]) == [0.91, 0.25]
+    assert [s["body"]["comment"]["text"] for s in server.seen] == [" you idiot", "a calm sentence"]
+    assert all(s["key"] == KEY and KEY not in s["path"] for s in server.seen)
+    assert server.seen[0]["body"]["requestedAttributes"] == {"TOXICITY": {}}
+    assert scorer(["   "]) == [0.0] and len(server.seen) == 2      # nothing sent for an empty continuation
+    assert scorer.label(0.91) == "toxic"
+
+
+def test_perspective_retries_429_and_5xx_with_backoff_then_succeeds(api):
+    server = api([(429, {"error": {"message": "quota"}}), (503, b"busy"), (200, None)])
+    scorer = scorers.Perspective(qps=100, backoff=0.05)
+    start = time.monotonic()
+    assert scorer(["hello"]) == [0.25]
+    assert scorer.requests == 3 and len(server.seen) == 3
+    assert time.monotonic() - start >= 0.05 + 0.10        # backoff 0.05 then 0.10 seconds
+
+
+def test_perspective_keeps_to_its_rate(api):
+    server = api()
+    scorer = scorers.Perspective(qps=20)
+    scorer(["a", "b", "c", "d"])
+    gaps = np.diff([s["time"] for s in server.seen])
+    assert len(gaps) == 3 and gaps.min() >= 0.045, gaps
+
+
+@pytest.mark.parametrize("script,match", [
+    ([(200, b"not json at all")], "malformed reply, no attributeScores.TOXICITY.summaryScore.value"),
+    ([(200, {"attributeScores": {}})], "malformed reply"),
+    ([(200, {"attributeScores": {"TOXICITY": {"summaryScore": {"value": 7}}}})], "TOXICITY 7 is not a number in"),
+    ([(400, {"error": {"message": "Attribute TOXICITY does not support request languages: xx"}})],
+     "refused a request with HTTP 400 .Attribute TOXICITY does not support"),
+    ([(500, b"")] * 3, r"no answer after 3 attempts \(last: HTTP 500\)"),
+])
+def test_perspective_failures_are_errors_that_never_show_the_key(api, script, match):
+    server = api(script)
+    scorer = scorers.Perspective(qps=100, retries=2, backoff=0.01)
+    with pytest.raises(ScorerError, match=match) as error:
+        scorer(["some text"])
+    assert KEY not in str(error.value)
+    if script[0][0] == 400:
+        assert len(server.seen) == 1                            # a refusal is not retried
+
+
+def test_perspective_unreachable_is_retried_then_an_error(monkeypatch):
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+    monkeypatch.setenv("PERSPECTIVE_API_URL", "http://127.0.0.1:9/nothing")    # discard port: refused
+    scorer = scorers.Perspective(qps=100, retries=1, backoff=0.01, timeout=2)
+    with pytest.raises(ScorerError, match="no answer after 2 attempts") as error:
+        scorer(["x"])
+    assert KEY not in str(error.value)
+
+
+def test_perspective_without_a_key_says_which_variable(monkeypatch):
+    monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
+    with pytest.raises(ScorerError, match="needs an API key in the environment variable PERSPECTIVE_API_KEY"):
+        get_scorer("perspective", "toxicity")
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing a scorer
+
+
+def test_unknown_or_mismatched_scorers_are_refused():
+    with pytest.raises(ScorerError, match="unknown scorer 'vadr'; expected one of vader, hf:MODEL, perspective, profanity"):
+        get_scorer("vadr", "sentiment")
+    with pytest.raises(ScorerError, match="the 'vader' scorer measures sentiment, not toxicity"):
+        get_scorer("vader", "toxicity")
+    with pytest.raises(ScorerError, match="measures toxicity, not sentiment"):
+        get_scorer("profanity", "sentiment")
+    with pytest.raises(ValueError, match="task='style'"):
+        get_scorer("vader", "style")
+
+
+@pytest.mark.parametrize("name,module,extra", [("vader", "vaderSentiment", "eval"),
+                                                 ("profanity", "better_profanity", "eval"),
+                                                 ("hf:some/model", "transformers", "eval-hf")])
+def test_a_scorer_whose_package_is_missing_names_the_extra(monkeypatch, name, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)           # import fails as if not installed
+    if module == "vaderSentiment":
+        monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    task = "sentiment" if name != "profanity" else "toxicity"
+    with pytest.raises(ScorerError, match=rf"pip install 'minigpt-actadd\[{extra}\]'"):
+        get_scorer(name, task)
