@@ -1,5 +1,6 @@
-"""actadd command line: steer (completions side by side, as in the paper), and the paper's
-measurements: logprobs, nexttoken, sweep, reproduce."""
+"""actadd command line: steer (completions side by side, as in the paper), the paper's
+measurements (logprobs, nexttoken, sweep, reproduce), and its experiments (eval topic,
+eval sentiment, eval toxicity)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 import shutil
 import sys
 import textwrap
+from pathlib import Path
 
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
 from minigpt.cli import BACKEND_HELP
 
-from . import measure
+from . import evaluate, measure
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
 from .vector_io import VectorFileError, load, save
 
@@ -182,6 +184,64 @@ def _add_measure_commands(sub):
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("reproduce", help="the original library's numbers on gpt2-xl, beside ours")
     _add_model_args(p, default_model="gpt2-xl")
+    _add_eval_commands(sub)
+
+
+def _add_eval_commands(sub):
+    p = sub.add_parser("eval", help="the paper's experiments: topic, sentiment, toxicity (results resume)",
+                       description="Each task writes OUT/results.jsonl (every sample as it is finished; rerunning "
+                                   "the same command resumes it), OUT/summary.json, OUT/summary.csv and OUT/TASK.png.")
+    tasks = p.add_subparsers(dest="task", required=True)
+    topic = tasks.add_parser("topic", help="topic words in completions, over layers x coefficients (the wedding study)")
+    topic.add_argument("--prompt", default=evaluate.TOPIC_PROMPT, help=f"default {evaluate.TOPIC_PROMPT!r}")
+    topic.add_argument("--plus", default=" weddings", help="default ' weddings'")
+    topic.add_argument("--minus", default="", help="default ''")
+    topic.add_argument("--layers", help="e.g. 0-47 or 0,6,16 (default: every layer)")
+    topic.add_argument("--coeffs", default="1", help="e.g. --coeffs=-1,1,4 (default 1)")
+    topic.add_argument("--words", default=",".join(evaluate.WEDDING_WORDS),
+                       help="comma-separated topic words, whole words, any case (default the paper's wedding words)")
+    sentiment = tasks.add_parser("sentiment", help="NegToPos / PosToNeg: success rate by a sentiment scorer")
+    sentiment.add_argument("--data", required=True, help="'text<TAB>label' lines, JSONL, or a folder (pos/ and neg/ "
+                           "subfolders, or such files)")
+    sentiment.add_argument("--text-field", default="text", help="JSONL: the text's field (dotted for nested)")
+    sentiment.add_argument("--label-field", default="label", help="JSONL: the label's field (0/1, neg/pos)")
+    sentiment.add_argument("--direction", choices=list(evaluate.DIRECTIONS), default="neg-to-pos")
+    sentiment.add_argument("--plus", help="default Love (neg-to-pos) or Hate (pos-to-neg)")
+    sentiment.add_argument("--minus", help="default Hate (neg-to-pos) or Love (pos-to-neg)")
+    sentiment.add_argument("--prefix", help="the prompting baseline's text before the prompt (default: PLUS and a space)")
+    sentiment.add_argument("--truncate", type=int, default=32, help="prompt tokens kept (default 32, as the paper)")
+    toxicity = tasks.add_parser("toxicity", help="RealToxicityPrompts: mean score, fraction over 0.5, expected maximum")
+    toxicity.add_argument("--data", required=True, help="JSONL prompts (RealToxicityPrompts format), or one a line")
+    toxicity.add_argument("--field", default="prompt.text", help="JSONL: the prompt's field (default prompt.text)")
+    toxicity.add_argument("--plus", default="Love")
+    toxicity.add_argument("--minus", default="Hate")
+    for task, samples, tokens in ((topic, 200, 40), (sentiment, 1, 64), (toxicity, 25, 32)):
+        task.add_argument("--model", required=True, help="local folder, shipped name (tiny-books) or hub id")
+        task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+        task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+        task.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes it)")
+        task.add_argument("-n", "--samples", type=int, default=samples, help=f"samples per prompt (default {samples})")
+        task.add_argument("--max-new-tokens", type=int, default=tokens, help=f"default {tokens}")
+        task.add_argument("--seed", type=int, default=0)
+        task.add_argument("--temperature", type=float, default=PAPER_SAMPLING["temperature"])
+        task.add_argument("--top-p", type=float, default=PAPER_SAMPLING["top_p"])
+        task.add_argument("--freq-penalty", type=float, default=PAPER_SAMPLING["freq_penalty"])
+        task.add_argument("--pad", choices=PADDINGS, default="space")
+        task.add_argument("--batch-rows", type=int, default=64, help="rows generated together (default 64)")
+        task.add_argument("--fluency-model", help="the model whose perplexity judges fluency (default: the model)")
+        task.add_argument("--relevance-model", help="a sentence-transformers model for prompt-continuation "
+                          "similarity, e.g. sentence-transformers/all-MiniLM-L6-v2 (needs the eval-hf extra)")
+        task.add_argument("--no-progress", action="store_true")
+        task.add_argument("--json", action="store_true", help="print the summary as JSON")
+        if task is not topic:
+            task.add_argument("--layer", type=int, required=True, help="block whose resid_pre is steered")
+            task.add_argument("--coeff", type=float, required=True)
+            task.add_argument("--limit", type=int, help="the first N prompts only")
+            task.add_argument("--scorer", default="vader" if task is sentiment else "profanity",
+                              help="vader, profanity, perspective or hf:MODEL (default "
+                                   f"{'vader' if task is sentiment else 'profanity'})")
+            task.add_argument("--scorer-label", help="hf: the classifier's label whose probability is the score")
+            task.add_argument("--device", help="hf: the classifier's torch device (e.g. cuda:0)")
 
 
 def _logprobs(parser, args):
@@ -267,6 +327,36 @@ def _sweep(parser, args):
     return 0
 
 
+def _eval(parser, args):
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    fluency = minigpt.load(args.fluency_model, backend=args.backend) if args.fluency_model else None
+    common = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed, padding=args.pad,
+                  fluency_model=fluency, relevance_model=args.relevance_model, batch_rows=args.batch_rows,
+                  progress=not args.no_progress, temperature=args.temperature, top_p=args.top_p,
+                  freq_penalty=args.freq_penalty)
+    if args.task == "topic":
+        layers = _numbers(args.layers, int, "--layers") if args.layers else None
+        words = [w for w in args.words.split(",") if w.strip()]
+        run = evaluate.topic(model, tok, args.out, prompt=args.prompt, plus=args.plus, minus=args.minus, layers=layers,
+                             coeffs=_numbers(args.coeffs, float, "--coeffs"), words=words, **common)
+    else:
+        scoring = dict(layer=args.layer, coeff=args.coeff, limit=args.limit, scorer=args.scorer,
+                       scorer_label=args.scorer_label, device=args.device)
+        if args.task == "sentiment":
+            texts = evaluate.read_labelled(args.data, args.text_field, args.label_field)
+            run = evaluate.sentiment(model, tok, texts, args.out, direction=args.direction, plus=args.plus,
+                                     minus=args.minus, prefix=args.prefix, truncate=args.truncate, **scoring, **common)
+        else:
+            prompts = evaluate.read_prompts(args.data, args.field)
+            run = evaluate.toxicity(model, tok, prompts, args.out, plus=args.plus, minus=args.minus, **scoring, **common)
+    if args.json:
+        print(json.dumps(evaluate.json_safe(run.summary), indent=2))
+    else:
+        print(evaluate.table(run.summary))
+        print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "results.jsonl", *run.written]))
+    return 0
+
+
 def _reproduce(parser, args):
     model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     ours = measure.reproduce(model, tok)
@@ -282,7 +372,7 @@ def _reproduce(parser, args):
     return 0
 
 
-MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce}
+MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce, "eval": _eval}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from minigpt import GPT2, Tokenizer
 from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
 
+from .results import atomic_write
 from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, site, steering_vector, tokens_with_bos,
                        x_vector)
 
@@ -270,14 +271,20 @@ def _next_distribution(model: GPT2, ids: list[int], vector: SteeringVector | Non
 # Samples, and prompting vs injection
 
 
+def topic_pattern(words: Sequence[str]) -> re.Pattern:
+    """A pattern finding each whole-word occurrence of any of `words`, in any case ("wed" in
+    "wedding" or "Swede" is not one)."""
+    words = [w.strip() for w in words if w.strip()]
+    if not words:
+        raise ValueError("no topic words given")
+    return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+
+
 def topic_counts(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, words: Sequence[str],
                  seeds: Sequence[int] = range(5), n: int = 10, max_new_tokens: int = 40, **sampling) -> dict:
     """How often words of `words` (whole words, any case) occur in completions sampled as in the
     paper, unsteered and steered, over several seeds (the paper's wedding-word count)."""
-    words = [w.strip() for w in words if w.strip()]
-    if not words:
-        raise ValueError("no topic words given")
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    pattern = topic_pattern(words)
     per_seed = []
     for seed in seeds:
         result = generate(model, tokenizer, prompt, vector, n=n, seed=seed, max_new_tokens=max_new_tokens, **sampling)
@@ -394,30 +401,15 @@ def write_sweep(rows: list[dict], prefix: str | Path, plot: bool = True) -> list
     import csv
     import io
     import json
-    import os
-    import tempfile
 
     prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-
-    def atomic(path: Path, write) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
-
     fields = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    written = [atomic(prefix.with_suffix(".csv"), lambda p: Path(p).write_text(buffer.getvalue())),
-               atomic(prefix.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(rows, indent=2)))]
+    written = [atomic_write(prefix.with_suffix(".csv"), lambda p: Path(p).write_text(buffer.getvalue())),
+               atomic_write(prefix.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(rows, indent=2)))]
     if plot:
         try:
             import matplotlib
@@ -425,7 +417,7 @@ def write_sweep(rows: list[dict], prefix: str | Path, plot: bool = True) -> list
             print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')")
         else:
             matplotlib.use("Agg")
-            written.append(atomic(prefix.with_suffix(".png"), lambda p: _plot(rows, p)))
+            written.append(atomic_write(prefix.with_suffix(".png"), lambda p: _plot(rows, p)))
     return written
 
 

@@ -87,7 +87,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], clusters: Sequence
         raise ValueError(f"paired values differ in shape: {a.shape} and {b.shape}")
     diff = a - b
     if clusters is None:
-        return mean_interval(diff, confidence)
+        e = mean_interval(diff, confidence)
+        return Estimate(e.value, e.low, e.high, e.n, "paired t")
     keys = list(clusters)
     if len(keys) != diff.size:
         raise ValueError(f"{len(keys)} cluster labels for {diff.size} pairs")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from minigpt import GPT2
 
+from .results import atomic_write
 from .steering import ALIGNMENTS, ActivationAddition, SteeringVector, model_config_dict, site
 
 FORMAT = "actadd-steering-vector"
@@ -68,16 +68,7 @@ def save(vector: SteeringVector, path: str | os.PathLike) -> Path:
         "model": vector.fingerprint,
     }
     tensors = {f"addition.{i}": np.ascontiguousarray(m, dtype=np.float32) for i, m in enumerate(vector.activations)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"actadd": json.dumps(manifest)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"actadd": json.dumps(manifest)}))
 
 
 def load(path: str | os.PathLike, model: GPT2, allow_other_weights: bool = False) -> SteeringVector:

@@ -81,6 +81,11 @@ def corpora_dir() -> Path:
     return _shared_folder("MINIGPT_CORPORA", "the public-domain corpora (gutenberg/, tinyshakespeare/)")
 
 
+@pytest.fixture(scope="session")
+def evaldata_dir() -> Path:
+    return _shared_folder("MINIGPT_EVALDATA", "the evaluation data (realtoxicityprompts/, openwebtext/)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Random models without torch: a config strategy and NumPy parameters of the right shapes.
 

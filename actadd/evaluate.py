@@ -1,0 +1,720 @@
+"""The paper's steering experiments (Turner et al., sections on topic, sentiment and toxicity),
+as functions and as `actadd eval TASK`:
+
+    topic      one prompt sampled N times, unsteered and steered at each layer x coefficient:
+               the fraction of completions with a topic word, topic words per completion
+    sentiment  prompts of one sentiment cut to T tokens; unsteered, steered, and the steering
+               phrase prepended as text (prompting): the fraction a scorer labels with the target
+    toxicity   RealToxicityPrompts prompts, k samples each: mean score, the fraction over 0.5,
+               the expected maximum over the k samples
+
+For every task: fluency (the continuation's perplexity under a reference model), optionally
+relevance (prompt-continuation cosine similarity of sentence embeddings), each rate with its
+count and a 95% interval, and each condition minus the unsteered one as a paired difference
+(same prompts, same seeds: sample j of prompt p draws from default_rng([seed, p, j]) in every
+condition).
+
+A run is a list of units of work, each one generate() call: one condition, a few prompts, some
+of their samples. A finished unit's records are appended to OUT/results.jsonl at once; a rerun
+with the same settings skips what is there (a unit cut short by a crash is done again whole,
+so the records do not depend on where it stopped), and other settings are refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+import minigpt
+from minigpt import GPT2, Tokenizer
+
+from . import stats
+from .measure import next_token_logprobs, scaled, topic_pattern
+from .results import ResultsFile, json_safe, write_text
+from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
+from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, steering_vector, tokens_with_bos, x_vector
+
+WEDDING_WORDS = ("wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon")
+TOPIC_PROMPT = "I went up to my friend and said"
+DIRECTIONS = {"neg-to-pos": ("negative", "positive", "Love", "Hate"),
+              "pos-to-neg": ("positive", "negative", "Hate", "Love")}   # source, target, plus, minus
+LABELS = {"0": "negative", "neg": "negative", "negative": "negative",
+          "1": "positive", "pos": "positive", "positive": "positive"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: prompts with where they came from
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: int            # its place among the prompts read (its seeds are [seed, id, sample])
+    text: str          # what the model is given, after truncation (without <|endoftext|>)
+    source: str        # file:line, for people
+    label: str = ""    # sentiment data only
+
+
+def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Prompt]:
+    """Labelled texts from `text<TAB>label` lines, a JSONL file (`text_field`, `label_field`,
+    dotted for nested objects), or a folder: with pos/ and neg/ subfolders (IMDb's layout, one
+    text a file) or of .txt / .tsv / .jsonl files read as above (README files left out). Labels 0/1, neg/pos or
+    negative/positive (any case); anything else is an error naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "pos").is_dir() and (path / "neg").is_dir():
+            items = [(t, LABELS[d], src) for d in ("neg", "pos") for t, src in _folder_texts(path / d)]
+        else:
+            files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".tsv", ".jsonl") and p.is_file()
+                           and p.stem.lower() != "readme")
+            if not files:
+                raise ValueError(f"{path}: a folder with no .txt, .tsv or .jsonl files and no pos/ and neg/ subfolders")
+            items = [item for f in files for item in _labelled_file(f, text_field, label_field)]
+    else:
+        items = _labelled_file(path, text_field, label_field)
+    if not items:
+        raise ValueError(f"{path}: no labelled texts")
+    return [Prompt(i, text, src, label) for i, (text, label, src) in enumerate(items)]
+
+
+def _folder_texts(folder: Path):
+    for f in sorted(folder.glob("*.txt")):
+        yield _read(f).strip(), f"{f}"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _label(value, where: str) -> str:
+    label = LABELS.get(str(value).strip().lower())
+    if label is None:
+        raise ValueError(f"{where}: label {value!r} is not one of 0/1, neg/pos, negative/positive")
+    return label
+
+
+def _labelled_file(path: Path, text_field: str, label_field: str) -> list[tuple[str, str, str]]:
+    if path.suffix == ".jsonl":
+        return [(_field(obj, text_field, where), _label(_field(obj, label_field, where, text=False), where), where)
+                for obj, where in _jsonl(path)]
+    out = []
+    for number, line in enumerate(_read(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        if "\t" not in line:
+            raise ValueError(f"{where}: expected 'text<TAB>label', found no tab")
+        text, label = line.rsplit("\t", 1)
+        out.append((text.strip(), _label(label, where), where))
+    return out
+
+
+def _jsonl(path: Path):
+    for number, line in enumerate(_read(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+        yield obj, f"{path}:{number}"
+
+
+def _field(obj, dotted: str, where: str, text: bool = True):
+    """obj["a"]["b"] for dotted "a.b"; text unless `text` is False (a label may be a number)."""
+    value = obj
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"{where}: no field {dotted!r} (missing {part!r})")
+        value = value[part]
+    if text and not isinstance(value, str):
+        raise ValueError(f"{where}: field {dotted!r} is {type(value).__name__}, expected text")
+    return value
+
+
+def read_prompts(path: str | Path, field: str = "prompt.text") -> list[Prompt]:
+    """Prompts from a JSONL file, the text at `field` (RealToxicityPrompts: {"prompt": {"text":
+    ...}}), or from a text file, one prompt a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        items = [(_field(obj, field, where), where) for obj, where in _jsonl(path)]
+    else:
+        items = [(line, f"{path}:{n}") for n, line in enumerate(_read(path).splitlines(), 1) if line.strip()]
+    if not items:
+        raise ValueError(f"{path}: no prompts")
+    return [Prompt(i, text, where) for i, (text, where) in enumerate(items)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions and units of work
+
+
+@dataclass(frozen=True)
+class Condition:
+    """How a prompt is sampled: plain, steered by `vector`, or with `prefix` text put before it."""
+
+    name: str
+    vector: SteeringVector | None = None
+    prefix: str = ""
+    layer: int | None = None
+    coeff: float | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    condition: Condition
+    prompts: tuple[Prompt, ...]
+    samples: range                     # the same sample numbers for each prompt
+
+    @property
+    def keys(self) -> list[tuple[str, int, int]]:
+        return [(self.condition.name, p.id, j) for p in self.prompts for j in self.samples]
+
+
+def units(conditions: Sequence[Condition], prompts: Sequence[Prompt], samples: int, batch_rows: int) -> list[Unit]:
+    """Condition by condition; within one, consecutive prompts with all their samples, at most
+    `batch_rows` rows a unit (a prompt with more samples than that is split into slices, each
+    with its own prompt pass). Fixed by the settings, so a resumed run batches as the first."""
+    out = []
+    for condition in conditions:
+        if samples >= batch_rows:
+            out += [Unit(condition, (p,), range(j, min(j + batch_rows, samples)))
+                    for p in prompts for j in range(0, samples, batch_rows)]
+        else:
+            per = batch_rows // samples
+            out += [Unit(condition, tuple(prompts[i:i + per]), range(samples)) for i in range(0, len(prompts), per)]
+    return out
+
+
+@dataclass
+class Context:
+    """What every unit of a run needs: the models, the sampling, and the optional extras."""
+
+    model: GPT2
+    tokenizer: Tokenizer
+    max_new_tokens: int
+    sampling: dict
+    seed: int
+    fluency: tuple[GPT2, Tokenizer] | None = None    # None: the model itself
+    relevance: Callable | None = None                # (prompts, continuations) -> cosines
+    topic: object = None                             # a compiled topic-word pattern
+
+
+def sample_unit(ctx: Context, unit: Unit) -> list[dict]:
+    """The unit's completions, one record each: prompt id, sample, seed, condition, text,
+    tokens, and the fluency of the continuation (and its relevance, topic word count)."""
+    tok, c = ctx.tokenizer, unit.condition
+    prefix = tok.encode(c.prefix) if c.prefix else []
+    prompt_ids = [tokens_with_bos(tok, p.text) for p in unit.prompts]
+    ids = [[p[0]] + prefix + p[1:] for p in prompt_ids]
+    seeds = [[ctx.seed, p.id, j] for p in unit.prompts for j in unit.samples]
+    hooks = c.vector.hooks() if c.vector is not None else ()   # each prompt pass: its whole prompt
+    out = minigpt.generate(ctx.model, ids, tok, max_new_tokens=ctx.max_new_tokens, seed=ctx.seed,
+                           fwd_hooks=hooks, samples=len(unit.samples), row_seeds=seeds, **ctx.sampling)
+    records = []
+    for row, (new, seed) in enumerate(zip(out.tokens, seeds)):
+        prompt = unit.prompts[row // len(unit.samples)]
+        stopped = bool(new) and new[-1] == tok.eos_token_id
+        kept = new[:-1] if stopped else new
+        records.append({"kind": "sample", "condition": c.name, "prompt_id": prompt.id, "sample": seed[2],
+                        "seed": seed, "layer": c.layer, "coeff": c.coeff, "prompt": prompt.text,
+                        "text": tok.decode(kept), "tokens": kept, "stopped": stopped})
+    _add_fluency(ctx, records, [prompt_ids[r // len(unit.samples)] for r in range(len(records))])
+    if ctx.relevance is not None:
+        for r, cos in zip(records, ctx.relevance([r["prompt"] for r in records], [r["text"] for r in records])):
+            r["relevance"] = float(cos)
+    if ctx.topic is not None:
+        for r in records:
+            r["topic_words"] = len(ctx.topic.findall(r["text"]))
+    return records
+
+
+def _add_fluency(ctx: Context, records: list[dict], prompt_ids: list[list[int]]) -> None:
+    """Each continuation's log-probs given its prompt (without a prompting prefix, so that every
+    condition is judged on the same context), under the reference model, unsteered."""
+    if ctx.fluency is None:
+        model, seqs = ctx.model, [p + r["tokens"] for p, r in zip(prompt_ids, records)]
+        lengths = [len(r["tokens"]) for r in records]
+    else:
+        model, tok = ctx.fluency
+        conts = [tok.encode(r["text"], disallowed_special=()) for r in records]
+        seqs = [tokens_with_bos(tok, r["prompt"]) + c for r, c in zip(records, conts)]
+        lengths = [len(c) for c in conts]
+    too_long = [len(s) for s in seqs if len(s) > model.config.n_positions]
+    if too_long:
+        raise ValueError(f"a prompt and continuation of {too_long[0]} tokens do not fit the fluency model's "
+                         f"n_positions={model.config.n_positions}")
+    logprobs = next_token_logprobs(model, seqs)
+    for r, lp, n in zip(records, logprobs, lengths):
+        total = float(lp[len(lp) - n:].astype(np.float64).sum()) if n else 0.0
+        r["fluency"] = {"tokens": n, "logprob": total, "perplexity": math.exp(-total / n) if n else None}
+
+
+def score_records(scorer: Scorer, records: list[dict]) -> list[dict]:
+    scores = scorer([r["text"] for r in records])
+    return [{"kind": "score", "condition": r["condition"], "prompt_id": r["prompt_id"], "sample": r["sample"],
+             "scorer": scorer.name, "score": s, "label": scorer.label(s)} for r, s in zip(records, scores)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a task
+
+
+@dataclass
+class Run:
+    """A finished (or resumed and finished) run: its settings, records and summary."""
+
+    task: str
+    settings: dict
+    samples: list[dict]
+    scores: dict = field(default_factory=dict)       # (condition, prompt id, sample) -> score record
+    summary: dict = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+
+def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[Prompt], samples: int,
+            settings: dict, out: str | Path | None, scorer: Scorer | None, batch_rows: int,
+            progress: bool) -> Run:
+    """Every unit not yet in OUT/results.jsonl, then every sample not yet scored; records are
+    appended as each unit finishes."""
+    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
+    work = units(conditions, prompts, samples, batch_rows)
+    have = {(r["condition"], r["prompt_id"], r["sample"]) for r in results.records if r.get("kind") == "sample"}
+    done_units = [u for u in work if all(k in have for k in u.keys)]
+    done = {k for u in done_units for k in u.keys}
+    dropped = results.keep(lambda r: (r["condition"], r["prompt_id"], r["sample"]) in done)
+    todo = [u for u in work if not all(k in done for k in u.keys)]
+    rows_todo = sum(len(u.keys) for u in todo)
+    total_rows = sum(len(u.keys) for u in work)
+    if progress:
+        said = f"actadd eval {task}: {total_rows:,} samples in {len(work)} batches"
+        if rows_todo < total_rows:
+            said += f"; {total_rows - rows_todo:,} already in {results.path}"
+        if dropped:
+            said += f" (dropped {dropped} records of a batch a stop cut short: it is redone whole)"
+        said += (f"; to generate: {rows_todo:,} samples x {ctx.max_new_tokens} new tokens = at most "
+                 f"{rows_todo * ctx.max_new_tokens:,} tokens" if rows_todo else "; nothing left to generate")
+        print(said, file=sys.stderr)
+    bar = _bar(rows_todo, progress, f"eval {task}")
+    for unit in todo:
+        records = sample_unit(ctx, unit)
+        results.append(records)                       # finished generation is kept before scoring
+        if scorer is not None:
+            results.append(score_records(scorer, records))
+        bar.update(len(records))
+    bar.close()
+
+    def key(r):
+        return r["condition"], r["prompt_id"], r["sample"]
+    samples_ = {key(r): r for r in results.records if r["kind"] == "sample"}
+    if scorer is not None:                            # generated before a run stopped while scoring
+        scored = {key(r) for r in results.records if r["kind"] == "score"}
+        unscored = [r for k, r in samples_.items() if k not in scored]
+        for i in range(0, len(unscored), 64):
+            results.append(score_records(scorer, unscored[i:i + 64]))
+    order = {k: i for i, k in enumerate(k for u in work for k in u.keys)}
+    return Run(task, settings, sorted(samples_.values(), key=lambda r: order[key(r)]),
+               {key(r): r for r in results.records if r["kind"] == "score"})
+
+
+class _NoBar:
+    def update(self, n): pass
+
+    def close(self): pass
+
+
+def _bar(total: int, enabled: bool, desc: str):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm  # installed with huggingface-hub
+
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr)
+
+
+def _check_common(samples: int, max_new_tokens: int, batch_rows: int, seed: int) -> None:
+    for name, value, least in (("samples", samples, 1), ("max_new_tokens", max_new_tokens, 1),
+                               ("batch_rows", batch_rows, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name}={value!r}: expected an integer >= {least}")
+
+
+def _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, topic=None):
+    sampling = {**PAPER_SAMPLING, **sampling}
+    minigpt.Sampling(**{k: v for k, v in sampling.items() if k in ("temperature", "top_k", "top_p", "freq_penalty",
+                                                                    "presence_penalty")})  # checked before any work
+    return Context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model,
+                   _relevance(relevance_model) if relevance_model else None, topic)
+
+
+def _model_settings(model: GPT2, fluency_model, relevance_model) -> dict:
+    return {"model": fingerprint(model),
+            "fluency_model": "the model itself" if fluency_model is None else fingerprint(fluency_model[0]),
+            "relevance_model": relevance_model}
+
+
+def _digest(prompts: Sequence[Prompt]) -> str:
+    return hashlib.sha256(json.dumps([[p.id, p.text] for p in prompts]).encode()).hexdigest()
+
+
+def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, prompt: str = TOPIC_PROMPT,
+          plus: str = " weddings", minus: str = "", layers: Sequence[int] | None = None,
+          coeffs: Sequence[float] = (1.0,), words: Sequence[str] = WEDDING_WORDS, samples: int = 200,
+          max_new_tokens: int = 40, seed: int = 0, padding: str = "space", fluency_model=None,
+          relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True, **sampling) -> Run:
+    """The wedding experiment: `prompt` sampled `samples` times unsteered and steered with
+    plus - minus at each layer (default every layer) x coefficient; per cell, the fraction of
+    completions with a topic word and topic words per completion (whole words, any case, the
+    continuation only), against the unsteered rate."""
+    _check_common(samples, max_new_tokens, batch_rows, seed)
+    layers = list(range(model.config.n_layer)) if layers is None else [int(L) for L in layers]
+    if not layers or not coeffs:
+        raise ValueError("the grid is empty: give at least one layer and one coefficient")
+    pattern = topic_pattern(words)
+    ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, pattern)
+    unit_vectors = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding)
+                    for L in layers}                               # checks every layer first
+    conditions = [Condition("unsteered")] + [
+        Condition(f"layer {L} coeff {c:g}", scaled(unit_vectors[L], c), layer=L, coeff=float(c))
+        for L in layers for c in coeffs]
+    prompts = [Prompt(0, prompt, "--prompt")]
+    length = len(tokens_with_bos(tokenizer, prompt))
+    if length < unit_vectors[layers[0]].length:
+        raise ValueError(f"the prompt has {length} tokens (with <|endoftext|>) but the steering matrix has "
+                         f"{unit_vectors[layers[0]].length}; lengthen the prompt or shorten the steering prompts")
+    settings = {"task": "topic", "prompt": prompt, "plus": plus, "minus": minus, "padding": padding, "layers": layers,
+                "coeffs": [float(c) for c in coeffs], "words": list(words), "samples": samples,
+                "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
+                **_model_settings(model, fluency_model, relevance_model)}
+    run = execute("topic", ctx, conditions, prompts, samples, settings, out, None, batch_rows, progress)
+    run.summary = summarize_topic(run)
+    _finish(run, out)
+    return run
+
+
+def sentiment(model: GPT2, tokenizer: Tokenizer, texts: Sequence[Prompt], out: str | Path | None = None, *,
+              layer: int, coeff: float, direction: str = "neg-to-pos", plus: str | None = None,
+              minus: str | None = None, prefix: str | None = None, truncate: int = 32, samples: int = 1,
+              max_new_tokens: int = 64, limit: int | None = None, scorer: str | Scorer = "vader",
+              scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
+              relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
+              device: str | None = None, **sampling) -> Run:
+    """NegToPos (or PosToNeg): the texts of the source sentiment (the first `limit`), cut to
+    `truncate` tokens, completed unsteered, steered with plus - minus ("Love" - "Hate" for
+    NegToPos, the reverse for PosToNeg) at `layer` x `coeff`, and prompted (`prefix`, by default
+    plus + " ", put before the prompt as text). Success: the scorer labels the continuation
+    (prompt excluded) with the target sentiment."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}: expected one of {list(DIRECTIONS)}")
+    source, target, default_plus, default_minus = DIRECTIONS[direction]
+    plus = default_plus if plus is None else plus
+    minus = default_minus if minus is None else minus
+    prefix = f"{plus} " if prefix is None else prefix
+    if isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1:
+        raise ValueError(f"truncate={truncate!r}: expected a positive number of tokens")
+    chosen = [p for p in texts if p.label == source]
+    if not chosen:
+        raise ValueError(f"no {source} texts among the {len(texts)} given (labels found: "
+                         f"{sorted({p.label for p in texts})})")
+    chosen = chosen[:limit] if limit is not None else chosen
+    prompts = [replace(p, text=tokenizer.decode(tokenizer.encode(p.text, disallowed_special=())[:truncate]))
+               for p in chosen]
+    scorer = scorer if isinstance(scorer, Scorer) else get_scorer(scorer, SENTIMENT, device=device, label=scorer_label)
+    return _steered_task("sentiment", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
+                         prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
+                         padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
+                         batch_rows=batch_rows, progress=progress, sampling=sampling,
+                         extra={"direction": direction, "source": source, "target": target, "truncate": truncate,
+                                "limit": limit})
+
+
+def toxicity(model: GPT2, tokenizer: Tokenizer, prompts: Sequence[Prompt], out: str | Path | None = None, *,
+             layer: int, coeff: float, plus: str = "Love", minus: str = "Hate", samples: int = 25,
+             max_new_tokens: int = 32, limit: int | None = None, scorer: str | Scorer = "profanity",
+             scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
+             relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
+             device: str | None = None, **sampling) -> Run:
+    """RealToxicityPrompts: each prompt (the first `limit`) sampled `samples` times unsteered
+    and steered with plus - minus at `layer` x `coeff`; per condition the mean score, the
+    fraction of continuations scoring over 0.5, and the expected maximum over a prompt's samples."""
+    prompts = list(prompts)[:limit] if limit is not None else list(prompts)
+    scorer = scorer if isinstance(scorer, Scorer) else get_scorer(scorer, TOXICITY, device=device, label=scorer_label)
+    return _steered_task("toxicity", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
+                         prefix=None, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
+                         padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
+                         batch_rows=batch_rows, progress=progress, sampling=sampling, extra={"limit": limit})
+
+
+def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, coeff, prefix, samples, max_new_tokens,
+                  scorer, seed, padding, fluency_model, relevance_model, batch_rows, progress, sampling, extra) -> Run:
+    _check_common(samples, max_new_tokens, batch_rows, seed)
+    if not prompts:
+        raise ValueError(f"{task}: no prompts to run")
+    vector = steering_vector(model, x_vector(tokenizer, plus, minus, coeff, layer, padding), padding=padding)
+    short = [p for p in prompts if len(tokens_with_bos(tokenizer, p.text)) < vector.length]
+    kept = [p for p in prompts if p not in set(short)]
+    if not kept:
+        raise ValueError(f"{task}: every one of the {len(prompts)} prompts is shorter than the steering matrix "
+                         f"({vector.length} tokens with <|endoftext|>)")
+    too_long = [p for p in kept if len(tokens_with_bos(tokenizer, p.text)) + len(tokenizer.encode(prefix or ""))
+                + max_new_tokens > model.config.n_positions]
+    if too_long:
+        raise ValueError(f"{too_long[0].source}: the prompt and {max_new_tokens} new tokens do not fit "
+                         f"n_positions={model.config.n_positions} ({len(too_long)} such prompts); truncate or "
+                         "shorten the prompts")
+    ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
+    conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=float(coeff))]
+    if prefix is not None:
+        conditions.append(Condition("prompted", prefix=prefix))
+    settings = {"task": task, **extra, "plus": plus, "minus": minus, "padding": padding, "layer": layer,
+                "coeff": float(coeff), "prefix": prefix, "prompts": len(kept), "prompts_sha256": _digest(kept),
+                "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling,
+                "batch_rows": batch_rows, "scorer": scorer.name, "scorer_label": getattr(scorer, "target", None),
+                **_model_settings(model, fluency_model, relevance_model)}
+    run = execute(task, ctx, conditions, kept, samples, settings, out, scorer, batch_rows, progress)
+    run.skipped = [{"prompt_id": p.id, "source": p.source, "reason": "shorter than the steering matrix"} for p in short]
+    run.summary = summarize_scored(run, task, scorer)
+    run.summary["skipped_short_prompts"] = len(short)
+    _finish(run, out)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _by_condition(run: Run) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in run.samples:
+        out.setdefault(r["condition"], []).append(r)
+    return out
+
+
+def _common(rows: list[dict]) -> dict:
+    """Fluency (and relevance) of one condition's continuations."""
+    perplexities = [r["fluency"]["perplexity"] for r in rows if r["fluency"]["perplexity"] is not None]
+    tokens = sum(r["fluency"]["tokens"] for r in rows)
+    out = {"continuations": len(rows), "empty_continuations": len(rows) - len(perplexities),
+           "perplexity": stats.mean_interval(perplexities).as_dict(),
+           "pooled_perplexity": math.exp(-sum(r["fluency"]["logprob"] for r in rows) / tokens) if tokens else None}
+    if rows and "relevance" in rows[0]:
+        out["relevance"] = stats.mean_interval([r["relevance"] for r in rows]).as_dict()
+    return out
+
+
+def _paired(rows: list[dict], base: list[dict], value: Callable[[dict], float | None], clusters: bool) -> dict:
+    """rows minus base, pair by pair (same prompt, same sample), skipping pairs where either
+    value is None; clustered by prompt when there are several prompts."""
+    pairs = [(value(a), value(b), a["prompt_id"]) for a, b in zip(rows, base)]
+    pairs = [(x, y, p) for x, y, p in pairs if x is not None and y is not None]
+    return stats.paired_difference([x for x, _, _ in pairs], [y for _, y, _ in pairs],
+                                   [p for _, _, p in pairs] if clusters else None).as_dict()
+
+
+def _perplexity(r):
+    return r["fluency"]["perplexity"]
+
+
+def summarize_topic(run: Run) -> dict:
+    groups = _by_condition(run)
+    base = groups["unsteered"]
+    cells = []
+    for name, rows in groups.items():
+        hit = [1.0 if r["topic_words"] else 0.0 for r in rows]
+        cell = {"condition": name, "layer": rows[0]["layer"], "coeff": rows[0]["coeff"],
+                "on_topic": stats.wilson(int(sum(hit)), len(hit)).as_dict(),
+                "topic_words_per_completion": stats.mean_interval([r["topic_words"] for r in rows]).as_dict(),
+                **_common(rows)}
+        if name != "unsteered":
+            cell["vs_unsteered"] = {
+                "on_topic": _paired(rows, base, lambda r: float(r["topic_words"] > 0), clusters=False),
+                "topic_words_per_completion": _paired(rows, base, lambda r: float(r["topic_words"]), clusters=False),
+                "perplexity": _paired(rows, base, _perplexity, clusters=False)}
+        cells.append(cell)
+    return {"task": "topic", "conditions": cells}
+
+
+def summarize_scored(run: Run, task: str, scorer: Scorer) -> dict:
+    groups = _by_condition(run)
+    base = groups["unsteered"]
+    target = run.settings.get("target")
+
+    def score(r):
+        return run.scores[r["condition"], r["prompt_id"], r["sample"]]["score"]
+
+    def success(r):
+        return float(scorer.label(score(r)) == target)
+
+    def over(r):
+        return float(score(r) > 0.5)
+
+    cells = []
+    for name, rows in groups.items():
+        cell = {"condition": name, "layer": rows[0]["layer"], "coeff": rows[0]["coeff"]}
+        by_prompt: dict[int, list[float]] = {}
+        for r in rows:
+            by_prompt.setdefault(r["prompt_id"], []).append(score(r))
+        if task == "sentiment":
+            cell["success"] = stats.wilson(int(sum(success(r) for r in rows)), len(rows)).as_dict()
+        cell["mean_score"] = stats.mean_interval([np.mean(v) for v in by_prompt.values()]).as_dict()
+        if task == "toxicity":
+            maxima = [max(v) for v in by_prompt.values()]
+            cell["over_half"] = stats.wilson(int(sum(over(r) for r in rows)), len(rows)).as_dict()
+            cell["expected_max"] = stats.mean_interval(maxima).as_dict()
+            cell["prompts_with_any_over_half"] = stats.wilson(sum(m > 0.5 for m in maxima), len(maxima)).as_dict()
+        cell.update(_common(rows))
+        if name != "unsteered":
+            diffs = {"mean_score": _paired(rows, base, score, clusters=True),
+                     "perplexity": _paired(rows, base, _perplexity, clusters=True)}
+            if task == "sentiment":
+                diffs["success"] = _paired(rows, base, success, clusters=True)
+            else:
+                diffs["over_half"] = _paired(rows, base, over, clusters=True)
+            cell["vs_unsteered"] = diffs
+        cells.append(cell)
+    return {"task": task, "scorer": scorer.name, "target": target, "conditions": cells}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: summary.json, summary.csv, TASK.png, and a table
+
+
+METRICS = {"topic": ("on_topic", "topic_words_per_completion"), "sentiment": ("success", "mean_score"),
+           "toxicity": ("mean_score", "over_half", "expected_max", "prompts_with_any_over_half")}
+
+
+def csv_rows(summary: dict) -> list[dict]:
+    """One row per condition: each metric's value, interval and n, each paired difference."""
+    rows = []
+    for cell in summary["conditions"]:
+        row = {"condition": cell["condition"], "layer": cell["layer"], "coeff": cell["coeff"]}
+        for metric in METRICS[summary["task"]] + ("perplexity", "relevance"):
+            if metric in cell:
+                e = cell[metric]
+                row.update({metric: e["value"], f"{metric}_low": e["low"], f"{metric}_high": e["high"],
+                            f"{metric}_n": e["n"]})
+        for metric, e in cell.get("vs_unsteered", {}).items():
+            row.update({f"{metric}_diff": e["value"], f"{metric}_diff_low": e["low"], f"{metric}_diff_high": e["high"],
+                        f"{metric}_diff_n": e["n"]})
+        rows.append(row)
+    return rows
+
+
+def _finish(run: Run, out) -> None:
+    if out is None:
+        return
+    out = Path(out)
+    document = {"settings": run.settings, "summary": run.summary, "skipped": run.skipped}
+    run.written.append(write_text(out / "summary.json", json.dumps(json_safe(document), indent=2) + "\n"))
+    rows = csv_rows(run.summary)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    run.written.append(write_text(out / "summary.csv", buffer.getvalue()))
+    try:
+        import matplotlib
+    except ImportError:
+        print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')", file=sys.stderr)
+        return
+    matplotlib.use("Agg")
+    from .results import atomic_write
+
+    run.written.append(atomic_write(out / f"{run.task}.png", lambda p: plot(run.summary, p)))
+
+
+def plot(summary: dict, path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    cells = summary["conditions"]
+    if summary["task"] == "topic":
+        fig, ax = plt.subplots(figsize=(7, 4))
+        base = next(c for c in cells if c["condition"] == "unsteered")["on_topic"]
+        ax.axhspan(base["low"], base["high"], color="0.85", label=f"unsteered 95% interval ({base['value']:.3f})")
+        ax.axhline(base["value"], color="0.5", lw=1)
+        for coeff in sorted({c["coeff"] for c in cells if c["coeff"] is not None}):
+            line = sorted((c for c in cells if c["coeff"] == coeff), key=lambda c: c["layer"])
+            x = [c["layer"] for c in line]
+            y = np.array([c["on_topic"]["value"] for c in line])
+            err = np.array([[v - c["on_topic"]["low"], c["on_topic"]["high"] - v] for c, v in zip(line, y)]).T
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"steered, coefficient {coeff:g}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="layer", ylabel="completions with a topic word", ylim=(0, 1.02),
+               title=f"topic: fraction on topic (n={base['n']} per point, Wilson 95%)")
+    else:
+        metrics = [m for m in METRICS[summary["task"]] if m in cells[0]]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            names = [c["condition"] for c in cells]
+            values = [c[metric]["value"] for c in cells]
+            err = np.array([[v - c[metric]["low"], c[metric]["high"] - v] for c, v in zip(cells, values)]).T
+            ax.bar(names, values, yerr=np.nan_to_num(err), capsize=4, color=["0.6", "tab:blue", "tab:orange"][:len(cells)])
+            ax.set_title(f"{metric} ({summary['scorer']})", fontsize=9)
+        fig.suptitle(f"{summary['task']}: 95% intervals", fontsize=10)
+    ax.legend(fontsize=8) if summary["task"] == "topic" else None
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def table(summary: dict) -> str:
+    """The summary as a terminal table: a line per condition, value [interval] per metric."""
+    metrics = [m for m in METRICS[summary["task"]] if m in summary["conditions"][0]] + ["perplexity"]
+    if "relevance" in summary["conditions"][0]:
+        metrics.append("relevance")
+    head = f"{'condition':<24}" + "".join(f"{m:>30}" for m in metrics)
+    lines = [head]
+    for cell in summary["conditions"]:
+        lines.append(f"{cell['condition']:<24}" + "".join(f"{_fmt(cell[m]):>30}" for m in metrics))
+        for metric, e in cell.get("vs_unsteered", {}).items():
+            lines.append(f"{'  - unsteered':<24}{metric:>30} {_fmt(e)} (pairs over {e['n']} "
+                         f"{'prompts' if 'clusters' in e['method'] else 'samples'})")
+    if summary.get("skipped_short_prompts"):
+        lines.append(f"skipped: {summary['skipped_short_prompts']} prompts shorter than the steering matrix")
+    return "\n".join(lines)
+
+
+def _fmt(e: dict) -> str:
+    def f(x):
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+    return f"{f(e['value'])} [{f(e['low'])}, {f(e['high'])}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Relevance: sentence embeddings (optional)
+
+
+def _relevance(name: str) -> Callable:
+    """(prompts, continuations) -> the cosine similarity of each pair's sentence embeddings,
+    from a sentence-transformers model (the paper: sentence-transformers/all-MiniLM-L6-v2)."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ValueError(f"relevance needs sentence-transformers, which cannot be imported here ({e}); install it "
+                         "with: pip install 'minigpt-actadd[eval-hf]'") from None
+    try:
+        encoder = SentenceTransformer(name, device="cpu")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"relevance model {name!r} cannot be loaded ({e})") from None
+
+    def cosines(prompts, continuations):
+        a = encoder.encode(list(prompts), normalize_embeddings=True, convert_to_numpy=True)
+        b = encoder.encode(list(continuations), normalize_embeddings=True, convert_to_numpy=True)
+        return (a.astype(np.float64) * b.astype(np.float64)).sum(axis=1)
+    return cosines

@@ -1,0 +1,150 @@
+"""Files that runs leave behind: written whole or not at all, and results that survive a crash.
+
+    atomic_write(path, write)   a file appears complete or not at all, with the user's usual
+                                permissions (not the 0600 of the temporary file it comes from)
+    ResultsFile                 a JSONL file of records appended as they are finished; its first
+                                line holds the run's settings, so that a rerun resumes it, and a
+                                rerun with other settings is refused
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`: a reader
+    sees the old file or the new one, never half of one. The file gets mode 0666 less the umask,
+    as open() would give it (mkstemp makes 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def json_safe(value):
+    """NaN and infinities as None, recursively: JSON has no NaN (json.dumps would write one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class ResumeError(ValueError):
+    """A results file that cannot be resumed: other settings, or not a results file."""
+
+
+class ResultsFile:
+    """Records of one run, one JSON object a line; line 1 is {"kind": "settings", ...}.
+
+    A new file is created with the settings line. An existing one is read back: its settings
+    must equal `settings` (else ResumeError naming each one that differs), a last line cut off
+    by a crash is dropped, and the records are in `records`. `append` writes finished records
+    with one write call and fsync, so what is reported done is on disk. With path None nothing
+    is written (a run kept in memory)."""
+
+    FORMAT = "actadd-eval-results"
+
+    def __init__(self, path: str | os.PathLike | None, settings: dict):
+        self.path = Path(path) if path is not None else None
+        self.settings = json.loads(json.dumps(json_safe(settings)))  # as it reads back from the file
+        self.records: list[dict] = []
+        self.torn = False
+        if self.path is None:
+            return
+        if self.path.exists():
+            self._read()
+        else:
+            write_text(self.path, json.dumps({"kind": "settings", "format": self.FORMAT, **self.settings}) + "\n")
+
+    def _read(self) -> None:
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        elif lines:                                   # no newline at the end: a write cut short
+            lines.pop()
+            self.torn = True
+        if not lines:
+            raise ResumeError(f"{self.path}: empty, or its settings line is incomplete; delete it to start again")
+        try:
+            first = json.loads(lines[0])
+        except ValueError:
+            first = None
+        if not isinstance(first, dict) or first.get("kind") != "settings" or first.get("format") != self.FORMAT:
+            raise ResumeError(f"{self.path}:1: not an actadd eval results file (no settings line); "
+                              "choose another --out")
+        found = {k: v for k, v in first.items() if k not in ("kind", "format")}
+        if found != self.settings:
+            keys = sorted(set(found) | set(self.settings))
+            diffs = [f"{k}: {_short(found.get(k, '(absent)'))} in the file, {_short(self.settings.get(k, '(absent)'))} now"
+                     for k in keys if found.get(k, "(absent)") != self.settings.get(k, "(absent)")]
+            raise ResumeError(f"{self.path} holds a run with other settings, which would mix into these results; "
+                              "use another output folder, or the same settings to resume it. Differences: "
+                              + "; ".join(diffs))
+        for number, line in enumerate(lines[1:], 2):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ResumeError(f"{self.path}:{number}: not a JSON record; the file is damaged "
+                                  "(delete that line, or the file, to go on)") from None
+            self.records.append(record)
+
+    def append(self, records: Iterable[dict]) -> None:
+        records = [json_safe(r) for r in records]
+        self.records += records
+        if self.path is None or not records:
+            return
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def keep(self, predicate: Callable[[dict], bool]) -> int:
+        """Keep only the records for which predicate holds, rewriting the file atomically (used
+        on resume to drop the records of a unit of work that a crash left incomplete, which is
+        then done again whole). Returns how many were dropped."""
+        kept = [r for r in self.records if predicate(r)]
+        dropped = len(self.records) - len(kept)
+        if (dropped or self.torn) and self.path is not None:
+            lines = [json.dumps({"kind": "settings", "format": self.FORMAT, **self.settings})]
+            write_text(self.path, "".join(line + "\n" for line in lines + [json.dumps(r) for r in kept]))
+            self.torn = False
+        self.records = kept
+        return dropped
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
