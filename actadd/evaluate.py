@@ -61,6 +61,14 @@ class Prompt:
     text: str          # what the model is given, after truncation (without <|endoftext|>)
     source: str        # file:line, for people
     label: str = ""    # sentiment data only
+    ids: tuple[int, ...] | None = None   # its tokens where truncation made them (else text's)
+
+    def tokens(self, tokenizer: Tokenizer) -> list[int]:
+        """<|endoftext|> and the prompt's tokens. Data is ordinary text: a literal
+        "<|endoftext|>" in it is not the special token. A truncated prompt keeps the tokens it
+        was cut to (its text, decoded from them, need not encode back to the same ids)."""
+        ids = list(self.ids) if self.ids is not None else tokenizer.encode(self.text, disallowed_special=())
+        return [tokenizer.bos_token_id] + ids
 
 
 def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Prompt]:
@@ -220,7 +228,7 @@ def sample_unit(ctx: Context, unit: Unit) -> list[dict]:
     tokens, and the fluency of the continuation (and its relevance, topic word count)."""
     tok, c = ctx.tokenizer, unit.condition
     prefix = tok.encode(c.prefix) if c.prefix else []
-    prompt_ids = [tokens_with_bos(tok, p.text) for p in unit.prompts]
+    prompt_ids = [p.tokens(tok) for p in unit.prompts]
     ids = [[p[0]] + prefix + p[1:] for p in prompt_ids]
     seeds = [[ctx.seed, p.id, j] for p in unit.prompts for j in unit.samples]
     hooks = c.vector.hooks() if c.vector is not None else ()   # each prompt pass: its whole prompt
@@ -253,7 +261,7 @@ def _add_fluency(ctx: Context, records: list[dict], prompt_ids: list[list[int]])
     else:
         model, tok = ctx.fluency
         conts = [tok.encode(r["text"], disallowed_special=()) for r in records]
-        seqs = [tokens_with_bos(tok, r["prompt"]) + c for r, c in zip(records, conts)]
+        seqs = [[tok.bos_token_id] + tok.encode(r["prompt"], disallowed_special=()) + c for r, c in zip(records, conts)]
         lengths = [len(c) for c in conts]
     too_long = [len(s) for s in seqs if len(s) > model.config.n_positions]
     if too_long:
@@ -369,7 +377,7 @@ def _model_settings(model: GPT2, fluency_model, relevance_model) -> dict:
 
 
 def _digest(prompts: Sequence[Prompt]) -> str:
-    return hashlib.sha256(json.dumps([[p.id, p.text] for p in prompts]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([[p.id, p.text, p.ids] for p in prompts]).encode()).hexdigest()
 
 
 def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, prompt: str = TOPIC_PROMPT,
@@ -432,8 +440,8 @@ def sentiment(model: GPT2, tokenizer: Tokenizer, texts: Sequence[Prompt], out: s
         raise ValueError(f"no {source} texts among the {len(texts)} given (labels found: "
                          f"{sorted({p.label for p in texts})})")
     chosen = chosen[:limit] if limit is not None else chosen
-    prompts = [replace(p, text=tokenizer.decode(tokenizer.encode(p.text, disallowed_special=())[:truncate]))
-               for p in chosen]
+    cut = [tuple(tokenizer.encode(p.text, disallowed_special=())[:truncate]) for p in chosen]
+    prompts = [replace(p, text=tokenizer.decode(list(ids)), ids=ids) for p, ids in zip(chosen, cut)]
     scorer = scorer if isinstance(scorer, Scorer) else get_scorer(scorer, SENTIMENT, device=device, label=scorer_label)
     return _steered_task("sentiment", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
                          prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
@@ -466,12 +474,12 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
     if not prompts:
         raise ValueError(f"{task}: no prompts to run")
     vector = steering_vector(model, x_vector(tokenizer, plus, minus, coeff, layer, padding), padding=padding)
-    short = [p for p in prompts if len(tokens_with_bos(tokenizer, p.text)) < vector.length]
+    short = [p for p in prompts if len(p.tokens(tokenizer)) < vector.length]
     kept = [p for p in prompts if p not in set(short)]
     if not kept:
         raise ValueError(f"{task}: every one of the {len(prompts)} prompts is shorter than the steering matrix "
                          f"({vector.length} tokens with <|endoftext|>)")
-    too_long = [p for p in kept if len(tokens_with_bos(tokenizer, p.text)) + len(tokenizer.encode(prefix or ""))
+    too_long = [p for p in kept if len(p.tokens(tokenizer)) + len(tokenizer.encode(prefix or ""))
                 + max_new_tokens > model.config.n_positions]
     if too_long:
         raise ValueError(f"{too_long[0].source}: the prompt and {max_new_tokens} new tokens do not fit "
