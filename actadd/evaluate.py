@@ -682,25 +682,32 @@ def plot(summary: dict, path) -> None:
 
 
 def table(summary: dict) -> str:
-    """The summary as a terminal table: a line per condition, value [interval] per metric."""
-    metrics = [m for m in METRICS[summary["task"]] if m in summary["conditions"][0]] + ["perplexity"]
-    if "relevance" in summary["conditions"][0]:
-        metrics.append("relevance")
-    head = f"{'condition':<24}" + "".join(f"{m:>30}" for m in metrics)
-    lines = [head]
-    for cell in summary["conditions"]:
-        lines.append(f"{cell['condition']:<24}" + "".join(f"{_fmt(cell[m]):>30}" for m in metrics))
-        for metric, e in cell.get("vs_unsteered", {}).items():
-            lines.append(f"{'  - unsteered':<24}{metric:>30} {_fmt(e)} (pairs over {e['n']} "
-                         f"{'prompts' if 'clusters' in e['method'] else 'samples'})")
+    """The summary as a terminal table: a line per condition (value [95% interval]), and under
+    each steered one its paired difference from the unsteered condition, metric by metric."""
+    cells = summary["conditions"]
+    metrics = [m for m in METRICS[summary["task"]] if m in cells[0]] + ["perplexity"]
+    metrics += ["relevance"] if "relevance" in cells[0] else []
+    width = max(26, *(len(m) for m in metrics))
+    lines = [f"{'condition':<22}" + "".join(f"  {m:>{width}}" for m in metrics)]
+    for cell in cells:
+        lines.append(f"{cell['condition']:<22}" + "".join(f"  {_fmt(cell[m]):>{width}}" for m in metrics))
+        diffs = cell.get("vs_unsteered")
+        if diffs:
+            n = next(iter(diffs.values()))
+            unit = "prompts" if "clusters" in n["method"] else "samples"
+            lines.append(f"{'  minus unsteered':<22}" + "".join(
+                f"  {_fmt(diffs[m], signed=True) if m in diffs else '':>{width}}" for m in metrics)
+                + f"   (paired over {n['n']} {unit})")
     if summary.get("skipped_short_prompts"):
         lines.append(f"skipped: {summary['skipped_short_prompts']} prompts shorter than the steering matrix")
+    if summary.get("scorer") == "profanity":
+        lines.append("scores: the profanity proxy (1 if a listed profane word occurs), not a toxicity classifier")
     return "\n".join(lines)
 
 
-def _fmt(e: dict) -> str:
+def _fmt(e: dict, signed: bool = False) -> str:
     def f(x):
-        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3f}" if signed else f"{x:.3f}"
     return f"{f(e['value'])} [{f(e['low'])}, {f(e['high'])}]"
 
 
@@ -717,7 +724,7 @@ def _relevance(name: str) -> Callable:
         raise ValueError(f"relevance needs sentence-transformers, which cannot be imported here ({e}); install it "
                          "with: pip install 'minigpt-actadd[eval-hf]'") from None
     try:
-        encoder = SentenceTransformer(name, device="cpu")
+        encoder = SentenceTransformer(name)                   # its own choice of device
     except (OSError, ValueError) as e:
         raise ValueError(f"relevance model {name!r} cannot be loaded ({e})") from None
 

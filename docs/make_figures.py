@@ -1,5 +1,6 @@
 """Draw docs/sweep.png, the walkthrough's layer x coefficient map of the log-prob shift on
-held-out Moby Dick, with the same call as the walkthrough's last step:
+held-out Moby Dick, with the same call as the walkthrough's last step, and docs/eval_topic.png,
+the README's offline `actadd eval topic` command (whale - "" on tiny-books, 200 samples a cell):
 
     python docs/make_figures.py            # needs the plot extra and MINIGPT_CORPORA (or ../shared)
 """
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import minigpt
 from minigpt.checkpoints import held_out_chunks
-from actadd import measure
+from actadd import evaluate, measure
 
 HERE = Path(__file__).resolve().parent
 PLUS, MINUS = "whale", ""  # the walkthrough's prompt pair
+SEA_WORDS = ("whale,whales,sea,seas,ship,ships,boat,boats,captain,harpoon,water,waves,ocean,deck,sail,sails,sailor,"
+             "sailors,shore").split(",")  # the README's --words
 
 
 def main():
@@ -26,7 +29,10 @@ def main():
         written = measure.write_sweep(rows, Path(tmp) / "sweep")
         png = next(p for p in written if p.suffix == ".png")
         shutil.copyfile(png, HERE / "sweep.png")
-    print(f"wrote {HERE / 'sweep.png'}")
+        evaluate.topic(model, tok, Path(tmp) / "topic", prompt="In the morning we", plus=PLUS, minus=MINUS,
+                       coeffs=[1, 4], words=SEA_WORDS, progress=False)
+        shutil.copyfile(Path(tmp) / "topic" / "topic.png", HERE / "eval_topic.png")
+    print(f"wrote {HERE / 'sweep.png'} and {HERE / 'eval_topic.png'}")
 
 
 if __name__ == "__main__":
