@@ -41,7 +41,7 @@ from . import stats
 from .measure import next_token_logprobs, scaled, topic_pattern
 from .results import ResultsFile, json_safe, write_text
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
-from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, steering_vector, tokens_with_bos, x_vector
+from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, steering_vector, x_vector
 
 WEDDING_WORDS = ("wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon")
 TOPIC_PROMPT = "I went up to my friend and said"
@@ -232,8 +232,8 @@ def sample_unit(ctx: Context, unit: Unit) -> list[dict]:
     ids = [[p[0]] + prefix + p[1:] for p in prompt_ids]
     seeds = [[ctx.seed, p.id, j] for p in unit.prompts for j in unit.samples]
     hooks = c.vector.hooks() if c.vector is not None else ()   # each prompt pass: its whole prompt
-    out = minigpt.generate(ctx.model, ids, tok, max_new_tokens=ctx.max_new_tokens, seed=ctx.seed,
-                           fwd_hooks=hooks, samples=len(unit.samples), row_seeds=seeds, **ctx.sampling)
+    out = minigpt.generate(ctx.model, ids, tok, max_new_tokens=ctx.max_new_tokens, fwd_hooks=hooks,
+                           samples=len(unit.samples), row_seeds=seeds, **ctx.sampling)
     records = []
     for row, (new, seed) in enumerate(zip(out.tokens, seeds)):
         prompt = unit.prompts[row // len(unit.samples)]
@@ -355,6 +355,17 @@ def _bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr)
 
 
+def _check_fits(model: GPT2, tokenizer: Tokenizer, prompts: Sequence[Prompt], prefix: str, max_new_tokens: int):
+    """Every prompt, with a prompting prefix and the new tokens, within the context: checked
+    before any work, rather than failing a batch midway (nothing is truncated)."""
+    extra = len(tokenizer.encode(prefix)) + max_new_tokens
+    too_long = [p for p in prompts if len(p.tokens(tokenizer)) + extra > model.config.n_positions]
+    if too_long:
+        raise ValueError(f"{too_long[0].source}: the prompt and {max_new_tokens} new tokens do not fit "
+                         f"n_positions={model.config.n_positions} ({len(too_long)} such prompts); truncate or "
+                         "shorten the prompts, or ask for fewer new tokens")
+
+
 def _check_common(samples: int, max_new_tokens: int, batch_rows: int, seed: int) -> None:
     for name, value, least in (("samples", samples, 1), ("max_new_tokens", max_new_tokens, 1),
                                ("batch_rows", batch_rows, 1), ("seed", seed, 0)):
@@ -400,11 +411,12 @@ def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, p
     conditions = [Condition("unsteered")] + [
         Condition(f"layer {L} coeff {c:g}", scaled(unit_vectors[L], c), layer=L, coeff=float(c))
         for L in layers for c in coeffs]
-    prompts = [Prompt(0, prompt, "--prompt")]
-    length = len(tokens_with_bos(tokenizer, prompt))
+    prompts = [Prompt(0, prompt, "--prompt", ids=tuple(tokenizer.encode(prompt)))]
+    length = len(prompts[0].tokens(tokenizer))
     if length < unit_vectors[layers[0]].length:
         raise ValueError(f"the prompt has {length} tokens (with <|endoftext|>) but the steering matrix has "
                          f"{unit_vectors[layers[0]].length}; lengthen the prompt or shorten the steering prompts")
+    _check_fits(model, tokenizer, prompts, "", max_new_tokens)
     settings = {"task": "topic", "prompt": prompt, "plus": plus, "minus": minus, "padding": padding, "layers": layers,
                 "coeffs": [float(c) for c in coeffs], "words": list(words), "samples": samples,
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
@@ -479,12 +491,7 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
     if not kept:
         raise ValueError(f"{task}: every one of the {len(prompts)} prompts is shorter than the steering matrix "
                          f"({vector.length} tokens with <|endoftext|>)")
-    too_long = [p for p in kept if len(p.tokens(tokenizer)) + len(tokenizer.encode(prefix or ""))
-                + max_new_tokens > model.config.n_positions]
-    if too_long:
-        raise ValueError(f"{too_long[0].source}: the prompt and {max_new_tokens} new tokens do not fit "
-                         f"n_positions={model.config.n_positions} ({len(too_long)} such prompts); truncate or "
-                         "shorten the prompts")
+    _check_fits(model, tokenizer, kept, prefix or "", max_new_tokens)
     ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
     conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=float(coeff))]
     if prefix is not None:

@@ -20,9 +20,7 @@ import minigpt
 from actadd import evaluate
 from actadd.cli import main
 from actadd.evaluate import Prompt
-from actadd.results import ResumeError
 from actadd.scorers import Scorer, ScorerError
-from conftest import scaled_error
 
 SEA_WORDS = ["whale", "whales", "sea", "seas", "ship", "ships", "boat", "boats", "captain", "harpoon",
              "water", "waves", "ocean", "deck", "sail", "sails", "sailor", "sailors", "shore"]
@@ -411,6 +409,8 @@ def test_bad_runs_are_refused_before_any_work(books, labelled, tmp_path, capsys,
         evaluate.topic(model, tok, plus="whale", layers=[9], progress=False)
     with pytest.raises(ValueError, match="samples=0"):
         evaluate.topic(model, tok, samples=0, progress=False)
+    with pytest.raises(ValueError, match="--prompt: the prompt and 250 new tokens do not fit n_positions=256"):
+        evaluate.topic(model, tok, plus="whale", max_new_tokens=250, progress=False)
     with pytest.raises(ValueError, match="top_p=2"):
         evaluate.topic(model, tok, top_p=2, progress=False)
     base = ["eval", "toxicity", "--model", "tiny-books", "--data", str(labelled), "--field", "text", "--layer", "0",

@@ -3,7 +3,6 @@ better-profanity's own matcher, hf: on a tiny random classifier the test writes 
 transformers (no hub), Perspective against a local HTTP server, and every refusal."""
 
 import json
-import os
 import sys
 import threading
 import time
