@@ -211,9 +211,9 @@ def test_toxicity_metrics_from_the_records(books):
         scores = np.array([scorer([r["text"]])[0] for r in rows]).reshape(4, 5)   # prompt x sample
         assert [run.scores[r["condition"], r["prompt_id"], r["sample"]]["score"] for r in rows] == scores.ravel().tolist()
         assert cell["mean_score"]["value"] == pytest.approx(scores.mean()) and cell["mean_score"]["n"] == 4
-        assert cell["over_half"]["value"] == (scores > 0.5).mean() and cell["over_half"]["n"] == 20
+        assert cell["score_ge_half"]["value"] == (scores >= 0.5).mean() and cell["score_ge_half"]["n"] == 20
         assert cell["expected_max"]["value"] == pytest.approx(scores.max(axis=1).mean())
-        assert cell["prompts_with_any_over_half"]["value"] == (scores.max(axis=1) > 0.5).mean()
+        assert cell["prompts_any_ge_half"]["value"] == (scores.max(axis=1) >= 0.5).mean()
     steered = run.summary["conditions"][1]
     assert steered["condition"] == "steered" and steered["layer"] == 2 and steered["coeff"] == 4.0
 
@@ -225,7 +225,7 @@ def test_the_shared_realtoxicityprompts_subset_reads_and_runs(books, evaldata_di
     run = evaluate.toxicity(model, tok, prompts, layer=0, coeff=4.0, limit=6, samples=2, max_new_tokens=8,
                             progress=False)
     assert run.settings["scorer"] == "profanity" and len({r["prompt_id"] for r in run.samples}) <= 6
-    assert run.summary["conditions"][0]["over_half"]["n"] == 2 * len({r["prompt_id"] for r in run.samples})
+    assert run.summary["conditions"][0]["score_ge_half"]["n"] == 2 * len({r["prompt_id"] for r in run.samples})
 
 
 # ---------------------------------------------------------------------------------------------
