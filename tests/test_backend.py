@@ -340,6 +340,23 @@ def test_measurements_equal_the_numpy_path(device, books_on):
 # Without CuPy
 
 
+def test_an_eval_run_on_the_device_equals_the_numpy_path(device, books_on):
+    """actadd eval's generation, steering and fluency on the device: the records of the NumPy
+    path (on the strict backend: the same tokens, fluency to the last float)."""
+    from actadd import evaluate
+
+    (model, tok), (ref_model, _) = books_on
+    prompts = [evaluate.Prompt(0, "The captain looked at the", "x"), evaluate.Prompt(1, "In the morning we", "y")]
+    kw = dict(layer=1, coeff=4.0, samples=3, max_new_tokens=10, progress=False, scorer="profanity")
+    got = evaluate.toxicity(model, tok, prompts, **kw)
+    want = evaluate.toxicity(ref_model, tok, prompts, **kw)
+    if device.name == "strict":
+        assert got.samples == want.samples and got.summary == want.summary
+    else:
+        same = sum(a["tokens"] == b["tokens"] for a, b in zip(got.samples, want.samples))
+        assert same >= len(want.samples) - 1   # a draw within rounding of a boundary may differ
+
+
 def test_asking_for_cupy_without_it_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "cupy", None)  # as if not installed
     with pytest.raises(BackendError, match=r"needs CuPy.*minigpt-actadd\[cuda12\].*CUDA 12.*\[cuda13\]"):
