@@ -303,11 +303,11 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
     appended as each unit finishes."""
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
     work = units(conditions, prompts, samples, batch_rows)
-    have = {(r["condition"], r["prompt_id"], r["sample"]) for r in results.records if r.get("kind") == "sample"}
-    done_units = [u for u in work if all(k in have for k in u.keys)]
-    done = {k for u in done_units for k in u.keys}
+    have = {(r["condition"], r["prompt_id"], r["sample"]) for r in results.records if r["kind"] == "sample"}
+    complete = [all(k in have for k in u.keys) for u in work]
+    done = {k for u, c in zip(work, complete) if c for k in u.keys}
     dropped = results.keep(lambda r: (r["condition"], r["prompt_id"], r["sample"]) in done)
-    todo = [u for u in work if not all(k in done for k in u.keys)]
+    todo = [u for u, c in zip(work, complete) if not c]
     rows_todo = sum(len(u.keys) for u in todo)
     total_rows = sum(len(u.keys) for u in work)
     if progress:
@@ -334,8 +334,8 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
     if scorer is not None:                            # generated before a run stopped while scoring
         scored = {key(r) for r in results.records if r["kind"] == "score"}
         unscored = [r for k, r in samples_.items() if k not in scored]
-        for i in range(0, len(unscored), 64):
-            results.append(score_records(scorer, unscored[i:i + 64]))
+        for i in range(0, len(unscored), batch_rows):
+            results.append(score_records(scorer, unscored[i:i + batch_rows]))
     order = {k: i for i, k in enumerate(k for u in work for k in u.keys)}
     return Run(task, settings, sorted(samples_.values(), key=lambda r: order[key(r)]),
                {key(r): r for r in results.records if r["kind"] == "score"})

@@ -34,9 +34,6 @@ class Estimate:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def format(self, digits: int = 3) -> str:
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] (n={self.n})"
-
 
 def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
