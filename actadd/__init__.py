@@ -12,6 +12,7 @@ from .steering import (
     addition,
     generate,
     norm_report,
+    row_hooks,
     site,
     steering_vector,
     tokens_with_bos,
@@ -20,5 +21,5 @@ from .steering import (
 from .vector_io import VectorFileError, load, save, weights_hash
 
 __all__ = ["ActivationAddition", "SteeringVector", "SideBySide", "NormReport", "VectorFileError", "addition",
-           "x_vector", "steering_vector", "generate", "norm_report", "save", "load", "weights_hash", "site",
+           "x_vector", "steering_vector", "generate", "norm_report", "row_hooks", "save", "load", "weights_hash", "site",
            "tokens_with_bos", "ALIGNMENTS", "PADDINGS", "PAPER_SAMPLING"]

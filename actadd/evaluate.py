@@ -41,7 +41,7 @@ from . import stats
 from .measure import next_token_logprobs, scaled, topic_pattern
 from .results import ResultsFile, atomic_write, json_safe, write_text
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
-from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, steering_vector, x_vector
+from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, row_hooks, steering_vector, x_vector
 
 WEDDING_WORDS = ("wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon")
 TOPIC_PROMPT = "I went up to my friend and said"
@@ -185,28 +185,26 @@ class Condition:
 
 @dataclass(frozen=True)
 class Unit:
-    condition: Condition
-    prompts: tuple[Prompt, ...]
-    samples: range                     # the same sample numbers for each prompt
+    rows: tuple[tuple[Condition, Prompt], ...]   # (condition, prompt) pairs, each with all of `samples`
+    samples: range                                # the same sample numbers for each pair
 
     @property
     def keys(self) -> list[tuple[str, int, int]]:
-        return [(self.condition.name, p.id, j) for p in self.prompts for j in self.samples]
+        return [(c.name, p.id, j) for c, p in self.rows for j in self.samples]
 
 
 def units(conditions: Sequence[Condition], prompts: Sequence[Prompt], samples: int, batch_rows: int) -> list[Unit]:
-    """Condition by condition; within one, consecutive prompts with all their samples, at most
-    `batch_rows` rows a unit (a prompt with more samples than that is split into slices, each
-    with its own prompt pass). Fixed by the settings, so a resumed run batches as the first."""
-    out = []
-    for condition in conditions:
-        if samples >= batch_rows:
-            out += [Unit(condition, (p,), range(j, min(j + batch_rows, samples)))
-                    for p in prompts for j in range(0, samples, batch_rows)]
-        else:
-            per = batch_rows // samples
-            out += [Unit(condition, tuple(prompts[i:i + per]), range(samples)) for i in range(0, len(prompts), per)]
-    return out
+    """The (condition, prompt) pairs in order, condition by condition, packed into units of at
+    most `batch_rows` rows with all their samples (a pair with more samples than that is split
+    into slices, each with its own prompt pass). A unit may hold several conditions: each row is
+    steered by its own vector (`row_hooks`), so a grid of layers x coefficients runs as full
+    batches. Fixed by the settings, so a resumed run batches as the first."""
+    pairs = [(c, p) for c in conditions for p in prompts]
+    if samples >= batch_rows:
+        return [Unit((pair,), range(j, min(j + batch_rows, samples))) for pair in pairs
+                for j in range(0, samples, batch_rows)]
+    per = batch_rows // samples
+    return [Unit(tuple(pairs[i:i + per]), range(samples)) for i in range(0, len(pairs), per)]
 
 
 @dataclass
@@ -226,23 +224,24 @@ class Context:
 def sample_unit(ctx: Context, unit: Unit) -> list[dict]:
     """The unit's completions, one record each: prompt id, sample, seed, condition, text,
     tokens, and the fluency of the continuation (and its relevance, topic word count)."""
-    tok, c = ctx.tokenizer, unit.condition
-    prefix = tok.encode(c.prefix) if c.prefix else []
-    prompt_ids = [p.tokens(tok) for p in unit.prompts]
-    ids = [[p[0]] + prefix + p[1:] for p in prompt_ids]
-    seeds = [[ctx.seed, p.id, j] for p in unit.prompts for j in unit.samples]
-    hooks = c.vector.hooks() if c.vector is not None else ()   # each prompt pass: its whole prompt
+    tok, k = ctx.tokenizer, len(unit.samples)
+    prompt_ids = [p.tokens(tok) for _, p in unit.rows]
+    ids = [[pid[0]] + (tok.encode(c.prefix) if c.prefix else []) + pid[1:] for (c, _), pid in zip(unit.rows, prompt_ids)]
+    seeds = [[ctx.seed, p.id, j] for _, p in unit.rows for j in unit.samples]
+    vectors = [c.vector for c, _ in unit.rows]
+    # Each prompt pass steers its whole prompt, row by row with that row's condition's vector.
+    hooks = row_hooks(vectors) if any(v is not None for v in vectors) else ()
     out = minigpt.generate(ctx.model, ids, tok, max_new_tokens=ctx.max_new_tokens, fwd_hooks=hooks,
-                           samples=len(unit.samples), row_seeds=seeds, **ctx.sampling)
+                           samples=k, row_seeds=seeds, **ctx.sampling)
     records = []
     for row, (new, seed) in enumerate(zip(out.tokens, seeds)):
-        prompt = unit.prompts[row // len(unit.samples)]
+        c, prompt = unit.rows[row // k]
         stopped = bool(new) and new[-1] == tok.eos_token_id
         kept = new[:-1] if stopped else new
         records.append({"kind": "sample", "condition": c.name, "prompt_id": prompt.id, "sample": seed[2],
                         "seed": seed, "layer": c.layer, "coeff": c.coeff, "prompt": prompt.text,
                         "text": tok.decode(kept), "tokens": kept, "stopped": stopped})
-    _add_fluency(ctx, records, [prompt_ids[r // len(unit.samples)] for r in range(len(records))])
+    _add_fluency(ctx, records, [prompt_ids[r // k] for r in range(len(records))])
     if ctx.relevance is not None:
         for r, cos in zip(records, ctx.relevance([r["prompt"] for r in records], [r["text"] for r in records])):
             r["relevance"] = float(cos)

@@ -17,8 +17,8 @@ from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
 
 from .results import atomic_write
-from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, site, steering_vector, tokens_with_bos,
-                       x_vector)
+from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, row_hooks, site, steering_vector,
+                       tokens_with_bos, x_vector)
 
 # ---------------------------------------------------------------------------------------------
 # Corpora: (group, token ids with <|endoftext|> first)
@@ -364,26 +364,40 @@ def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequ
         seqs = [ids for _, ids in texts]
         base = [None] * len(seqs)
         steered = [[None] * len(seqs) for _ in cells]
-        # Batch by batch: one unsteered pass keeps resid_pre at every swept layer, and each
-        # cell's steered pass starts from there: the blocks before its layer are unsteered.
+        # Batch by batch: one unsteered pass keeps resid_pre at every swept layer; then the
+        # cells, in order of layer, go through as few passes as the token budget allows, the
+        # batch's texts repeated once per cell and each copy steered by its cell's vector
+        # (row_hooks). A pass starts at its lowest layer: the blocks before are unsteered.
+        by_layer = sorted(range(len(cells)), key=lambda i: cells[i][0])
         for batch, tokens, padding_mask in _progress(list(length_batches(seqs, batch_tokens)), progress):
             logits, resid = model.run_with_cache(tokens, names=[site(L) for L in layers], attention_mask=padding_mask)
             _scatter(base, batch, model.backend.to_host(picked_logprobs(logits, tokens)), seqs)
             lengths = [len(seqs[i]) for i in batch]
-            for (L, _, _), vector, out in zip(cells, vectors, steered):
-                logits = model.run_with_hooks(tokens, vector.hooks(prompt_lengths=lengths), attention_mask=padding_mask,
-                                              start_at_layer=L, resid_pre=resid[site(L)])
-                _scatter(out, batch, model.backend.to_host(picked_logprobs(logits, tokens)), seqs)
+            per_pass = max(1, batch_tokens // tokens.size)
+            for chunk in (by_layer[i:i + per_pass] for i in range(0, len(cells), per_pass)):
+                first = cells[chunk[0]][0]
+                k = len(chunk)
+                hooks = row_hooks([vectors[i] for i in chunk for _ in batch], prompt_lengths=lengths * k)
+                copies = model.backend.to_device(np.tile(np.arange(len(batch)), k))   # [k * batch] rows
+                logits = model.run_with_hooks(np.tile(tokens, (k, 1)), hooks, attention_mask=np.tile(padding_mask, (k, 1)),
+                                              start_at_layer=first, resid_pre=resid[site(first)][copies])
+                picked = model.backend.to_host(picked_logprobs(logits, np.tile(tokens, (k, 1))))
+                for j, i in enumerate(chunk):
+                    _scatter(steered[i], batch, picked[j * len(batch):(j + 1) * len(batch)], seqs)
         groups = [g for g, _ in texts]
         for row, vector, out in zip(rows, vectors, steered):
             row.update(LogprobShift(groups, base, out, _masked(vector, seqs, mask)).summary()["all"])
     if prompt is not None:
         plain_next = _next_distribution(model, ids)
-        for row, vector in zip(rows, vectors):
-            nt = NextToken(plain_next, _next_distribution(model, ids, vector))
-            row["kl"] = nt.kl
-            if topic_tokens:
-                row.update(effectiveness=nt.effectiveness(topic_tokens), disruption=nt.disruption(topic_tokens))
+        per_pass = max(1, batch_tokens // len(ids))
+        for start in range(0, len(cells), per_pass):                          # every cell a row of one pass
+            chunk = vectors[start:start + per_pass]
+            logits = model.run_with_hooks([ids] * len(chunk), row_hooks(chunk, prompt_lengths=len(ids)), last_only=True)
+            for row, logit in zip(rows[start:start + per_pass], model.backend.to_host(logits[:, -1])):
+                nt = NextToken(plain_next, np.exp(log_softmax(logit.astype(np.float64))))
+                row["kl"] = nt.kl
+                if topic_tokens:
+                    row.update(effectiveness=nt.effectiveness(topic_tokens), disruption=nt.disruption(topic_tokens))
     return rows
 
 

@@ -187,28 +187,31 @@ def _steering_hook(matrices: list[np.ndarray], alignment: Alignment, prompt_leng
     return steer
 
 
-def _place(delta, m, positions: np.ndarray, lengths: np.ndarray, alignment: Alignment) -> None:
+def _place(delta, m, positions: np.ndarray, lengths: np.ndarray, alignment: Alignment, rows=None) -> None:
     """Step 5: add matrix m ([n, d_model]) to delta at each row's prompt positions
     front: 0..n-1;  mid: len//2 - n//2 onward (as the original);  back: len-n..len-1.
-    Where is worked out on the host (positions, lengths); delta and m may live on a device."""
-    n = len(m)
+    `rows` (host ints): only those batch rows (default all). Where is worked out on the host
+    (positions, lengths); delta and m may live on a device."""
+    rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
+    n, lengths, positions = len(m), lengths[rows], positions[rows]
     start = {"front": np.zeros_like(lengths), "mid": lengths // 2 - n // 2, "back": lengths - n}[alignment]
     row = positions - start[:, None]                                          # index into m
     inside = (positions >= 0) & (positions < lengths[:, None]) & (row >= 0) & (row < n)
     b, p = np.nonzero(inside)                                                 # [places]
     xp = array_namespace(delta)
-    delta[xp.asarray(b), xp.asarray(p)] += m[xp.asarray(row[b, p])]
+    delta[xp.asarray(rows[b]), xp.asarray(p)] += m[xp.asarray(row[b, p])]
 
 
-def _check_lengths(lengths, n: int, alignment: str) -> None:
-    """Step 7: a prompt shorter than the steering matrix is an error, as in the original."""
+def _check_lengths(lengths, n: int, alignment: str, rows=None) -> None:
+    """Step 7: a prompt shorter than the steering matrix is an error, as in the original.
+    `rows`: the batch rows that `lengths` belong to (default 0, 1, ...), for the message."""
     short = np.flatnonzero(np.asarray(lengths) < n)
     if short.size:
         i = int(short[0])
         raise ValueError(
-            f"the prompt of batch row {i} has {int(lengths[i])} tokens (with <|endoftext|>) but the steering "
-            f"matrix has {n} positions ({alignment} alignment needs the prompt at least as long): "
-            "lengthen the prompt (e.g. pad it with spaces) or shorten the steering prompts"
+            f"the prompt of batch row {i if rows is None else int(rows[i])} has {int(lengths[i])} tokens (with "
+            f"<|endoftext|>) but the steering matrix has {n} positions ({alignment} alignment needs the prompt at "
+            "least as long): lengthen the prompt (e.g. pad it with spaces) or shorten the steering prompts"
         )
 
 
@@ -324,3 +327,69 @@ def norm_report(model: GPT2, tokenizer: Tokenizer, vector: SteeringVector, promp
         reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(delta[0], axis=-1),
                                   np.linalg.norm(resid[0], axis=-1)))
     return reports
+
+
+# ---------------------------------------------------------------------------------------------
+# A vector per batch row: grids as batches
+
+
+def row_hooks(vectors: Sequence[SteeringVector | None], prompt_lengths: Sequence[int] | int | None = None,
+              alignment: Alignment | None = None) -> list[tuple[str, object]]:
+    """`fwd_hooks` that steer each batch row with its own vector: row b by vectors[b] (None
+    leaves it unsteered), at that vector's layers, coefficients and alignment. A layer x
+    coefficient grid of log-probs or generations then runs as batches, not cell by cell.
+
+    Row b gets exactly the delta that vectors[b].hooks() would add to it (the same matrices,
+    placed and summed in the same order); only the batch's matrix products differ, by float32
+    rounding. Passes as in `SteeringVector.hooks`; a pass with another number of rows than
+    `vectors` (the decode steps of generate(samples=k)) must be past every prompt."""
+    vectors = list(vectors)
+    if not vectors:
+        raise ValueError("row_hooks needs one vector (or None) per batch row")
+    for v in vectors:
+        if v is not None and not isinstance(v, SteeringVector):
+            raise TypeError(f"row_hooks takes SteeringVector or None per row, got {type(v).__name__}")
+    groups: dict[int, list[int]] = defaultdict(list)                          # rows sharing one vector
+    for b, v in enumerate(vectors):
+        if v is not None:
+            groups[id(v)].append(b)
+    layers = sorted({L for v in vectors if v is not None for L in v.layers})
+    hooks = []
+    for L in layers:
+        parts = []                                                            # (rows, matrices, alignment)
+        for rows in groups.values():
+            v = vectors[rows[0]]
+            mats = [m for a, m in zip(v.additions, v.activations) if a.layer == L]
+            if mats:
+                parts.append((np.array(rows), mats, alignment or v.alignment))
+        hooks.append((site(L), _row_steering_hook(parts, len(vectors), prompt_lengths)))
+    return hooks
+
+
+def _row_steering_hook(parts, batch: int, prompt_lengths):
+    on_device: dict = {}                                                      # namespace -> matrices there
+
+    def steer(resid_pre, hook):                                               # [batch, pos, d_model]
+        positions = hook.positions                                            # host [batch, pos]; -1 = padding
+        if prompt_lengths is None and hook.start != 0:
+            return None                                                       # a decode step: not the prompt
+        if positions.shape[0] != batch:
+            raise ValueError(f"row steering was built for {batch} rows, but this pass of {hook.name} has "
+                             f"{positions.shape[0]}")
+        if prompt_lengths is not None:
+            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
+        else:
+            lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
+        for rows, mats, alignment in parts:
+            _check_lengths(lengths[rows], max(len(m) for m in mats), alignment, rows)
+        if not (positions < lengths[:, None]).any():
+            return None                                                       # past the prompt: nothing to add
+        xp = array_namespace(resid_pre)
+        if xp not in on_device:
+            on_device[xp] = [[xp.asarray(m) for m in mats] for _, mats, _ in parts]
+        delta = xp.zeros(resid_pre.shape, dtype=resid_pre.dtype)
+        for (rows, _, alignment), mats in zip(parts, on_device[xp]):
+            for m in mats:
+                _place(delta, m, positions, lengths, alignment, rows)
+        return resid_pre + delta
+    return steer

@@ -180,8 +180,9 @@ def test_sweep_cells_equal_the_single_runs(model, texts):
             assert row[key] == single[key]
         assert math.isclose(row["mean_logprob_diff"], single["mean_logprob_diff"], rel_tol=1e-9, abs_tol=1e-12)
         nt = measure.next_token(model, TOK, " the abab the", vector)
-        assert math.isclose(row["kl"], nt.kl, rel_tol=1e-9, abs_tol=1e-15)
-        assert math.isclose(row["effectiveness"], nt.effectiveness([5, 17]), rel_tol=1e-9, abs_tol=1e-15)
+        # The cells' next-token passes are one batch (row_hooks): equal to float32 rounding.
+        assert math.isclose(row["kl"], nt.kl, rel_tol=1e-5, abs_tol=1e-9)
+        assert math.isclose(row["effectiveness"], nt.effectiveness([5, 17]), rel_tol=1e-5, abs_tol=1e-9)
 
 
 def test_sweep_outputs_are_complete_files(model, texts, tmp_path):
