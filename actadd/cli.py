@@ -1,6 +1,6 @@
 """actadd command line: steer (completions side by side, as in the paper), the paper's
-measurements (logprobs, nexttoken, sweep, reproduce), and its experiments (eval topic,
-eval sentiment, eval toxicity)."""
+measurements (logprobs, nexttoken, sweep, reproduce), its experiments (eval topic, sentiment,
+toxicity, relevance, knowledge, overhead) and its GPT-2 battery in one report (paper)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
 from minigpt.cli import BACKEND_HELP
 
-from . import evaluate, measure
+from . import evaluate, likelihood, measure, overhead, paper
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
 from .vector_io import VectorFileError, load, save
 
@@ -185,6 +185,7 @@ def _add_measure_commands(sub):
     p = sub.add_parser("reproduce", help="the original library's numbers on gpt2-xl, beside ours")
     _add_model_args(p, default_model="gpt2-xl")
     _add_eval_commands(sub)
+    _add_paper_command(sub)
 
 
 def _add_eval_commands(sub):
@@ -242,6 +243,72 @@ def _add_eval_commands(sub):
                                    f"{'vader' if task is sentiment else 'profanity'})")
             task.add_argument("--scorer-label", help="hf: the classifier's label whose probability is the score")
             task.add_argument("--device", help="hf: the classifier's torch device (e.g. cuda:0)")
+
+    relevance = tasks.add_parser("relevance", help="perplexity by relevance: chunks binned by topic-word density")
+    relevance.add_argument("--data", required=True, help="JSONL documents (text at --field), a .txt file, or a folder "
+                           "of .txt files (the paper: OpenWebText)")
+    relevance.add_argument("--field", default="text", help="JSONL: the text's field (default text)")
+    relevance.add_argument("--words", default=",".join(evaluate.WEDDING_WORDS),
+                           help="comma-separated topic words (default the paper's wedding words)")
+    relevance.add_argument("--chunk-tokens", type=int, default=100, help="tokens a chunk (default 100, as the paper)")
+    relevance.add_argument("--bins", help="relevance bin edges for chunks with a topic word, e.g. 0,0.01,0.02,1 "
+                           "(default: quantiles)")
+    relevance.add_argument("--quantiles", type=int, default=4, help="quantile bins of the relevant chunks (default 4)")
+    relevance.add_argument("--max-chunks", type=int, help="at most N chunks: the most relevant half, the rest drawn "
+                           "from chunks without a topic word (as the authors picked documents)")
+    relevance.add_argument("--seed", type=int, default=0, help="draws the unrelated chunks with --max-chunks")
+    knowledge = tasks.add_parser("knowledge", help="P@K on LAMA-format facts (ConceptNet), unsteered and steered")
+    knowledge.add_argument("--data", required=True, help="LAMA JSONL: masked_sentences with [MASK], obj_label")
+    knowledge.add_argument("--limit", type=int, help="the first N facts only")
+    for task in (relevance, knowledge):
+        task.add_argument("--model", required=True, help="local folder, shipped name (tiny-books) or hub id")
+        task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+        task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+        task.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes it)")
+        task.add_argument("--plus", default=" weddings", help="default ' weddings'")
+        task.add_argument("--minus", default="", help="default ''")
+        task.add_argument("--layer", type=int, help="default: the paper's 16 of 48 at the same fraction of this model")
+        task.add_argument("--coeff", type=float, default=1.0, help="default 1")
+        task.add_argument("--pad", choices=PADDINGS, default="space")
+        task.add_argument("--no-progress", action="store_true")
+        task.add_argument("--json", action="store_true", help="print the summary as JSON")
+    cost = tasks.add_parser("overhead", help="the time premium of steering: forward passes and generation")
+    which = cost.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="local folder, shipped name (tiny-books) or hub id")
+    which.add_argument("--shape", choices=list(overhead.SHAPES), help="random weights of a GPT-2 shape")
+    cost.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    cost.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    cost.add_argument("--out", required=True, help="output folder")
+    cost.add_argument("--layer", type=int, help="steered block (default the middle one, as the paper)")
+    cost.add_argument("--batch", type=int, default=32, help="forward pass rows (default 32, as the paper)")
+    cost.add_argument("--tokens", type=int, default=64, help="forward pass tokens a row (default 64, as the paper)")
+    cost.add_argument("--repeats", type=int, default=20, help="alternating repeats (default 20; the paper: 1000)")
+    cost.add_argument("--generate-rows", type=int, default=8)
+    cost.add_argument("--prompt-tokens", type=int, default=16)
+    cost.add_argument("--new-tokens", type=int, default=32)
+    cost.add_argument("--no-control", action="store_true", help="skip timing the unsteered work twice (the noise floor)")
+    cost.add_argument("--seed", type=int, default=0)
+    cost.add_argument("--no-progress", action="store_true")
+    cost.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_paper_command(sub):
+    p = sub.add_parser("paper", help="the paper's GPT-2 battery: topic, relevance, knowledge, overhead, REPORT.md",
+                       description="Runs the paper's GPT-2 experiments with its settings (layers rescaled to the "
+                                   "model's depth) into OUT/: one folder per experiment (JSON, CSV, PNG), "
+                                   "OUT/paper.json and OUT/REPORT.md, our figures beside the paper's claims.")
+    p.add_argument("--model", required=True, help="gpt2-xl for the paper's model; tiny-books offline")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    p.add_argument("--out", required=True, help="output folder (reruns resume each experiment)")
+    p.add_argument("--quick", action="store_true", help="4 topic layers x 32 samples, 300 chunks, 200 facts, "
+                   "3 timing repeats: a demonstration in under 2 minutes on tiny-books")
+    p.add_argument("--relevance-data", help="OpenWebText documents (JSONL with a text field, or .txt files); "
+                   "skipped if not given")
+    p.add_argument("--lama", help="LAMA ConceptNet test.jsonl; skipped if not given")
+    p.add_argument("--layers", help="topic layers, e.g. 0-47 (default every layer; --quick: 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _logprobs(parser, args):
@@ -328,6 +395,8 @@ def _sweep(parser, args):
 
 
 def _eval(parser, args):
+    if args.task in ("relevance", "knowledge", "overhead"):
+        return _eval_likelihood(parser, args)
     model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     fluency = minigpt.load(args.fluency_model, backend=args.backend) if args.fluency_model else None
     common = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed, padding=args.pad,
@@ -357,6 +426,54 @@ def _eval(parser, args):
     return 0
 
 
+def _eval_likelihood(parser, args):
+    if args.task == "overhead":
+        if args.shape:
+            model = overhead.random_model(args.shape, seed=args.seed, backend=args.backend)
+        else:
+            model, _ = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+        summary = overhead.overhead(model, layer=args.layer, batch=args.batch, tokens=args.tokens, repeats=args.repeats,
+                                    generate_rows=args.generate_rows, prompt_tokens=args.prompt_tokens,
+                                    new_tokens=args.new_tokens, control=not args.no_control, seed=args.seed,
+                                    progress=not args.no_progress)
+        summary["model"] = args.shape and f"random weights, {args.shape} shape" or args.model
+        written = overhead.write(summary, args.out)
+        print(json.dumps(evaluate.json_safe(summary), indent=2) if args.json else overhead.overhead_table(summary))
+        if not args.json:
+            print("wrote " + ", ".join(str(p) for p in written))
+        return 0
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    common = dict(plus=args.plus, minus=args.minus, layer=args.layer, coeff=args.coeff, padding=args.pad,
+                  progress=not args.no_progress)
+    if args.task == "relevance":
+        words = [w for w in args.words.split(",") if w.strip()]
+        edges = _numbers(args.bins, float, "--bins") if args.bins else None
+        result = likelihood.relevance(model, tok, likelihood.read_documents(args.data, args.field), args.out,
+                                      words=words, chunk_tokens=args.chunk_tokens, edges=edges, quantiles=args.quantiles,
+                                      max_chunks=args.max_chunks, seed=args.seed, **common)
+        text = likelihood.relevance_table(result.summary)
+    else:
+        facts, skipped = likelihood.read_lama(args.data, tok)
+        result = likelihood.knowledge(model, tok, facts, args.out, limit=args.limit, skipped=skipped, **common)
+        text = likelihood.knowledge_table(result.summary)
+    if args.json:
+        print(json.dumps(evaluate.json_safe(result.summary), indent=2))
+    else:
+        print(text)
+        print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "results.jsonl", *result.written]))
+    return 0
+
+
+def _paper(parser, args):
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    layers = _numbers(args.layers, int, "--layers") if args.layers else None
+    report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
+                       relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
+                       progress=not args.no_progress)
+    print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
+    return 0
+
+
 def _reproduce(parser, args):
     model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     ours = measure.reproduce(model, tok)
@@ -372,7 +489,8 @@ def _reproduce(parser, args):
     return 0
 
 
-MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce, "eval": _eval}
+MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce, "eval": _eval,
+            "paper": _paper}
 
 
 if __name__ == "__main__":

@@ -346,12 +346,12 @@ class _NoBar:
     def close(self): pass
 
 
-def _bar(total: int, enabled: bool, desc: str):
+def _bar(total: int, enabled: bool, desc: str, unit: str = "sample"):
     if not enabled or total == 0:
         return _NoBar()
     from tqdm import tqdm  # installed with huggingface-hub
 
-    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
 
 
 def _check_fits(model: GPT2, tokenizer: Tokenizer, prompts: Sequence[Prompt], prefix: str, max_new_tokens: int):
@@ -387,7 +387,12 @@ def _model_settings(model: GPT2, fluency_model, relevance_model) -> dict:
 
 
 def _digest(prompts: Sequence[Prompt]) -> str:
-    return hashlib.sha256(json.dumps([[p.id, p.text, p.ids] for p in prompts]).encode()).hexdigest()
+    return _digest_records([[p.id, p.text, p.ids] for p in prompts])
+
+
+def _digest_records(items) -> str:
+    """The SHA-256 of the data a run reads, in its settings: a rerun on other data is refused."""
+    return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()
 
 
 def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, prompt: str = TOPIC_PROMPT,

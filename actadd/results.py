@@ -118,6 +118,8 @@ class ResultsFile:
 
     def append(self, records: Iterable[dict]) -> None:
         records = [json_safe(r) for r in records]
+        if self.torn:                                 # a line cut short by a crash: rewrite without it first
+            self.keep(lambda r: True)
         self.records += records
         if self.path is None or not records:
             return
@@ -148,3 +150,31 @@ class ResultsFile:
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def write_outputs(out: str | os.PathLike, stem: str, document: dict, rows: list[dict],
+                  plot: Callable[[str], object] | None) -> list[Path]:
+    """OUT/summary.json (document), OUT/summary.csv (rows) and OUT/STEM.png (plot(path), with
+    matplotlib), each written atomically. Without matplotlib the plot is skipped, saying how to
+    get it."""
+    import csv
+    import io
+    import sys
+
+    out = Path(out)
+    written = [write_text(out / "summary.json", json.dumps(json_safe(document), indent=2) + "\n")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(json_safe(rows))
+    written.append(write_text(out / "summary.csv", buffer.getvalue()))
+    if plot is None:
+        return written
+    try:
+        import matplotlib
+    except ImportError:
+        print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')", file=sys.stderr)
+        return written
+    matplotlib.use("Agg")
+    written.append(atomic_write(out / f"{stem}.png", plot))
+    return written
