@@ -19,7 +19,6 @@ rerun with the same settings resumes), then OUT/summary.json, summary.csv and TA
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,11 +442,18 @@ def knowledge(model: GPT2, tokenizer: Tokenizer, facts: Sequence[Fact], out: str
     return result
 
 
+SKIP_KINDS = (("is shorter than the steering matrix", "prompts shorter than the steering matrix"),
+              ("exceeds n_positions", "prompts longer than the context"),
+              ("tokens", "objects of several tokens"),
+              ("[MASK]", "sentences without exactly one [MASK]"))
+
+
 def _count_reasons(skipped: Sequence[dict]) -> dict:
+    """How many were skipped for each kind of reason (each one's own reason is in the list)."""
     out: dict[str, int] = {}
     for s in skipped:
-        key = re.sub(r"'.*'", "'...'", re.sub(r"\d+ tokens", "N tokens", s["reason"]))
-        out[key] = out.get(key, 0) + 1
+        kind = next(name for needle, name in SKIP_KINDS if needle in s["reason"])
+        out[kind] = out.get(kind, 0) + 1
     return out
 
 

@@ -152,7 +152,9 @@ def _relevance_headline(summary: dict, data: str) -> dict:
 
 def _knowledge_headline(summary: dict, data: str) -> dict:
     rows = {r["k"]: r for r in summary["rows"]}
-    return {"data": data, "facts": summary["facts"], "skipped": summary.get("skipped", {}).get("count", 0),
+    skipped = summary.get("skipped", {})
+    return {"data": data, "facts": summary["facts"], "facts_skipped": skipped.get("count", 0),
+            "skip_reasons": skipped.get("reasons", {}),
             "p_at": {k: {"unsteered": rows[k]["unsteered"], "steered": rows[k]["steered"],
                          "difference": rows[k]["difference"], "difference_low": rows[k]["difference_low"],
                          "difference_high": rows[k]["difference_high"]} for k in (1, 5, 10)}}
@@ -181,6 +183,10 @@ def num(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def signed(x) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
 def signed_pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:+.2f}%"
 
@@ -195,7 +201,7 @@ def render(report: dict) -> str:
              f"Reproduction of the GPT-2 experiments of {PAPER}, by `actadd paper` ({report['preset']} preset, seed "
              f"{report['seed']}, {report['wall_s']} s). Every figure below is in `paper.json`, and in each "
              "experiment's own `summary.json`; intervals are 95% (Wilson for rates, Student t otherwise).", "",
-             f"**Layers.** {report['layer_note']}. The topic curve runs over the model's own layers.", "",
+             f"**Layers.** {report['layer_note'][0].upper() + report['layer_note'][1:]}. The topic curve runs over the model's own layers.", "",
              "Section numbers of the paper are not quoted: its text was not at hand where this tool was written. "
              "Each claim names the experiment as the paper and the authors' scripts describe it.", ""]
     if report["model"].startswith("tiny-books") or report["n_layer"] < 12:
@@ -228,17 +234,18 @@ def render(report: dict) -> str:
     if "skipped" in k:
         lines += [f"*Here:* skipped: {k['skipped']}.", ""]
     else:
-        lines += [f"*Here:* {k['facts']} facts from `{k['data']}` ({k['skipped']} skipped: objects of several tokens, "
-                  "prompts shorter than the steering matrix):", "",
+        reasons = "; ".join(f"{n} {why}" for why, n in k["skip_reasons"].items()) or "none"
+        lines += [f"*Here:* {k['facts']} facts from `{k['data']}` ({k['facts_skipped']} masked sentences skipped: "
+                  f"{reasons}):", "",
                   "| K | P@K unsteered | P@K steered | steered - unsteered [95%] |", "|---|---|---|---|"]
         for K, row in k["p_at"].items():
-            lines.append(f"| {K} | {num(row['unsteered'])} | {num(row['steered'])} | {num(row['difference'])} "
-                         f"[{num(row['difference_low'])}, {num(row['difference_high'])}] |")
+            lines.append(f"| {K} | {num(row['unsteered'])} | {num(row['steered'])} | {signed(row['difference'])} "
+                         f"[{signed(row['difference_low'])}, {signed(row['difference_high'])}] |")
         lines += ["", "![knowledge](knowledge/knowledge.png)", ""]
     o = ex["overhead"]
     lines += ["## Overhead", "", f"*The paper:* {CLAIMS['overhead']}", "",
-              f"*Here:* premium of steering at layer {o['layer']} (median of paired ratios over {o['repeats']} "
-              "alternating repeats), beside the same unsteered work timed twice (the noise floor):", "",
+              f"*Here:* premium of steering at layer {o['layer']} (geometric mean of the per-repeat ratios over "
+              f"{o['repeats']} alternating repeats), beside the same unsteered work timed twice (the noise floor):", "",
               "| work | steering premium [95%] | noise floor [95%] |", "|---|---|---|"]
     for key in ("forward", "generate"):
         s, n = o[key], o.get(f"{key}_noise")

@@ -265,7 +265,7 @@ def test_the_commands_print_the_apis_tables(books, tmp_path, capsys):
     printed = capsys.readouterr().out
     api = likelihood.relevance(model, tok, likelihood.read_documents(docs), None, chunk_tokens=50, progress=False)
     assert likelihood.relevance_table(api.summary) in printed
-    lama = write_lama(tmp_path / "lama.jsonl", [{"masked_sentences": [f"The captain went to the [MASK] ."],
+    lama = write_lama(tmp_path / "lama.jsonl", [{"masked_sentences": ["The captain went to the [MASK] ."],
                                                  "obj_label": "sea"}, {"masked_sentences": ["He looked at the [MASK]"],
                                                                        "obj_label": "whale"}])
     assert main(["eval", "knowledge", "--model", "tiny-books", "--data", str(lama), "--out", str(tmp_path / "k"),

@@ -1,0 +1,164 @@
+"""actadd eval overhead (the premium from the timings, steering really applied, the shapes) and
+actadd paper --quick end to end on tiny-books: every file, and REPORT.md's figures equal to the
+JSON's."""
+
+import json
+import math
+import re
+import statistics
+
+import numpy as np
+import pytest
+
+import minigpt
+from actadd import overhead, paper
+from actadd.cli import main
+from conftest import random_model
+from minigpt import GPT2Config
+
+CONFIG = GPT2Config(n_layer=4, n_head=2, n_embd=16, n_positions=64, vocab_size=300)
+
+
+def test_the_premium_is_computed_from_the_alternating_timings(monkeypatch):
+    model = random_model(CONFIG, seed=1)
+    steered_calls = []
+    real = model.run_with_hooks
+
+    def spy(tokens, hooks=(), **kwargs):
+        steered_calls.append(bool(list(hooks)))
+        return real(tokens, hooks, **kwargs)
+    monkeypatch.setattr(model, "run_with_hooks", spy)
+    summary = overhead.overhead(model, batch=4, tokens=16, repeats=5, generate_rows=2, prompt_tokens=4, new_tokens=3,
+                                progress=False)
+    # warm-up and 5 repeats of three conditions: the steered one alone passes hooks
+    assert steered_calls.count(True) == 6 and steered_calls.count(False) == 12
+    assert summary["layer"] == 2 and summary["steering_positions"] == 2
+    rows = {(r["work"], r["condition"]): r for r in summary["rows"]}
+    assert len(rows) == 6
+    for (work, condition), r in rows.items():
+        assert len(r["times_s"]) == 5 and r["median_s"] == statistics.median(r["times_s"])
+        if condition == "unsteered":
+            assert "premium" not in r
+            continue
+        base = rows[work, "unsteered"]["times_s"]
+        logs = np.log(np.array(r["times_s"]) / np.array(base))
+        assert math.isclose(r["premium"], statistics.median(r["times_s"]) / statistics.median(base) - 1)
+        assert math.isclose(r["premium_paired"], math.exp(logs.mean()) - 1, rel_tol=1e-12)
+        from scipy import stats as sp
+
+        half = sp.t.ppf(0.975, 4) * logs.std(ddof=1) / math.sqrt(5)
+        assert math.isclose(r["premium_low"], math.exp(logs.mean() - half) - 1, rel_tol=1e-9)
+        assert math.isclose(r["premium_high"], math.exp(logs.mean() + half) - 1, rel_tol=1e-9)
+
+
+def test_bad_overhead_settings_are_refused():
+    model = random_model(CONFIG, seed=1)
+    with pytest.raises(ValueError, match="layer 4: this model has blocks 0 to 3"):
+        overhead.overhead(model, layer=4, progress=False)
+    with pytest.raises(ValueError, match="exceed n_positions=64"):
+        overhead.overhead(model, tokens=65, progress=False)
+    with pytest.raises(ValueError, match="repeats=0"):
+        overhead.overhead(model, repeats=0, progress=False)
+    with pytest.raises(ValueError, match="expected one of"):
+        overhead.random_model("gpt3")
+
+
+def test_a_named_shape_has_the_published_size():
+    model = overhead.random_model("gpt2")
+    weights = model.state_dict()
+    assert sum(w.size for w in weights.values()) == 124_439_808      # GPT-2 small, tied embeddings
+    assert all(w.dtype == np.float32 for w in weights.values())
+    assert np.all(weights["h.3.ln_1.weight"] == 1) and abs(float(weights["h.0.attn.c_attn.weight"].std()) - 0.02) < 1e-3
+
+
+def test_the_overhead_command_writes_its_files(tmp_path, capsys):
+    assert main(["eval", "overhead", "--model", "tiny-books", "--out", str(tmp_path), "--repeats", "2", "--batch", "2",
+                 "--tokens", "8", "--generate-rows", "1", "--new-tokens", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "noise floor" in printed and "forward 2 x 8" in printed
+    data = json.loads((tmp_path / "summary.json").read_text())["summary"]
+    assert data["model"] == "tiny-books" and len(data["rows"]) == 6
+    assert "times_s" not in (tmp_path / "summary.csv").read_text().splitlines()[0]
+    assert (tmp_path / "overhead.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# actadd paper
+
+
+def write_inputs(tmp_path, tok):
+    docs = tmp_path / "owt.jsonl"
+    texts = ["The bride wore white and the groom wept; the wedding was the finest in the county. " * 8,
+             "The ship left the harbour at dawn, and the crew sang as they hauled the ropes. " * 8,
+             "It was a long winter, and the farmers waited for the snow to melt from the fields. " * 8]
+    docs.write_text("".join(json.dumps({"filename": f"{i}.txt", "text": t}) + "\n" for i, t in enumerate(texts)))
+    facts = [("The captain looked out to [MASK] .", "sea"), ("She drank a cup of [MASK] .", "tea"),
+             ("The ship sailed across the [MASK]", "ocean"), ("He rode his [MASK] home.", "horse"),
+             ("They were [MASK] in the spring.", "married"), ("The [MASK] barked at night.", "dog")]
+    lama = tmp_path / "test.jsonl"
+    lama.write_text("".join(json.dumps({"masked_sentences": [s], "obj_label": o}) + "\n" for s, o in facts))
+    return docs, lama
+
+
+def test_paper_quick_on_tiny_books_end_to_end(tmp_path, capsys):
+    _, tok = minigpt.load("tiny-books")
+    docs, lama = write_inputs(tmp_path, tok)
+    out = tmp_path / "paper"
+    assert main(["paper", "--model", "tiny-books", "--quick", "--out", str(out), "--relevance-data", str(docs),
+                 "--lama", str(lama), "--no-progress"]) == 0
+    for name in ["REPORT.md", "paper.json"] + [f"{e}/{f}" for e in ("relevance", "knowledge") for f in
+                                                ("results.jsonl", "summary.json", "summary.csv", f"{e}.png")] + \
+            ["topic/results.jsonl", "topic/summary.json", "topic/summary.csv", "topic/topic.png",
+             "overhead/summary.json", "overhead/summary.csv", "overhead/overhead.png"]:
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "REPORT.md").read_text()
+    data = json.loads((out / "paper.json").read_text())
+    ex = data["experiments"]
+    assert data["layer"] == 1 and "round(16 x 4 / 48) = layer 1" in report
+    # every figure in the report is the JSON's, and the JSON is each experiment's own summary
+    topic = json.loads((out / "topic" / "summary.json").read_text())["summary"]
+    base = next(c for c in topic["conditions"] if c["condition"] == "unsteered")["on_topic"]
+    assert ex["topic"]["unsteered"]["value"] == base["value"]
+    assert [c["layer"] for c in ex["topic"]["per_layer"]] == [0, 1, 2, 3]
+    for c in ex["topic"]["per_layer"]:
+        assert f"| {c['layer']} | {paper.interval(c, paper.pct)} | {c['n']} |" in report
+    assert f"unsteered {paper.interval(ex['topic']['unsteered'], paper.pct)} of 32" in report
+    relevance = json.loads((out / "relevance" / "summary.json").read_text())["summary"]
+    for b in ex["relevance"]["bins"]:
+        own = next(c for c in relevance["bins"] if c["bin"] == b["bin"])["perplexity_ratio"]
+        assert b["value"] == own["value"] and b["chunks"] > 0
+        assert f"| {b['bin']} | {b['chunks']} | {paper.interval(b, lambda x: paper.num(x, 4))} |" in report
+    knowledge = json.loads((out / "knowledge" / "summary.json").read_text())["summary"]
+    rows = {r["k"]: r for r in knowledge["rows"]}
+    for k, row in ex["knowledge"]["p_at"].items():
+        assert row["steered"] == rows[int(k)]["steered"]
+        assert f"| {k} | {paper.num(row['unsteered'])} | {paper.num(row['steered'])} |" in report
+    assert f"*Here:* {ex['knowledge']['facts']} facts" in report
+    cost = ex["overhead"]
+    assert f"{paper.signed_pct(cost['forward']['premium'])} [{paper.signed_pct(cost['forward']['low'])}" in report
+    assert "below 0.4%" in report and "no single number" in report
+    # a number in the report that is not in the JSON would be made up: every percentage is one of them
+    figures = set(re.findall(r"[-+]?\d+\.\d+%", report))
+    from_json = {paper.pct(v) for v in _values(ex["topic"])} | {paper.signed_pct(v) for v in _values(ex["topic"])} | \
+        {paper.signed_pct(v) for v in _values(ex["overhead"])} | {"0.4%"}
+    assert figures <= from_json, figures - from_json
+    assert data["wall_s"] < 120
+
+
+def _values(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _values(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _values(v)
+    elif isinstance(tree, float):
+        yield tree
+
+
+def test_paper_without_data_skips_and_says_so(tmp_path):
+    model, tok = minigpt.load("tiny-books")
+    report = paper.run(model, tok, tmp_path, model_name="tiny-books", quick=True, layers=[0], progress=False)
+    assert "skipped" in report["experiments"]["relevance"] and "skipped" in report["experiments"]["knowledge"]
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "skipped: no --relevance-data given" in text and "skipped: no --lama given" in text
