@@ -123,3 +123,22 @@ def test_bad_input_names_the_row(model, vectors):
         row_hooks([vectors[0], 2.0])
     with pytest.raises(ValueError, match="one vector"):
         row_hooks([])
+
+
+def test_eval_units_packing_several_conditions_give_the_same_samples():
+    """A topic grid packed several conditions to a batch (each row steered by its own cell's
+    vector) samples what one condition a batch samples: same seeds, same tokens."""
+    from actadd import evaluate
+
+    model, tok = minigpt.load("tiny-books")
+    kw = dict(prompt="In the morning we", plus="whale", layers=[0, 2], coeffs=(1.0, 4.0), words=["sea", "whale"],
+              samples=6, max_new_tokens=12, progress=False)
+    work = evaluate.units([evaluate.Condition(str(i)) for i in range(5)], [evaluate.Prompt(0, "x", "-")], 6, 30)
+    assert len(work) == 1 and len({c.name for c, _ in work[0].rows}) == 5
+    packed = evaluate.topic(model, tok, None, batch_rows=30, **kw)
+    alone = evaluate.topic(model, tok, None, batch_rows=6, **kw)
+    assert [(r["condition"], r["sample"], r["tokens"]) for r in packed.samples] == \
+        [(r["condition"], r["sample"], r["tokens"]) for r in alone.samples]
+    assert len({tuple(r["tokens"]) for r in packed.samples if r["sample"] == 0}) == 5   # the cells differ
+    for a, b in zip(packed.samples, alone.samples):
+        assert abs(a["fluency"]["logprob"] - b["fluency"]["logprob"]) < 1e-3
