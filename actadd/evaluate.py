@@ -14,8 +14,8 @@ count and a 95% interval, and each condition minus the unsteered one as a paired
 (same prompts, same seeds: sample j of prompt p draws from default_rng([seed, p, j]) in every
 condition).
 
-A run is a list of units of work, each one generate() call: one condition, a few prompts, some
-of their samples. A finished unit's records are appended to OUT/results.jsonl at once; a rerun
+A run is a list of units of work, each one generate() call: a few (condition, prompt) pairs,
+each row steered by its own condition's vector (row_hooks), and some of their samples. A finished unit's records are appended to OUT/results.jsonl at once; a rerun
 with the same settings skips what is there (a unit cut short by a crash is done again whole,
 so the records do not depend on where it stopped), and other settings are refused.
 """

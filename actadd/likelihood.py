@@ -306,6 +306,12 @@ def plot_relevance(summary: dict, records: list[dict], path) -> None:
     ax.axhline(1.0, color="0.4", lw=1, ls="--")
     ax.set(xlabel="relevance (topic words per word)", ylabel="perplexity ratio, steered / unsteered",
            title="perplexity by relevance")
+    _save(fig, ax, path)
+
+
+def _save(fig, ax, path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
@@ -483,10 +489,7 @@ def plot_knowledge(summary: dict, path) -> None:
                         color=color, alpha=0.15)
     ax.set(xlabel="K", ylabel="P@K", xticks=ks, ylim=(0, 1.02),
            title=f"P@K over {summary['facts']} facts (Wilson 95%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def knowledge_table(summary: dict) -> str:

@@ -125,8 +125,29 @@ def overhead(model: GPT2, *, layer: int | None = None, batch: int = 32, tokens: 
                            premium_paired=math.exp(e.value) - 1, premium_low=math.exp(e.low) - 1 if e.n > 1 else None,
                            premium_high=math.exp(e.high) - 1 if e.n > 1 else None)
             rows.append(row)
+    # The addition alone, on an activation of the forward pass's shape: what the premium is made
+    # of, timed without the rest of the pass around it (and so without its noise).
+    hook_s = addition_seconds(model, vector, batch, tokens, repeats)
+    forward_s = statistics.median(times[work[0].name, "unsteered"])
     return {"task": "overhead", "model": repr(model), "layer": layer, "steering_positions": vector.length,
-            "backend": model.backend.name, "rows": rows}
+            "backend": model.backend.name, "rows": rows,
+            "addition": {"shape": [batch, tokens, model.config.n_embd], "median_s": hook_s,
+                         "fraction_of_forward": hook_s / forward_s}}
+
+
+def addition_seconds(model: GPT2, vector, batch: int, tokens: int, repeats: int) -> float:
+    """Median seconds of the steering hook itself on a [batch, tokens, d_model] activation."""
+    from minigpt.model import HookPoint
+
+    (name, steer), = vector.hooks()
+    resid = model.backend.to_device(np.zeros((batch, tokens, model.config.n_embd), dtype=np.float32))
+    point = HookPoint(name, np.tile(np.arange(tokens), (batch, 1)), 0)
+    times = []
+    for _ in range(max(repeats, 5) + 1):                                 # the first is a warm-up
+        start = time.perf_counter()
+        model.backend.to_host(steer(resid, point)[:1, -1, :1])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def _bar(total, enabled):
@@ -143,8 +164,11 @@ def overhead_table(summary: dict) -> str:
             interval = (f"[{r['premium_low']:+.2%}, {r['premium_high']:+.2%}]" if r["premium_low"] is not None else "")
             premium = f"{r['premium_paired']:+.2%} {interval} ({r['premium']:+.2%})"
         lines.append(f"{r['work']:<28} {r['condition']:<18} {r['median_s']:>9.4f} {r['tokens_per_s']:>9.1f}  {premium}")
+    a = summary["addition"]
     lines.append(f"steering: {summary['steering_positions']} positions at layer {summary['layer']}; 'unsteered, again' "
                  "is the noise floor: a steering premium inside its spread is not measurable here")
+    lines.append(f"the addition alone on a {' x '.join(map(str, a['shape']))} activation: {1e3 * a['median_s']:.3f} ms, "
+                 f"{a['fraction_of_forward']:.4%} of the unsteered forward pass")
     return "\n".join(lines)
 
 

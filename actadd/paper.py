@@ -161,7 +161,9 @@ def _knowledge_headline(summary: dict, data: str) -> dict:
 
 
 def _overhead_headline(summary: dict) -> dict:
-    out = {"layer": summary["layer"], "repeats": summary["rows"][0]["repeats"]}
+    out = {"layer": summary["layer"], "repeats": summary["rows"][0]["repeats"],
+           "addition_ms": 1e3 * summary["addition"]["median_s"],
+           "addition_fraction": summary["addition"]["fraction_of_forward"]}
     for r in summary["rows"]:
         if "premium" in r:
             key = ("forward" if r["work"].startswith("forward") else "generate") + \
@@ -253,6 +255,8 @@ def render(report: dict) -> str:
         lines.append(f"| {s['work']} | {signed_pct(s['premium'])} [{signed_pct(s['low'])}, {signed_pct(s['high'])}] "
                      f"| {noise} |")
     lines += ["", "A premium inside the noise floor's interval is below what this machine can measure. The "
-              "addition itself is one [pos, d_model] add per steered layer on the prompt pass.", "",
+              f"addition itself, timed alone on the forward pass's activation, takes {num(o['addition_ms'])} ms: "
+              f"{num(100 * o['addition_fraction'], 4)}% of the unsteered pass (one add per steered layer, on the "
+              "prompt pass only).", "",
               "![overhead](overhead/overhead.png)", ""]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """Draw docs/sweep.png, the walkthrough's layer x coefficient map of the log-prob shift on
 held-out Moby Dick, with the same call as the walkthrough's last step, and docs/eval_topic.png,
-the README's offline `actadd eval topic` command (whale - "" on tiny-books, 200 samples a cell):
+the README's offline `actadd eval topic` command (whale - "" on tiny-books, 200 samples a cell),
+and docs/eval_relevance.png, its `actadd eval relevance` command on the books (whale - "" at layer
+0, sea words, 1,000 chunks):
 
     python docs/make_figures.py            # needs the plot extra and MINIGPT_CORPORA (or ../shared)
 """
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import minigpt
 from minigpt.checkpoints import held_out_chunks
-from actadd import evaluate, measure
+from actadd import evaluate, likelihood, measure
 
 HERE = Path(__file__).resolve().parent
 PLUS, MINUS = "whale", ""  # the walkthrough's prompt pair
@@ -32,7 +34,11 @@ def main():
         evaluate.topic(model, tok, Path(tmp) / "topic", prompt="In the morning we", plus=PLUS, minus=MINUS,
                        coeffs=[1, 4], words=SEA_WORDS, progress=False)
         shutil.copyfile(Path(tmp) / "topic" / "topic.png", HERE / "eval_topic.png")
-    print(f"wrote {HERE / 'sweep.png'} and {HERE / 'eval_topic.png'}")
+        likelihood.relevance(model, tok, likelihood.read_documents(corpora / "gutenberg"), Path(tmp) / "relevance",
+                             plus=PLUS, minus=MINUS, layer=0, coeff=1.0, words=SEA_WORDS, max_chunks=1000,
+                             progress=False)
+        shutil.copyfile(Path(tmp) / "relevance" / "relevance.png", HERE / "eval_relevance.png")
+    print(f"wrote {HERE / 'sweep.png'}, {HERE / 'eval_topic.png'} and {HERE / 'eval_relevance.png'}")
 
 
 if __name__ == "__main__":

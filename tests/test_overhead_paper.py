@@ -33,6 +33,10 @@ def test_the_premium_is_computed_from_the_alternating_timings(monkeypatch):
     # warm-up and 5 repeats of three conditions: the steered one alone passes hooks
     assert steered_calls.count(True) == 6 and steered_calls.count(False) == 12
     assert summary["layer"] == 2 and summary["steering_positions"] == 2
+    forward = statistics.median(next(r for r in summary["rows"] if r["condition"] == "unsteered")["times_s"])
+    addition = summary["addition"]
+    assert addition["shape"] == [4, 16, 16] and 0 < addition["median_s"] < forward
+    assert math.isclose(addition["fraction_of_forward"], addition["median_s"] / forward)
     rows = {(r["work"], r["condition"]): r for r in summary["rows"]}
     assert len(rows) == 6
     for (work, condition), r in rows.items():
@@ -140,7 +144,8 @@ def test_paper_quick_on_tiny_books_end_to_end(tmp_path, capsys):
     # a number in the report that is not in the JSON would be made up: every percentage is one of them
     figures = set(re.findall(r"[-+]?\d+\.\d+%", report))
     from_json = {paper.pct(v) for v in _values(ex["topic"])} | {paper.signed_pct(v) for v in _values(ex["topic"])} | \
-        {paper.signed_pct(v) for v in _values(ex["overhead"])} | {"0.4%"}
+        {paper.signed_pct(v) for v in _values(ex["overhead"])} | {"0.4%"} | \
+        {paper.num(100 * ex["overhead"]["addition_fraction"], 4) + "%"}
     assert figures <= from_json, figures - from_json
     assert data["wall_s"] < 120
 
