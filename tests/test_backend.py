@@ -336,6 +336,39 @@ def test_measurements_equal_the_numpy_path(device, books_on):
                 assert abs(row[key] - value) <= 1e-3 * (1 + abs(value)), (key, row, ref)
 
 
+def test_relevance_knowledge_and_row_steering_equal_the_numpy_path(device, books_on):
+    """The likelihood tasks and a mixed-vector batch on the device: the NumPy path's figures
+    (on the strict backend, to the last float)."""
+    import actadd
+    from actadd import likelihood
+
+    (model, tok), (ref_model, _) = books_on
+    docs = [("d0", "The whale rose from the sea and the men cried out from the boat. " * 6),
+            ("d1", "She walked to the window and looked down at the garden below her. " * 6)]
+    kw = dict(plus="whale", layer=1, coeff=2.0, words=["sea", "whale", "boat"], chunk_tokens=30, progress=False)
+    ours, ref = likelihood.relevance(model, tok, docs, **kw), likelihood.relevance(ref_model, tok, docs, **kw)
+    facts = [likelihood.Fact(0, "f:1", "The captain looked out to", "sea", tok.encode(" sea")[0]),
+             likelihood.Fact(1, "f:2", "The men cried out from the", "boat", tok.encode(" boat")[0])]
+    kf = dict(plus="whale", layer=1, coeff=2.0, progress=False)
+    ours_k, ref_k = likelihood.knowledge(model, tok, facts, **kf), likelihood.knowledge(ref_model, tok, facts, **kf)
+    for a, b in ((ours.records, ref.records), (ours_k.records, ref_k.records)):
+        assert [sorted(r) for r in a] == [sorted(r) for r in b]
+        for x, y in zip(a, b):
+            for key, value in y.items():
+                if device.name == "strict" or not isinstance(value, float):
+                    assert x[key] == value, (key, x, y)
+                else:
+                    assert abs(x[key] - value) <= 1e-3 * (1 + abs(value)), (key, x, y)
+    ids = actadd.tokens_with_bos(tok, "In the morning we went down to the")
+    unit = [actadd.steering_vector(m, actadd.x_vector(tok, "whale", "", 1.0, 2)) for m in (model, ref_model)]
+    from actadd.measure import scaled
+
+    rows = [[scaled(u, c) for c in (1.0, -2.0, 4.0)] + [None] for u in unit]
+    got = model.run_with_hooks([ids] * 4, actadd.row_hooks(rows[0], prompt_lengths=len(ids)))
+    want = ref_model.run_with_hooks([ids] * 4, actadd.row_hooks(rows[1], prompt_lengths=len(ids)))
+    assert_matches(device, got, want, "row_hooks logits")
+
+
 # ---------------------------------------------------------------------------------------------
 # Without CuPy
 
