@@ -18,6 +18,7 @@ from minigpt.cli import BACKEND_HELP
 
 from . import evaluate, likelihood, measure, overhead, paper
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
+from .results import json_safe
 from .vector_io import VectorFileError, load, save
 
 ERRORS = (ConfigError, CheckpointError, BackendError, VectorFileError, ValueError, TypeError)
@@ -419,7 +420,7 @@ def _eval(parser, args):
             prompts = evaluate.read_prompts(args.data, args.field)
             run = evaluate.toxicity(model, tok, prompts, args.out, plus=args.plus, minus=args.minus, **scoring, **common)
     if args.json:
-        print(json.dumps(evaluate.json_safe(run.summary), indent=2))
+        print(json.dumps(json_safe(run.summary), indent=2))
     else:
         print(evaluate.table(run.summary))
         print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "results.jsonl", *run.written]))
@@ -438,7 +439,7 @@ def _eval_likelihood(parser, args):
                                     progress=not args.no_progress)
         summary["model"] = args.shape and f"random weights, {args.shape} shape" or args.model
         written = overhead.write(summary, args.out)
-        print(json.dumps(evaluate.json_safe(summary), indent=2) if args.json else overhead.overhead_table(summary))
+        print(json.dumps(json_safe(summary), indent=2) if args.json else overhead.overhead_table(summary))
         if not args.json:
             print("wrote " + ", ".join(str(p) for p in written))
         return 0
@@ -457,7 +458,7 @@ def _eval_likelihood(parser, args):
         result = likelihood.knowledge(model, tok, facts, args.out, limit=args.limit, skipped=skipped, **common)
         text = likelihood.knowledge_table(result.summary)
     if args.json:
-        print(json.dumps(evaluate.json_safe(result.summary), indent=2))
+        print(json.dumps(json_safe(result.summary), indent=2))
     else:
         print(text)
         print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "results.jsonl", *result.written]))

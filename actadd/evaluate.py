@@ -15,16 +15,15 @@ count and a 95% interval, and each condition minus the unsteered one as a paired
 condition).
 
 A run is a list of units of work, each one generate() call: a few (condition, prompt) pairs,
-each row steered by its own condition's vector (row_hooks), and some of their samples. A finished unit's records are appended to OUT/results.jsonl at once; a rerun
-with the same settings skips what is there (a unit cut short by a crash is done again whole,
-so the records do not depend on where it stopped), and other settings are refused.
+each row steered by its own condition's vector (row_hooks), and some of their samples. A
+finished unit's records are appended to OUT/results.jsonl at once; a rerun with the same
+settings skips what is there (a unit cut short by a crash is done again whole, so the records
+do not depend on where it stopped), and other settings are refused.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import sys
@@ -39,7 +38,7 @@ from minigpt import GPT2, Tokenizer
 
 from . import stats
 from .measure import next_token_logprobs, scaled, topic_pattern
-from .results import ResultsFile, atomic_write, json_safe, write_text
+from .results import ResultsFile, write_outputs
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
 from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, row_hooks, steering_vector, x_vector
 
@@ -637,24 +636,9 @@ def csv_rows(summary: dict) -> list[dict]:
 
 
 def _finish(run: Run, out) -> None:
-    if out is None:
-        return
-    out = Path(out)
-    document = {"settings": run.settings, "summary": run.summary, "skipped": run.skipped}
-    run.written.append(write_text(out / "summary.json", json.dumps(json_safe(document), indent=2) + "\n"))
-    rows = csv_rows(run.summary)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    writer.writeheader()
-    writer.writerows(rows)
-    run.written.append(write_text(out / "summary.csv", buffer.getvalue()))
-    try:
-        import matplotlib
-    except ImportError:
-        print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')", file=sys.stderr)
-        return
-    matplotlib.use("Agg")
-    run.written.append(atomic_write(out / f"{run.task}.png", lambda p: plot(run.summary, p)))
+    if out is not None:
+        document = {"settings": run.settings, "summary": run.summary, "skipped": run.skipped}
+        run.written += write_outputs(out, run.task, document, csv_rows(run.summary), lambda p: plot(run.summary, p))
 
 
 def plot(summary: dict, path) -> None:

@@ -3,7 +3,6 @@ pre-hooks on transformers' GPT-2), exact algebraic properties, cache invariance,
 generation, saving and loading, the CLI, and every error."""
 
 import json
-import struct
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from safetensors.numpy import save_file
 
 import actadd
 import minigpt
-from actadd import ActivationAddition, SteeringVector, VectorFileError, steering_vector, x_vector
+from actadd import ActivationAddition, VectorFileError, steering_vector, x_vector
 from actadd.cli import main
 from actadd.steering import _place
 from conftest import (assert_close, configs, decode_with_cache, handmade_tokenizer, max_abs, random_model,

@@ -20,6 +20,7 @@ import minigpt
 from actadd import evaluate
 from actadd.cli import main
 from actadd.evaluate import Prompt
+from actadd.results import json_safe
 from actadd.scorers import Scorer, ScorerError
 
 SEA_WORDS = ["whale", "whales", "sea", "seas", "ship", "ships", "boat", "boats", "captain", "harpoon",
@@ -437,7 +438,7 @@ def test_the_cli_prints_the_apis_summary(books, labelled, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     run = evaluate.sentiment(model, tok, evaluate.read_labelled(labelled), layer=1, coeff=2.0, truncate=6, samples=2,
                              max_new_tokens=8, progress=False)
-    assert printed == json.loads(json.dumps(evaluate.json_safe(run.summary)))
+    assert printed == json.loads(json.dumps(json_safe(run.summary)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ it matters), their mathematical properties, sweeps against single runs, bad inpu
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
