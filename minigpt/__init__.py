@@ -1,4 +1,4 @@
-"""minigpt: GPT-2 in NumPy, every residual-stream step under its TransformerLens hook name."""
+"""minigpt: transformers in NumPy (GPT-2), every residual-stream step under its TransformerLens hook name."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import os
 from .backend import Backend, BackendError
 from .config import ConfigError, GPT2Config
 from .generate import Generation, Sampling, generate, stream
-from .model import GPT2, HookPoint, KVCache, hook_names
+from .gpt2 import GPT2
+from .model import HookPoint, KVCache, Transformer, hook_names
 from .sources import CheckpointError
 from .tokenizer import Tokenizer, TokenizerError
 
-__all__ = ["GPT2", "GPT2Config", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
+__all__ = ["GPT2", "GPT2Config", "Transformer", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
            "HookPoint", "KVCache", "Backend", "ConfigError", "CheckpointError", "TokenizerError",
            "BackendError", "hook_names"]
 

@@ -12,7 +12,8 @@ from . import load
 from .backend import BACKENDS, BackendError
 from .config import ConfigError
 from .generate import Sampling, stream
-from .model import GPT2, softmax
+from .gpt2 import GPT2
+from .model import softmax
 from .sources import CheckpointError
 from .tokenizer import EOT, Tokenizer
 

@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .backend import array_namespace
-from .model import GPT2, HookFn
+from .model import HookFn, Transformer
 from .tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
     return tokens, mask
 
 
-def _prompt_ids(model: GPT2, prompts, tokenizer: Tokenizer | None, prepend_bos: bool) -> list[list[int]]:
+def _prompt_ids(model: Transformer, prompts, tokenizer: Tokenizer | None, prepend_bos: bool) -> list[list[int]]:
     """A batch of prompts as lists of ids: from a str, a list of str, a list of ids, or a list
     of lists of ids; every id checked against the vocabulary."""
     if isinstance(prompts, np.ndarray):
@@ -212,7 +212,7 @@ def _prompt_ids(model: GPT2, prompts, tokenizer: Tokenizer | None, prepend_bos: 
 # The loop
 
 
-def stream(model: GPT2, prompts, *, max_new_tokens: int = 20, sampling: Sampling = Sampling(),
+def stream(model: Transformer, prompts, *, max_new_tokens: int = 20, sampling: Sampling = Sampling(),
            seed: int = 0, eos_token_id: int | None = None, fwd_hooks: Iterable[tuple[str, HookFn]] = (),
            samples: int = 1, row_seeds: Sequence | None = None) -> Iterator[list[int | None]]:
     """A generator of each step's new token per row (None for rows that already stopped), for
@@ -287,7 +287,7 @@ class Generation:
     texts: list[str] | None = None  # the new tokens decoded, with a tokenizer
 
 
-def generate(model: GPT2, prompts, tokenizer: Tokenizer | None = None, *, max_new_tokens: int = 20,
+def generate(model: Transformer, prompts, tokenizer: Tokenizer | None = None, *, max_new_tokens: int = 20,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              freq_penalty: float = 0.0, presence_penalty: float = 0.0, seed: int = 0,
              prepend_bos: bool = False, stop_at_eos: bool = True, eos_token_id: int | None = None,

@@ -1,14 +1,7 @@
-"""GPT-2's forward pass in NumPy, every residual-stream step under its TransformerLens hook name.
-
-    resid_pre_0 = wte[tokens] + wpe[positions]
-    for each block L:
-        resid_mid_L  = resid_pre_L + attn(ln_1(resid_pre_L))      # hook_attn_out
-        resid_post_L = resid_mid_L + mlp(ln_2(resid_mid_L))       # hook_mlp_out
-        resid_pre_{L+1} = resid_post_L
-    logits = ln_f(resid_post_last) @ wte.T
-
-ActAdd adds a matrix to `blocks.{L}.hook_resid_pre`; everything here exists so that that
-addition is a plain array addition at a named point.
+"""What every model family shares: the primitives of a forward pass, the hook points under
+TransformerLens's names, the KV cache, and `Transformer`, the entry points (run_with_cache,
+run_with_hooks), input checks and pass set-up that each family's class inherits. Each family's
+forward pass reads top to bottom in its own file (gpt2.py, opt.py); none imports another.
 
 Array code gets its namespace from the arrays (`array_namespace(x)`) or from `self.xp`, never
 from a bare `np.` call on an activation, so that CuPy runs the same code (see backend.py).
@@ -18,15 +11,13 @@ Token ids, masks and position ids are checked and made on the host with NumPy, t
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Callable, Iterable
 
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .config import GPT2Config
-from .weights import CheckpointError, canonical_state_dict, read_checkpoint, resolve_checkpoint
+from .weights import CheckpointError
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -230,7 +221,7 @@ class KVCache:
     length               positions filled, the same for every row (left padding aligns them)
     """
 
-    def __init__(self, config: GPT2Config, batch: int, max_len: int, xp=np):
+    def __init__(self, config, batch: int, max_len: int, xp=np):
         if max_len > config.n_positions:
             raise ValueError(f"a KV cache of {max_len} positions exceeds n_positions={config.n_positions}")
         shape = (batch, config.n_head, max_len, config.d_head)
@@ -251,24 +242,20 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------------------------------
-# The model
+# The shared part of every model
 
 
-class GPT2:
-    """GPT-2 with tied unembedding. Parameters keep their checkpoint names:
+class Transformer:
+    """The part of a model that is not its arithmetic. A family's class sets `config` (with
+    n_layer, n_head, n_embd, d_head, n_positions, vocab_size), `backend`, `xp` and
+    `hook_names`, and defines `forward(tokens, hook, *, attention_mask, cache, last_only,
+    start_at_layer, resid_pre)` and `_tree()` (its parameters under checkpoint names, nested)."""
 
-    self.wte, self.wpe                   # [vocab, d_model], [n_positions, d_model]
-    self.h[L]["ln_1"]["weight"], ...     # h.{L}.ln_1.weight in the checkpoint
-    self.h[L]["attn"]["c_attn"]          # {"weight": [d_model, 3*d_model], "bias": [3*d_model]}
-    self.ln_f                            # {"weight": [d_model], "bias": [d_model]}
+    config: object
+    hook_names: list[str]
 
-    Every parameter is an array of `self.backend` (NumPy by default; CuPy with backend="cupy"),
-    moved there once, here.
-    """
-
-    def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict",
-                 backend: str | Backend = "numpy"):
-        params = canonical_state_dict(state_dict, config, source=source)
+    def _to_device(self, params: dict, source: str, backend: str | Backend) -> dict:
+        """The checked float32 host tensors, moved to `backend` once, nested by name."""
         for name, tensor in params.items():
             if not isinstance(tensor, np.ndarray) or tensor.dtype != np.float32:
                 raise CheckpointError(
@@ -278,23 +265,9 @@ class GPT2:
                 )
         self.backend = get_backend(backend)
         self.xp = self.backend.xp  # the array namespace of every parameter and activation
-        tree = _nest({name: self.backend.to_device(tensor) for name, tensor in params.items()})
-        self.config = config
-        self.wte, self.wpe = tree["wte"]["weight"], tree["wpe"]["weight"]
-        self.h = [tree["h"][str(L)] for L in range(config.n_layer)]
-        self.ln_f = tree["ln_f"]
-        self.hook_names = hook_names(config.n_layer)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-                        backend: str | Backend = "numpy") -> GPT2:
-        """Load a local Hugging Face folder or a hub id (`gpt2`, `gpt2-xl`, `org/name`, ...),
-        onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
-        backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
-        files = resolve_checkpoint(name_or_path, revision)
-        config = GPT2Config.from_json(files.config)
-        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
-        return cls(config, read_checkpoint(files), source=source, backend=backend)
+        device = {name: self.backend.to_device(tensor) for name, tensor in params.items()}
+        self._array_type = type(next(iter(device.values())))
+        return _nest(device)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter under its bare checkpoint name (the inverse of loading), as arrays of
@@ -305,15 +278,7 @@ class GPT2:
                     yield from flatten(f"{prefix}{key}.", value)
                 else:
                     yield f"{prefix}{key}", value
-        tree = {"wte": {"weight": self.wte}, "wpe": {"weight": self.wpe},
-                "h": {str(L): block for L, block in enumerate(self.h)}, "ln_f": self.ln_f}
-        return dict(flatten("", tree))
-
-    def __repr__(self):
-        c = self.config
-        on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
-        return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
-                f"n_positions={c.n_positions}, vocab_size={c.vocab_size}{on})")
+        return dict(flatten("", self._tree()))
 
     # --- public entry points -----------------------------------------------------------------
 
@@ -373,27 +338,14 @@ class GPT2:
                 f"hook name {name!r}: this model has blocks 0 to {self.config.n_layer - 1}"
             )
 
-    # --- the forward pass ----------------------------------------------------------------------
+    # --- the pass's bookkeeping, on the host ---------------------------------------------------
 
-    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
-                cache: KVCache | None = None, last_only: bool = False,
-                start_at_layer: int = 0, resid_pre=None):
-        """Logits [batch, pos, vocab] (pos = 1 with `last_only`) for `tokens`.
-
-        attention_mask  [batch, pos] of 0/1 or bool, 1 for real tokens, 0 for left padding.
-                        Each row's position ids count its real tokens (HF's cumsum(mask) - 1),
-                        so a left-padded row computes what it would alone.
-        cache           a KVCache: this pass's keys and values are appended to it, and its
-                        earlier positions are attended to. Prefill with the prompt, then pass
-                        one token per row per step.
-        last_only       unembed the last position only (what generation needs).
-        start_at_layer  with `resid_pre`, the activation at blocks.{L}.hook_resid_pre of these
-                        tokens (e.g. cached from an unsteered pass): run blocks L onward only,
-                        from it, as TransformerLens's start_at_layer. Hooks at that point and
-                        later run as usual; a sweep over layers skips the blocks before each.
-        """
+    def _prepare(self, tokens, attention_mask, cache, hook):
+        """Checked ids, each position's id, and the attention mask bias of a pass: host ids
+        [batch, pos], host positions [batch, pos] (-1 at padding), device tokens, mask_bias
+        [batch, 1, query, key] (0 or -inf), and where the pass starts. Writes the pass's mask
+        into `cache` and its positions into `hook`."""
         xp, to_device = self.xp, self.backend.to_device
-        hook = hook or _HookPoints({}, None, set())
         ids = self.check_tokens(tokens)                                        # host [batch, pos]
         batch, seq = ids.shape
         real = self._check_mask(attention_mask, ids.shape)                     # host bool [batch, pos]
@@ -407,7 +359,7 @@ class GPT2:
         positions = np.where(real, seen[:, None] + real.cumsum(axis=1) - 1, -1)  # host [batch, pos]
         if positions.max() >= self.config.n_positions:
             raise ValueError(f"position {int(positions.max())} is past n_positions={self.config.n_positions}")
-        tokens, real_here = to_device(ids), to_device(real)                    # the pass's only inputs
+        device_tokens, real_here = to_device(ids), to_device(real)             # the pass's only inputs
         if cache is not None:
             cache.mask[:, start:start + seq] = real_here
             real_keys = cache.mask[:, :start + seq]                            # [batch, key]
@@ -421,73 +373,13 @@ class GPT2:
         # float32 scalars: Python floats would make where() build a float64 array
         mask_bias = xp.where(visible, xp.float32(0.0), xp.float32(-math.inf))[:, None]  # [batch, 1, query, key]
         hook.positions, hook.start = positions, start
+        return ids, positions, device_tokens, mask_bias, start, real
 
-        if start_at_layer or resid_pre is not None:
-            x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)
-        else:
-            embed = hook("hook_embed", self.wte[tokens])                       # [batch, pos, d_model]
-            pos_embed = hook("hook_pos_embed", self.wpe[to_device(np.maximum(positions, 0))])  # [batch, pos, d_model]
-            x = embed + pos_embed
-        for L, block in enumerate(self.h[start_at_layer:], start_at_layer):
-            kv = (cache.keys[L], cache.values[L]) if cache is not None else None
-            x = self.block(L, block, x, hook, mask_bias, kv, start)
+    def _advance(self, cache, seq: int, real) -> None:
+        """After a pass: the cache holds `seq` more positions, each row `real` more tokens."""
         if cache is not None:
             cache.length += seq
-            cache.seen = seen + real.sum(axis=1)
-        if last_only:
-            x = x[:, -1:]
-            hook.positions = positions[:, -1:]
-        x = self.layer_norm("ln_final", x, self.ln_f, hook)
-        return linear(x, self.wte.T)                                           # [batch, pos, vocab]
-
-    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int):
-        b = f"blocks.{L}."
-        resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
-        ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook)
-        attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook,
-                                                            mask_bias=mask_bias, kv=kv, start=start))
-        resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
-        ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook)
-        mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
-        return hook(b + "hook_resid_post", resid_mid + mlp_out)
-
-    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints):
-        centred = centre(x)                                                    # [batch, pos, d_model]
-        scale = hook(name + ".hook_scale", rms_scale(centred, self.config.layer_norm_epsilon))  # [batch, pos, 1]
-        centred /= scale                         # centred is this function's own: reuse it
-        normalized = hook(name + ".hook_normalized", centred)
-        out = normalized * p["weight"]
-        out += p["bias"]
-        return out
-
-    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, mask_bias, kv, start: int):
-        c = self.config
-        batch, seq, d_model = x.shape
-        qkv = linear(x, **c_attn).reshape(batch, seq, 3, c.n_head, c.d_head)  # q, k, v in that order
-        q = hook(name + ".hook_q", qkv[:, :, 0])                               # [batch, pos, head, d_head]
-        k = hook(name + ".hook_k", qkv[:, :, 1])
-        v = hook(name + ".hook_v", qkv[:, :, 2])
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
-        if kv is not None:  # append to the cache, attend to everything in it
-            keys, values = kv
-            keys[:, :, start:start + seq] = k
-            values[:, :, start:start + seq] = v
-            k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
-
-        if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
-            scores = attention_scores(q, k, mask_bias)                         # [batch, head, query, key]
-            scores = hook(name + ".hook_attn_scores", scores)
-            pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
-            z = pattern @ v                                                    # [batch, head, pos, d_head]
-        else:
-            z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
-        z = hook(name + ".hook_z", z.transpose(0, 2, 1, 3))                    # [batch, pos, head, d_head]
-        return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
-
-    def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: _HookPoints):
-        pre = hook(name + ".hook_pre", linear(x, **c_fc))                      # [batch, pos, d_mlp]
-        post = hook(name + ".hook_post", gelu_new(pre))
-        return linear(post, **c_proj)                                          # [batch, pos, d_model]
+            cache.seen = cache.seen + real.sum(axis=1)
 
     # --- input checks --------------------------------------------------------------------------
 
@@ -529,9 +421,9 @@ class GPT2:
         if resid_pre is None:
             raise ValueError(f"start_at_layer={layer} needs resid_pre, the activation at "
                              f"blocks.{layer}.hook_resid_pre of these tokens")
-        if type(resid_pre) is not type(self.wte) or resid_pre.dtype != self.wte.dtype or resid_pre.shape != want:
+        if type(resid_pre) is not self._array_type or resid_pre.dtype != np.float32 or resid_pre.shape != want:
             raise ValueError(f"resid_pre is {type(resid_pre).__name__} {getattr(resid_pre, 'dtype', '')} "
-                             f"{getattr(resid_pre, 'shape', '')}; expected {type(self.wte).__name__} float32 {want}")
+                             f"{getattr(resid_pre, 'shape', '')}; expected {self._array_type.__name__} float32 {want}")
         return resid_pre
 
     def _host(self, x) -> np.ndarray:
@@ -560,6 +452,8 @@ class GPT2:
             raise ValueError(f"attention_mask row {row} has padding after a real token; "
                              "pad on the left (real tokens last)")
         return mask
+
+
 
 
 def _nest(flat: dict) -> dict:

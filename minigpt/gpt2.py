@@ -1,0 +1,158 @@
+"""GPT-2's forward pass in NumPy, every residual-stream step under its TransformerLens hook name.
+
+    resid_pre_0 = wte[tokens] + wpe[positions]
+    for each block L:
+        resid_mid_L  = resid_pre_L + attn(ln_1(resid_pre_L))      # hook_attn_out
+        resid_post_L = resid_mid_L + mlp(ln_2(resid_mid_L))       # hook_mlp_out
+        resid_pre_{L+1} = resid_post_L
+    logits = ln_f(resid_post_last) @ wte.T
+
+ActAdd adds a matrix to `blocks.{L}.hook_resid_pre`; everything here exists so that that
+addition is a plain array addition at a named point.
+
+Array code gets its namespace from the arrays (`array_namespace(x)`) or from `self.xp`, never
+from a bare `np.` call on an activation, so that CuPy runs the same code (see backend.py).
+Token ids, masks and position ids are checked and made on the host with NumPy, then moved.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .backend import Backend, get_backend
+from .config import GPT2Config
+from .model import (KVCache, Transformer, _HookPoints, attention_scores, causal_attention, centre, gelu_new, hook_names,
+                    linear, rms_scale, softmax)
+from .weights import canonical_state_dict, read_checkpoint, resolve_checkpoint
+
+
+class GPT2(Transformer):
+    """GPT-2 with tied unembedding. Parameters keep their checkpoint names:
+
+    self.wte, self.wpe                   # [vocab, d_model], [n_positions, d_model]
+    self.h[L]["ln_1"]["weight"], ...     # h.{L}.ln_1.weight in the checkpoint
+    self.h[L]["attn"]["c_attn"]          # {"weight": [d_model, 3*d_model], "bias": [3*d_model]}
+    self.ln_f                            # {"weight": [d_model], "bias": [d_model]}
+
+    Every parameter is an array of `self.backend` (NumPy by default; CuPy with backend="cupy"),
+    moved there once, here.
+    """
+
+    def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict",
+                 backend: str | Backend = "numpy"):
+        tree = self._to_device(canonical_state_dict(state_dict, config, source=source), source, backend)
+        self.config = config
+        self.wte, self.wpe = tree["wte"]["weight"], tree["wpe"]["weight"]
+        self.h = [tree["h"][str(L)] for L in range(config.n_layer)]
+        self.ln_f = tree["ln_f"]
+        self.hook_names = hook_names(config.n_layer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
+                        backend: str | Backend = "numpy") -> GPT2:
+        """Load a local Hugging Face folder or a hub id (`gpt2`, `gpt2-xl`, `org/name`, ...),
+        onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
+        backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
+        files = resolve_checkpoint(name_or_path, revision)
+        config = GPT2Config.from_json(files.config)
+        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
+        return cls(config, read_checkpoint(files), source=source, backend=backend)
+
+    def _tree(self) -> dict:
+        return {"wte": {"weight": self.wte}, "wpe": {"weight": self.wpe},
+                "h": {str(L): block for L, block in enumerate(self.h)}, "ln_f": self.ln_f}
+
+    def __repr__(self):
+        c = self.config
+        on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
+        return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
+                f"n_positions={c.n_positions}, vocab_size={c.vocab_size}{on})")
+
+    # --- the forward pass ----------------------------------------------------------------------
+
+    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
+                cache: KVCache | None = None, last_only: bool = False,
+                start_at_layer: int = 0, resid_pre=None):
+        """Logits [batch, pos, vocab] (pos = 1 with `last_only`) for `tokens`.
+
+        attention_mask  [batch, pos] of 0/1 or bool, 1 for real tokens, 0 for left padding.
+                        Each row's position ids count its real tokens (HF's cumsum(mask) - 1),
+                        so a left-padded row computes what it would alone.
+        cache           a KVCache: this pass's keys and values are appended to it, and its
+                        earlier positions are attended to. Prefill with the prompt, then pass
+                        one token per row per step.
+        last_only       unembed the last position only (what generation needs).
+        start_at_layer  with `resid_pre`, the activation at blocks.{L}.hook_resid_pre of these
+                        tokens (e.g. cached from an unsteered pass): run blocks L onward only,
+                        from it, as TransformerLens's start_at_layer. Hooks at that point and
+                        later run as usual; a sweep over layers skips the blocks before each.
+        """
+        hook = hook or _HookPoints({}, None, set())
+        ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
+
+        if start_at_layer or resid_pre is not None:
+            x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)
+        else:
+            embed = hook("hook_embed", self.wte[tokens])                       # [batch, pos, d_model]
+            pos_embed = hook("hook_pos_embed", self.wpe[self.backend.to_device(np.maximum(positions, 0))])  # [batch, pos, d_model]
+            x = embed + pos_embed
+        for L, block in enumerate(self.h[start_at_layer:], start_at_layer):
+            kv = (cache.keys[L], cache.values[L]) if cache is not None else None
+            x = self.block(L, block, x, hook, mask_bias, kv, start)
+        self._advance(cache, ids.shape[1], real)
+        if last_only:
+            x = x[:, -1:]
+            hook.positions = positions[:, -1:]
+        x = self.layer_norm("ln_final", x, self.ln_f, hook)
+        return linear(x, self.wte.T)                                           # [batch, pos, vocab]
+
+    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int):
+        b = f"blocks.{L}."
+        resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
+        ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook)
+        attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook,
+                                                            mask_bias=mask_bias, kv=kv, start=start))
+        resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
+        ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook)
+        mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
+        return hook(b + "hook_resid_post", resid_mid + mlp_out)
+
+    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints):
+        centred = centre(x)                                                    # [batch, pos, d_model]
+        scale = hook(name + ".hook_scale", rms_scale(centred, self.config.layer_norm_epsilon))  # [batch, pos, 1]
+        centred /= scale                         # centred is this function's own: reuse it
+        normalized = hook(name + ".hook_normalized", centred)
+        out = normalized * p["weight"]
+        out += p["bias"]
+        return out
+
+    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, mask_bias, kv, start: int):
+        c = self.config
+        batch, seq, d_model = x.shape
+        qkv = linear(x, **c_attn).reshape(batch, seq, 3, c.n_head, c.d_head)  # q, k, v in that order
+        q = hook(name + ".hook_q", qkv[:, :, 0])                               # [batch, pos, head, d_head]
+        k = hook(name + ".hook_k", qkv[:, :, 1])
+        v = hook(name + ".hook_v", qkv[:, :, 2])
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
+        if kv is not None:  # append to the cache, attend to everything in it
+            keys, values = kv
+            keys[:, :, start:start + seq] = k
+            values[:, :, start:start + seq] = v
+            k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
+
+        if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
+            scores = attention_scores(q, k, mask_bias)                         # [batch, head, query, key]
+            scores = hook(name + ".hook_attn_scores", scores)
+            pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
+            z = pattern @ v                                                    # [batch, head, pos, d_head]
+        else:
+            z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
+        z = hook(name + ".hook_z", z.transpose(0, 2, 1, 3))                    # [batch, pos, head, d_head]
+        return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
+
+    def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: _HookPoints):
+        pre = hook(name + ".hook_pre", linear(x, **c_fc))                      # [batch, pos, d_mlp]
+        post = hook(name + ".hook_post", gelu_new(pre))
+        return linear(post, **c_proj)                                          # [batch, pos, d_model]
