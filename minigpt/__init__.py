@@ -1,4 +1,5 @@
-"""minigpt: transformers in NumPy (GPT-2), every residual-stream step under its TransformerLens hook name."""
+"""minigpt: transformers in NumPy (GPT-2, OPT), every residual-stream step under its TransformerLens
+hook name. `load` and `from_pretrained` pick the family from config.json's model_type."""
 
 from __future__ import annotations
 
@@ -9,19 +10,38 @@ from .config import ConfigError, GPT2Config
 from .generate import Generation, Sampling, generate, stream
 from .gpt2 import GPT2
 from .model import HookPoint, KVCache, Transformer, hook_names
-from .sources import CheckpointError
+from .opt import OPT, OPTConfig
+from .sources import CheckpointError, locate
 from .tokenizer import Tokenizer, TokenizerError
 
-__all__ = ["GPT2", "GPT2Config", "Transformer", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
+FAMILIES = {"gpt2": GPT2, "opt": OPT}     # config.json's model_type -> the family's class
+
+__all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Transformer", "from_pretrained", "FAMILIES", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
            "HookPoint", "KVCache", "Backend", "ConfigError", "CheckpointError", "TokenizerError",
            "BackendError", "hook_names"]
 
 
+def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None,
+                    backend: str | Backend = "numpy") -> Transformer:
+    """The model of a folder or hub id, of the family its config.json's model_type names."""
+    import json
+
+    path = locate(name_or_path, revision).file("config.json")
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a JSON object with a model_type ({e})") from None
+    if model_type not in FAMILIES:
+        raise ConfigError(f"{path}: model_type={model_type!r} is not supported; minigpt runs "
+                          f"{', '.join(repr(t) for t in FAMILIES)}")
+    return FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend)
+
+
 def load(name_or_path: str | os.PathLike, revision: str | None = None,
-         backend: str | Backend = "numpy") -> tuple[GPT2, Tokenizer]:
+         backend: str | Backend = "numpy") -> tuple[Transformer, Tokenizer]:
     """The model and its tokenizer from one folder or hub id (e.g. `model, tok = load("gpt2")`);
     backend="cupy" puts the model on the current CUDA device."""
-    model = GPT2.from_pretrained(name_or_path, revision=revision, backend=backend)
+    model = from_pretrained(name_or_path, revision=revision, backend=backend)
     tokenizer = Tokenizer.from_pretrained(name_or_path, revision=revision)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

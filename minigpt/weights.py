@@ -1,7 +1,8 @@
-"""Finding a GPT-2 checkpoint's weight files and reading its tensors, safetensors only.
+"""Finding a checkpoint's weight files and reading its tensors, safetensors only.
 
 The flow is `resolve_checkpoint` (which files, via sources.py) -> `read_checkpoint` (their tensors, float32) ->
-`canonical_state_dict` (names checked against the shapes the config implies; the model calls it).
+`canonical_state_dict` / `select_tensors` (names checked against the shapes the config implies; each
+family's model calls it).
 
 We parse safetensors ourselves instead of calling `safetensors.numpy`: the format is a JSON
 header and raw little-endian bytes, so each float32 tensor is a zero-copy view of a read-only
@@ -207,35 +208,47 @@ def canonical_state_dict(tensors: dict[str, np.ndarray], config: GPT2Config,
     ties the unembedding to `wte`, as transformers does when loading it.
     """
     expected = expected_shapes(config)
-    found: dict[str, np.ndarray] = {}
-    origin: dict[str, str] = {}
-    unknown = []
-    for name, tensor in tensors.items():
-        bare = name.removeprefix("transformer.")
-        if _IGNORED.fullmatch(bare):
-            continue
-        if bare == "lm_head.weight":
+
+    def bare(name: str, tensor) -> str | None:
+        name = name.removeprefix("transformer.")
+        if _IGNORED.fullmatch(name):
+            return None
+        if name == "lm_head.weight":
             if tuple(tensor.shape) != expected["wte.weight"]:
                 raise CheckpointError(
                     f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {expected['wte.weight']} (it is tied to wte.weight)"
                 )
+            return None
+        return name
+    return select_tensors(tensors, expected, bare, source, f"a GPT-2 with n_layer={config.n_layer}")
+
+
+def select_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], bare,
+                   source: str, what: str) -> dict[str, np.ndarray]:
+    """The tensors under their bare names (`bare(name, tensor)`: the name the family uses, or
+    None to drop it), each expected one present once with its expected shape, nothing unknown:
+    any other checkpoint is an error naming the tensors, for `what` (e.g. "a GPT-2 with
+    n_layer=12")."""
+    found: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    unknown = []
+    for name, tensor in tensors.items():
+        key = bare(name, tensor)
+        if key is None:
             continue
-        if bare not in expected:
+        if key not in expected:
             unknown.append(name)
             continue
-        if bare in found:
-            raise CheckpointError(f"{source}: tensor {bare!r} appears twice, as {origin[bare]!r} and {name!r}")
-        if tuple(tensor.shape) != expected[bare]:
+        if key in found:
+            raise CheckpointError(f"{source}: tensor {key!r} appears twice, as {origin[key]!r} and {name!r}")
+        if tuple(tensor.shape) != expected[key]:
             raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected[bare]}"
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected[key]}"
             )
-        found[bare], origin[bare] = tensor, name
+        found[key], origin[key] = tensor, name
     if unknown:
-        raise CheckpointError(
-            f"{source}: unexpected tensor(s) {_listing(unknown)} for a GPT-2 with "
-            f"n_layer={config.n_layer}"
-        )
+        raise CheckpointError(f"{source}: unexpected tensor(s) {_listing(unknown)} for {what}")
     missing = [n for n in expected if n not in found]
     if missing:
         raise CheckpointError(

@@ -1,0 +1,173 @@
+"""OPT against transformers' OPTForCausalLM on random checkpoints the tests write with
+save_pretrained (pre- and post-LayerNorm, with and without the 350m-style projection, tied and
+untied, left-padded batches): logits, every hidden state, cached decoding, greedy generation,
+ActAdd against forward pre-hooks; loading by model_type; bad checkpoints and configs."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import actadd
+import minigpt
+from conftest import assert_close, decode_with_cache, max_abs, record_parity
+from minigpt import OPT, ConfigError, CheckpointError, OPTConfig
+from minigpt.generate import left_pad
+
+
+@st.composite
+def opt_configs(draw):
+    heads = draw(st.integers(1, 3))
+    hidden = heads * draw(st.integers(2, 8))
+    return dict(vocab_size=draw(st.integers(8, 80)), hidden_size=hidden, num_hidden_layers=draw(st.integers(1, 3)),
+                num_attention_heads=heads, ffn_dim=draw(st.integers(4, 48)),
+                max_position_embeddings=draw(st.integers(8, 24)),
+                word_embed_proj_dim=draw(st.sampled_from([hidden, max(2, hidden // 2)])),
+                do_layer_norm_before=draw(st.booleans()), tie_word_embeddings=draw(st.booleans()))
+
+
+def write_opt(reference, folder, fields, seed=0, dtype="float32"):
+    """An OPTForCausalLM with every parameter random (sd 0.3 around LayerNorm gains of 1),
+    written by transformers."""
+    import torch
+
+    tf = reference.transformers
+    config = tf.OPTConfig(**fields, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = tf.OPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.3)
+    model.save_pretrained(folder)
+    return tf.OPTForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def batch(rng, vocab, rows, length):
+    """Left-padded rows of random lengths 1..length (pad id 1, as OPT's tokenizer pads)."""
+    prompts = [rng.integers(0, vocab, rng.integers(1, length + 1)).tolist() for _ in range(rows)]
+    tokens, mask = left_pad(prompts, pad_id=1)
+    return prompts, tokens, mask
+
+
+@settings(max_examples=25, deadline=None)
+@given(fields=opt_configs(), seed=st.integers(0, 2**16), rows=st.integers(1, 3))
+def test_logits_and_hidden_states_equal_transformers(reference, tmp_path_factory, fields, seed, rows):
+    import torch
+
+    folder = tmp_path_factory.mktemp("opt")
+    hf = write_opt(reference, folder, fields, seed)
+    model = minigpt.from_pretrained(folder)
+    assert isinstance(model, OPT)
+    rng = np.random.default_rng(seed)
+    _, tokens, mask = batch(rng, fields["vocab_size"], rows, fields["max_position_embeddings"])
+    with torch.no_grad():
+        out = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    real = mask.astype(bool)
+    assert logits.dtype == np.float32 and all(a.dtype == np.float32 for a in cache.values())
+    scaled = [assert_close(logits[real], out.logits.numpy()[real], "logits")]
+    worst = {"logits": max_abs(logits[real], out.logits.numpy()[real])}
+    n = fields["num_hidden_layers"]
+    hidden = [cache[f"blocks.{L}.hook_resid_pre"] for L in range(n)]
+    # the last hidden state is the decoder's output: final LayerNorm (pre-LN models), project_out
+    final = cache[f"blocks.{n - 1}.hook_resid_post"]
+    if model.final_layer_norm is not None:
+        final = cache["ln_final.hook_normalized"] * model.final_layer_norm["weight"] + model.final_layer_norm["bias"]
+    if model.project_out is not None:
+        final = final @ model.project_out.T
+    assert len(out.hidden_states) == n + 1
+    pairs = [(ours[real], ref.numpy()[real]) for ours, ref in zip(hidden + [final], out.hidden_states)]
+    scaled += [assert_close(ours, ref, f"hidden_states[{i}]") for i, (ours, ref) in enumerate(pairs)]
+    worst["hidden_states"] = max(max_abs(ours, ref) for ours, ref in pairs)
+    record_parity("OPT vs transformers: hypothesis (pre/post-LN, projection, tied/untied, padding)", **worst,
+                  scaled=max(scaled))
+
+
+def test_cached_decoding_equals_recompute_and_greedy_equals_generate(reference, tmp_path):
+    import torch
+
+    fields = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=24,
+                  max_position_embeddings=40, word_embed_proj_dim=8, do_layer_norm_before=False,
+                  tie_word_embeddings=True)
+    hf = write_opt(reference, tmp_path, fields, seed=3)
+    model = OPT.from_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    prompts, tokens, mask = batch(rng, 50, 3, 10)
+    cached, seqs = decode_with_cache(model, prompts, 6, rng)
+    full_tokens, full_mask = left_pad(seqs, pad_id=1)
+    full = model(full_tokens, attention_mask=full_mask)
+    for step, logits in enumerate(cached):
+        np.testing.assert_allclose(logits, full[:, full_tokens.shape[1] - 7 + step], rtol=0, atol=1e-5)
+    ours = minigpt.generate(model, prompts, max_new_tokens=8, temperature=0.0)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(tokens), attention_mask=torch.tensor(mask), max_new_tokens=8,
+                          do_sample=False, eos_token_id=None, pad_token_id=1, min_new_tokens=8)
+    assert ours.tokens == ref[:, tokens.shape[1]:].tolist()
+
+
+def test_actadd_on_opt_equals_a_forward_pre_hook(reference, tmp_path):
+    """The x-vector at blocks.L.hook_resid_pre is what a pre-hook on decoder layer L adds, with
+    activations read from transformers' own hidden_states[L]."""
+    import torch
+
+    fields = dict(vocab_size=60, hidden_size=24, num_hidden_layers=4, num_attention_heads=3, ffn_dim=32,
+                  max_position_embeddings=32, word_embed_proj_dim=24, do_layer_norm_before=True,
+                  tie_word_embeddings=False)
+    hf = write_opt(reference, tmp_path, fields, seed=5)
+    model = OPT.from_pretrained(tmp_path)
+    plus, minus, prompt, layer, coeff = [2, 17, 9], [2, 30, 31], [2, 5, 6, 7, 8, 9, 10], 2, 3.0
+    vector = actadd.steering_vector(model, [actadd.ActivationAddition(tuple(plus), coeff, layer),
+                                            actadd.ActivationAddition(tuple(minus), -coeff, layer)])
+    with torch.no_grad():
+        acts = [c * hf(torch.tensor([t]), output_hidden_states=True).hidden_states[layer][0] for t, c in
+                ((plus, coeff), (minus, -coeff))]
+
+    def pre_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        for a in acts:
+            hidden[:, :len(a)] = a + hidden[:, :len(a)]
+    handle = hf.model.decoder.layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            ref = hf(torch.tensor([prompt])).logits[0].numpy()
+    finally:
+        handle.remove()
+    ours = model.run_with_hooks(prompt, vector.hooks(len(prompt)))[0]
+    plain = model(prompt)[0]
+    assert np.abs(ours - plain).max() > 1e-2                   # the steering does something
+    err = assert_close(ours, ref, "steered OPT logits")
+    record_parity("actadd on OPT vs a forward pre-hook", logits=max_abs(ours, ref), scaled=err)
+
+
+def test_loading_picks_the_family_and_refuses_what_it_cannot_run(reference, tmp_path):
+    fields = dict(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, ffn_dim=8,
+                  max_position_embeddings=16, word_embed_proj_dim=8, do_layer_norm_before=True,
+                  tie_word_embeddings=True)
+    write_opt(reference, tmp_path / "ok", fields)
+    assert type(minigpt.from_pretrained(tmp_path / "ok")) is OPT
+    raw = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for change, match in (({"model_type": "bloom"}, r"model_type='bloom' is not supported; minigpt runs 'gpt2', 'opt'"),
+                          ({"activation_function": "gelu"}, r"activation_function='gelu' is not supported"),
+                          ({"enable_bias": False}, r"enable_bias=False is not supported"),
+                          ({"layer_norm_elementwise_affine": False}, r"layer_norm_elementwise_affine=False"),
+                          ({"hidden_size": 9}, r"hidden_size=9 is not divisible by num_attention_heads=2")):
+        bad = tmp_path / f"bad{len(match)}"
+        bad.mkdir()
+        (bad / "config.json").write_text(json.dumps({**raw, **change}))
+        (bad / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+        with pytest.raises(ConfigError, match=match):
+            minigpt.from_pretrained(bad)
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(tmp_path / "ok" / "model.safetensors")
+    del tensors["model.decoder.layers.0.fc2.bias"]
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "config.json").write_text(json.dumps(raw))
+    save_file(tensors, missing / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing tensor\(s\) 'layers.0.fc2.bias \(8,\)'"):
+        minigpt.from_pretrained(missing)
+    with pytest.raises(ConfigError, match="missing field"):
+        OPTConfig.from_dict({"model_type": "opt", "hidden_size": 8})
