@@ -132,10 +132,13 @@ class Tokenizer:
     CACHE_SIZE = 100_000  # words remembered; cleared when full, so memory stays bounded
 
     def __init__(self, vocab: dict[str, int], merges: Iterable[tuple[str, str]],
-                 _where: Callable[[int], str] | None = None, _source: str = "vocab"):
+                 _where: Callable[[int], str] | None = None, _source: str = "vocab",
+                 bos_token: str | None = EOT, eos_token: str | None = EOT, special: Iterable[str] = ()):
         merges = list(merges)
         where = _where or (lambda i: f"merges[{i}]")
-        _check_vocab(vocab, _source)
+        named = {"bos_token": bos_token, "eos_token": eos_token}
+        specials = list(dict.fromkeys([t for t in named.values() if t is not None] + list(special)))
+        _check_vocab(vocab, _source, specials, named)
         self.ranks: dict[tuple[str, str], int] = {}
         for rank, (a, b) in enumerate(merges):
             for token in (a, b, a + b):
@@ -145,7 +148,8 @@ class Tokenizer:
                 raise TokenizerError(f"{where(rank)}: merge {a!r} {b!r} repeats {where(self.ranks[a, b])}")
             self.ranks[a, b] = rank
         self.vocab = dict(vocab)
-        self.special_tokens = {EOT: vocab[EOT]}
+        self.special_tokens = {t: vocab[t] for t in specials}   # written as themselves, never merged
+        self.bos_token, self.eos_token = bos_token, eos_token
         alphabet = byte_alphabet()
         self._spell = {b: alphabet[b] for b in range(256)}  # str.translate table: Latin-1 char -> symbol
         unspell = {ch: b for b, ch in enumerate(alphabet)}
@@ -156,16 +160,20 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> Tokenizer:
-        """vocab.json + merges.txt from a local folder or hub id (resolved as the model is)."""
+        """vocab.json + merges.txt from a local folder or hub id (resolved as the model is), with
+        the special tokens that tokenizer_config.json / special_tokens_map.json name (OPT: `</s>`
+        as BOS and EOS; without them, GPT-2's `<|endoftext|>`)."""
         source = locate(name_or_path, revision)
-        return cls.from_files(source.file("vocab.json"), source.file("merges.txt"))
+        named = _special_tokens(source.file("tokenizer_config.json", required=False),
+                                source.file("special_tokens_map.json", required=False))
+        return cls.from_files(source.file("vocab.json"), source.file("merges.txt"), **named)
 
     @classmethod
-    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> Tokenizer:
+    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, **special) -> Tokenizer:
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
         vocab = _read_vocab(vocab_path)
         merges, lines = _read_merges(merges_path)
-        return cls(vocab, merges, _where=lambda i: f"{merges_path}:{lines[i]}", _source=str(vocab_path))
+        return cls(vocab, merges, _where=lambda i: f"{merges_path}:{lines[i]}", _source=str(vocab_path), **special)
 
     def __repr__(self):
         return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.ranks)}, unicode={UNICODE_VERSION})"
@@ -175,10 +183,17 @@ class Tokenizer:
         return len(self.vocab)
 
     @property
-    def eos_token_id(self) -> int:
-        return self.special_tokens[EOT]
+    def bos_token_id(self) -> int:
+        """The id prepended to prompts (GPT-2: <|endoftext|>; OPT: </s>)."""
+        if self.bos_token is None:
+            raise TokenizerError("this tokenizer has no BOS token (its tokenizer_config.json names none), and "
+                                 "ActAdd and --bos prepend one; name it as bos_token in tokenizer_config.json")
+        return self.special_tokens[self.bos_token]
 
-    bos_token_id = eos_token_id  # GPT-2 uses <|endoftext|> for both
+    @property
+    def eos_token_id(self) -> int | None:
+        """The id that ends a text (generation stops there); None if the tokenizer has none."""
+        return None if self.eos_token is None else self.special_tokens[self.eos_token]
 
     # --- encoding ----------------------------------------------------------------------------
 
@@ -273,7 +288,7 @@ class Tokenizer:
 # Files
 
 
-def _check_vocab(vocab, source: str) -> None:
+def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{source}: the vocabulary must be a non-empty object of token -> id")
     seen: dict[int, str] = {}
@@ -292,14 +307,44 @@ def _check_vocab(vocab, source: str) -> None:
     if lost:
         raise TokenizerError(f"{source}: byte-level BPE needs a token for each of the 256 bytes; "
                              f"missing {', '.join(lost[:5])}" + (f" and {len(lost) - 5} more" if len(lost) > 5 else ""))
-    if EOT not in vocab:
-        raise TokenizerError(f"{source}: no {EOT!r} token (GPT-2's BOS and EOS)")
+    for token in specials:
+        if token not in vocab:
+            roles = [role for role, t in (named or {}).items() if t == token]
+            why = "GPT-2's BOS and EOS" if token == EOT and roles else (" and ".join(roles) or "a special token")
+            raise TokenizerError(f"{source}: no {token!r} token ({why})")
     spelling = set(alphabet)
     for token in vocab:
-        if token != EOT and not spelling.issuperset(token):
+        if token not in specials and not spelling.issuperset(token):
             bad = next(ch for ch in token if ch not in spelling)
             raise TokenizerError(f"{source}: token {token!r} has {bad!r}, which is not in GPT-2's byte "
                                  "alphabet (a byte-level BPE spells a space as 'Ġ', a newline as 'Ċ')")
+
+
+def _special_tokens(*paths: Path | None) -> dict:
+    """bos_token, eos_token and the other special tokens named in tokenizer_config.json /
+    special_tokens_map.json (a token is a string or {"content": ...}). Neither file, or neither
+    naming a BOS or EOS: GPT-2's <|endoftext|> for both."""
+    found: dict = {}
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            value = raw.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str) and key not in found:
+                found[key] = value
+        for entry in (raw.get("added_tokens_decoder") or {}).values():
+            if isinstance(entry, dict) and entry.get("special") and isinstance(entry.get("content"), str):
+                found.setdefault("special", []).append(entry["content"])
+    if "bos_token" not in found and "eos_token" not in found:
+        return {}
+    extra = [found[k] for k in ("unk_token", "pad_token") if k in found] + found.get("special", [])
+    return {"bos_token": found.get("bos_token"), "eos_token": found.get("eos_token"), "special": extra}
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

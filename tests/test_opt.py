@@ -171,3 +171,77 @@ def test_loading_picks_the_family_and_refuses_what_it_cannot_run(reference, tmp_
         minigpt.from_pretrained(missing)
     with pytest.raises(ConfigError, match="missing field"):
         OPTConfig.from_dict({"model_type": "opt", "hidden_size": 8})
+
+
+# ---------------------------------------------------------------------------------------------
+# OPT's tokenizer: GPT-2's byte-level BPE files with </s> as BOS
+
+
+def write_opt_tokenizer(folder, config=True):
+    """An OPT-style vocabulary (<s>, <pad>, </s>, <unk> at ids 0-3, no <|endoftext|>), merges
+    that build ' the' and 'abab', and the tokenizer_config.json OPT's hub folders carry."""
+    from minigpt.tokenizer import byte_alphabet
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in byte_alphabet():
+        vocab[ch] = len(vocab)
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("a", "b"), ("ab", "ab")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    if config:
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>",
+            "unk_token": "<unk>", "tokenizer_class": "GPT2Tokenizer", "add_bos_token": True}))
+    return vocab
+
+
+def test_opt_tokenizer_prepends_its_own_bos_as_transformers_does(reference, tmp_path):
+    write_opt_tokenizer(tmp_path)
+    tok = minigpt.Tokenizer.from_pretrained(tmp_path)
+    assert tok.bos_token_id == 2 and tok.eos_token_id == 2 and set(tok.special_tokens) == {"</s>", "<pad>", "<unk>"}
+    hf = reference.transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in ["the abab the", " a b  ab\nthe", "abba"]:
+        assert actadd.tokens_with_bos(tok, text) == hf(text).input_ids      # [2, ...]: BOS </s> first
+        assert tok.decode(tok.encode(text)) == text
+    with pytest.raises(ValueError, match="special token '</s>'"):
+        tok.encode("the </s> end")
+    assert 2 not in tok.encode("the </s>", disallowed_special=())         # as ordinary text when asked
+    # an x-vector pads with the space token of this vocabulary, and its BOS is </s>
+    plus, minus = actadd.x_vector(tok, "the abab", "", 1.0, 0)
+    assert plus.tokens[0] == minus.tokens[0] == 2 and minus.tokens[1:] == (tok.encode(" ")[0],) * (len(plus.tokens) - 1)
+
+
+def test_a_tokenizer_without_bos_is_refused_where_a_bos_is_needed(tmp_path):
+    write_opt_tokenizer(tmp_path, config=False)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    tok = minigpt.Tokenizer.from_pretrained(tmp_path)
+    assert tok.eos_token_id == 2
+    with pytest.raises(minigpt.TokenizerError, match="no BOS token"):
+        actadd.tokens_with_bos(tok, "the ab")
+    # without any config the vocabulary must hold GPT-2's <|endoftext|>
+    (tmp_path / "tokenizer_config.json").unlink()
+    with pytest.raises(minigpt.TokenizerError, match=r"no '<\|endoftext\|>' token \(GPT-2's BOS and EOS\)"):
+        minigpt.Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>"}))
+    with pytest.raises(minigpt.TokenizerError, match=r"no '<bos>' token \(bos_token\)"):
+        minigpt.Tokenizer.from_pretrained(tmp_path)
+    # the older AddedToken form, {"content": ...}, in special_tokens_map.json
+    (tmp_path / "tokenizer_config.json").unlink()
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": {"content": "</s>", "lstrip": False}}))
+    assert minigpt.Tokenizer.from_pretrained(tmp_path).bos_token_id == 2
+
+
+def test_load_an_opt_folder_and_steer_it(reference, tmp_path):
+    vocab = write_opt_tokenizer(tmp_path)
+    fields = dict(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=24,
+                  max_position_embeddings=40, word_embed_proj_dim=16, do_layer_norm_before=True,
+                  tie_word_embeddings=True)
+    write_opt(reference, tmp_path, fields, seed=2)
+    model, tok = minigpt.load(tmp_path)
+    assert isinstance(model, OPT) and tok.bos_token_id == 2
+    result = actadd.generate(model, tok, "the abab the ab", actadd.steering_vector(
+        model, actadd.x_vector(tok, "abab", "", 4.0, 1)), n=2, max_new_tokens=6)
+    assert result.prompt_tokens[0] == 2 and result.steered != result.unsteered
