@@ -417,7 +417,7 @@ def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, p
     prompts = [Prompt(0, prompt, "--prompt", ids=tuple(tokenizer.encode(prompt)))]
     length = len(prompts[0].tokens(tokenizer))
     if length < unit_vectors[layers[0]].length:
-        raise ValueError(f"the prompt has {length} tokens (with <|endoftext|>) but the steering matrix has "
+        raise ValueError(f"the prompt has {length} tokens (with BOS) but the steering matrix has "
                          f"{unit_vectors[layers[0]].length}; lengthen the prompt or shorten the steering prompts")
     _check_fits(model, tokenizer, prompts, "", max_new_tokens)
     settings = {"task": "topic", "prompt": prompt, "plus": plus, "minus": minus, "padding": padding, "layers": layers,
@@ -494,7 +494,7 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
     kept = [p for p in prompts if p not in set(short)]
     if not kept:
         raise ValueError(f"{task}: every one of the {len(prompts)} prompts is shorter than the steering matrix "
-                         f"({vector.length} tokens with <|endoftext|>)")
+                         f"({vector.length} tokens with BOS)")
     _check_fits(model, tokenizer, kept, prefix or "", max_new_tokens)
     ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
     conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=float(coeff))]

@@ -200,7 +200,7 @@ def relevance(model: GPT2, tokenizer: Tokenizer, documents: Sequence[tuple[str, 
     if not chunks:
         raise ValueError(f"no chunk of {chunk_tokens} tokens in the {len(documents)} documents given")
     if chunk_tokens + 1 > model.config.n_positions:
-        raise ValueError(f"chunks of {chunk_tokens} tokens with <|endoftext|> do not fit n_positions="
+        raise ValueError(f"chunks of {chunk_tokens} tokens with BOS do not fit n_positions="
                          f"{model.config.n_positions}; use --chunk-tokens {model.config.n_positions - 1} or fewer")
     if chunk_tokens + 1 <= vector.length:
         raise ValueError(f"chunks of {chunk_tokens} tokens leave no prediction after the steering matrix's "
@@ -393,7 +393,7 @@ def knowledge(model: GPT2, tokenizer: Tokenizer, facts: Sequence[Fact], out: str
               padding: str = "space", limit: int | None = None, skipped: Sequence[dict] = (),
               batch_tokens: int = 1024, progress: bool = True) -> Result:
     """P@K for K = 1..10: the fraction of facts whose object is among the K most likely next
-    tokens after the prompt (with <|endoftext|> first), unsteered and steered with plus - minus
+    tokens after the prompt (with BOS first), unsteered and steered with plus - minus
     at `layer` (default the paper's 16 of 48, rescaled) x `coeff` over the whole prompt; each
     with its Wilson interval, and the paired difference (t over facts). Prompts shorter than the
     steering matrix, or too long for the context, are skipped and counted."""

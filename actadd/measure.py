@@ -21,7 +21,7 @@ from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, gener
                        tokens_with_bos, x_vector)
 
 # ---------------------------------------------------------------------------------------------
-# Corpora: (group, token ids with <|endoftext|> first)
+# Corpora: (group, token ids with BOS first)
 
 SPLITS = ("sentences", "chunks", "lines", "tsv")
 
@@ -171,7 +171,7 @@ def _check_texts(model: GPT2, texts, vector: SteeringVector, skip_short: bool):
     short = [i for i, (_, ids) in enumerate(texts) if len(ids) < vector.length]
     if short and not skip_short:
         group, ids = texts[short[0]]
-        raise ValueError(f"text {short[0]} of {group!r} has {len(ids)} tokens (with <|endoftext|>) but the steering "
+        raise ValueError(f"text {short[0]} of {group!r} has {len(ids)} tokens (with BOS) but the steering "
                          f"matrix has {vector.length} positions ({len(short)} such texts); pass skip_short=True "
                          "(--skip-short) to leave them out, or use longer texts")
     kept = [t for i, t in enumerate(texts) if i not in set(short)]
@@ -255,7 +255,7 @@ def _token_set(tokens, vocab: int) -> np.ndarray:
 
 
 def next_token(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector) -> NextToken:
-    """The next-token distributions after `prompt` (with <|endoftext|>), unsteered and steered."""
+    """The next-token distributions after `prompt` (with BOS), unsteered and steered."""
     ids = tokens_with_bos(tokenizer, prompt)
     return NextToken(_next_distribution(model, ids), _next_distribution(model, ids, vector))
 

@@ -1,7 +1,7 @@
 """Activation Addition (Turner et al., arXiv 2308.10248), as the authors' code does it
 (montemac/activation_additions, on TransformerLens), with each step of the method marked once:
 
-    Step 1  prompts are tokenized with <|endoftext|> prepended ............. tokens_with_bos
+    Step 1  prompts are tokenized with BOS (<|endoftext|>, OPT's </s>) first ... tokens_with_bos
     Step 2  the site is blocks.{L}.hook_resid_pre, the whole [pos, d_model] matrix .. site
     Step 3  an addition contributes coeff * resid_pre_L(prompt); an x-vector is (plus, +c)
             and (minus, -c), the shorter right-padded with " " ................ x_vector
@@ -64,7 +64,7 @@ class ActivationAddition:
 
 
 def tokens_with_bos(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Step 1: a prompt's tokens with <|endoftext|> prepended (TransformerLens's prepend_bos=True)."""
+    """Step 1: a prompt's tokens after the tokenizer's BOS (<|endoftext|>, OPT's </s>): prepend_bos."""
     return [tokenizer.bos_token_id] + tokenizer.encode(prompt)
 
 
@@ -210,7 +210,7 @@ def _check_lengths(lengths, n: int, alignment: str, rows=None) -> None:
         i = int(short[0])
         raise ValueError(
             f"the prompt of batch row {i if rows is None else int(rows[i])} has {int(lengths[i])} tokens (with "
-            f"<|endoftext|>) but the steering matrix has {n} positions ({alignment} alignment needs the prompt at "
+            f"BOS) but the steering matrix has {n} positions ({alignment} alignment needs the prompt at "
             "least as long): lengthen the prompt (e.g. pad it with spaces) or shorten the steering prompts"
         )
 
@@ -259,7 +259,7 @@ PAPER_SAMPLING = {"temperature": 1.0, "top_p": 0.3, "freq_penalty": 1.0}
 @dataclass
 class SideBySide:
     prompt: str
-    prompt_tokens: list[int]           # with <|endoftext|> first
+    prompt_tokens: list[int]           # with BOS first
     unsteered: list[str]
     steered: list[str]
     unsteered_tokens: list[list[int]]

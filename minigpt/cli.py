@@ -15,7 +15,7 @@ from .generate import Sampling, stream
 from .gpt2 import GPT2
 from .model import softmax
 from .sources import CheckpointError
-from .tokenizer import EOT, Tokenizer
+from .tokenizer import Tokenizer
 
 
 def top_next_tokens(model: GPT2, ids: list[int], k: int) -> list[tuple[int, float, float]]:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     nxt.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     nxt.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     nxt.add_argument("--ids", type=int, nargs="+", help="the prompt as token ids instead of text")
-    nxt.add_argument("--bos", action="store_true", help=f"prepend {EOT} (as TransformerLens and ActAdd do)")
+    nxt.add_argument("--bos", action="store_true", help="prepend the BOS token (GPT-2: <|endoftext|>; OPT: </s>), as TransformerLens and ActAdd do")
     nxt.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
 
     gen = sub.add_parser("generate", help="sample continuations (streamed for one prompt and one sample)")
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--presence-penalty", type=float, default=0.0, help="subtracted once if the token occurred")
     gen.add_argument("--seed", type=int, default=0, help="row i draws from numpy default_rng([seed, i])")
     gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt (default 1)")
-    gen.add_argument("--bos", action="store_true", help=f"prepend {EOT} (the paper's setting)")
-    gen.add_argument("--no-stop", action="store_true", help=f"do not stop at {EOT}")
+    gen.add_argument("--bos", action="store_true", help="prepend the BOS token (the paper's setting)")
+    gen.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
     args = parser.parse_args(argv)
     if args.command == "generate":
         return _generate(parser, args)

@@ -195,11 +195,11 @@ def _prompt_ids(model: Transformer, prompts, tokenizer: Tokenizer | None, prepen
             ids = [int(t) for t in ids]
         if prepend_bos:
             if tokenizer is None:
-                raise ValueError("prepend_bos needs a tokenizer (for the id of <|endoftext|>)")
+                raise ValueError("prepend_bos needs a tokenizer (for the id of its BOS token)")
             ids = [tokenizer.bos_token_id] + ids
         if not ids:
-            raise ValueError(f"prompt {i} is empty; GPT-2 needs at least one token (prepend_bos=True gives "
-                             "<|endoftext|>)")
+            raise ValueError(f"prompt {i} is empty; a model needs at least one token (prepend_bos=True gives "
+                             "the BOS token)")
         bad = next((t for t in ids if not 0 <= t < model.config.vocab_size), None)
         if bad is not None:
             raise ValueError(f"prompt {i}: token id {bad} at position {ids.index(bad)} is outside the "

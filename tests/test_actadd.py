@@ -209,7 +209,7 @@ def test_bad_additions_and_prompts_are_refused(model):
         steering_vector(model, x_vector(TOK, "the", "ab", 1.0, 3))
     vector = steering_vector(model, x_vector(TOK, "the ab the ab", "", 1.0, 1))   # "" is padded with spaces
     assert vector.length == len(actadd.tokens_with_bos(TOK, "the ab the ab"))
-    message = (r"the prompt of batch row 0 has 2 tokens \(with <\|endoftext\|>\) but the steering matrix has "
+    message = (r"the prompt of batch row 0 has 2 tokens \(with BOS\) but the steering matrix has "
                r"\d+ positions .*lengthen the prompt .* or shorten the steering prompts")
     with pytest.raises(ValueError, match=message):
         actadd.generate(model, TOK, "ab", vector)
