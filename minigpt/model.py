@@ -337,6 +337,9 @@ class Transformer:
             raise ValueError(
                 f"hook name {name!r}: this model has blocks 0 to {self.config.n_layer - 1}"
             )
+        if name not in self.hook_names:       # e.g. ln_final in a post-LayerNorm OPT, which has none
+            raise ValueError(f"hook name {name!r}: this model has no such point ({type(self).__name__} "
+                             f"{'' if getattr(self.config, 'do_layer_norm_before', True) else 'post-LayerNorm '}model)")
 
     # --- the pass's bookkeeping, on the host ---------------------------------------------------
 

@@ -167,7 +167,9 @@ class OPT(Transformer):
         self.layers = [tree["layers"][str(L)] for L in range(config.num_hidden_layers)]
         self.final_layer_norm = tree.get("final_layer_norm")
         self.lm_head = self.embed_tokens if config.tie_word_embeddings else tree["lm_head"]["weight"]
-        self.hook_names = hook_names(config.num_hidden_layers)
+        # A post-LayerNorm OPT ends with its last block's LayerNorm: it has no ln_final.
+        self.hook_names = [n for n in hook_names(config.num_hidden_layers)
+                           if self.final_layer_norm is not None or not n.startswith("ln_final.")]
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,

@@ -28,6 +28,7 @@ from conftest import (TOL, assert_close, assert_same_argmax, configs, decode_wit
                       random_state_dict, record_parity, scaled_error)
 from minigpt import GPT2, BackendError, GPT2Config, generate
 from minigpt.backend import NUMPY, array_namespace, get_backend
+from minigpt.generate import left_pad
 from strict_backend import StrictArray, StrictError, strict_backend, xp as strict_xp
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +175,37 @@ def test_the_gpt2_shape_matches_transformers(reference, device):
     config = GPT2Config()  # 12 layers x 768, 50,257 tokens, 1,024 positions
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (1, 48))
     check_against_transformers(reference, device, config, tokens, 0, "gpt2 shape, 48 tokens")
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_opt_equals_the_numpy_path(device, data):
+    """OPT (pre- and post-LayerNorm, projected embeddings, untied head) on the device: logits,
+    every hook and cached decoding equal the NumPy path's."""
+    from minigpt import OPT, OPTConfig
+    from minigpt.opt import expected_shapes
+
+    heads = data.draw(st.integers(1, 3))
+    hidden = heads * data.draw(st.integers(2, 6))
+    config = OPTConfig(vocab_size=data.draw(st.integers(8, 40)), hidden_size=hidden, num_hidden_layers=data.draw(
+        st.integers(1, 3)), num_attention_heads=heads, ffn_dim=data.draw(st.integers(4, 24)), max_position_embeddings=16,
+        word_embed_proj_dim=data.draw(st.sampled_from([hidden, max(2, hidden // 2)])),
+        do_layer_norm_before=data.draw(st.booleans()), tie_word_embeddings=data.draw(st.booleans()))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    state = {n: rng.normal(1.0 if n.endswith("layer_norm.weight") else 0.0, 0.3, shape).astype(np.float32)
+             for n, shape in expected_shapes(config).items()}
+    ref_model, model = OPT(config, state), OPT(config, state, backend=device)
+    prompts = [rng.integers(0, config.vocab_size, rng.integers(1, 9)).tolist() for _ in range(2)]
+    tokens, mask = left_pad(prompts)
+    ref_logits, ref_cache = ref_model.run_with_cache(tokens, attention_mask=mask)
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    assert list(cache) == list(ref_cache) == model.hook_names
+    assert_matches(device, logits, ref_logits, "OPT logits")
+    for name in cache:
+        assert_matches(device, cache[name], ref_cache[name], f"OPT {name}")
+    for a, b in zip(decode_with_cache(model, prompts, 4, np.random.default_rng(1))[0],
+                    decode_with_cache(ref_model, prompts, 4, np.random.default_rng(1))[0]):
+        assert_matches(device, a, b, "OPT cached decoding")
 
 
 def test_device_token_ids_are_checked_on_the_host(device):

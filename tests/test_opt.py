@@ -245,3 +245,36 @@ def test_load_an_opt_folder_and_steer_it(reference, tmp_path):
     result = actadd.generate(model, tok, "the abab the ab", actadd.steering_vector(
         model, actadd.x_vector(tok, "abab", "", 4.0, 1)), n=2, max_new_tokens=6)
     assert result.prompt_tokens[0] == 2 and result.steered != result.unsteered
+
+
+@pytest.mark.parametrize("dtype, shard", [("float16", None), ("bfloat16", "20KB"), ("float32", "20KB")])
+def test_half_precision_and_sharded_checkpoints(reference, tmp_path, dtype, shard):
+    """float16 / bfloat16 files widened to float32 as transformers widens them, and sharded files
+    (an index and several safetensors), give transformers' logits."""
+    import torch
+
+    fields = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                  max_position_embeddings=24, word_embed_proj_dim=16, do_layer_norm_before=False,
+                  tie_word_embeddings=False)
+    hf = write_opt(reference, tmp_path / "f32", fields, seed=7)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    hf.to(getattr(torch, dtype)).save_pretrained(tmp_path / "m", **kwargs)
+    files = sorted(p.name for p in (tmp_path / "m").glob("*.safetensors"))
+    assert (len(files) > 1) == bool(shard)
+    ref_model = reference.transformers.OPTForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    model = minigpt.from_pretrained(tmp_path / "m")
+    ids = [[2, 5, 9, 33, 7, 1, 60]]
+    with torch.no_grad():
+        ref = ref_model(torch.tensor(ids)).logits.numpy()
+    assert_close(model(ids), ref, f"{dtype} logits")
+
+
+def test_a_post_layernorm_opt_has_no_final_layernorm_hook(reference, tmp_path):
+    fields = dict(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, ffn_dim=8,
+                  max_position_embeddings=16, word_embed_proj_dim=8, do_layer_norm_before=False,
+                  tie_word_embeddings=True)
+    write_opt(reference, tmp_path, fields)
+    model = minigpt.from_pretrained(tmp_path)
+    assert not any(n.startswith("ln_final") for n in model.hook_names)
+    with pytest.raises(ValueError, match="no such point .*post-LayerNorm"):
+        model.run_with_hooks([2, 3], [("ln_final.hook_scale", lambda x, hook: None)])
