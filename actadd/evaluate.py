@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import minigpt
-from minigpt import GPT2, Tokenizer
+from minigpt import Tokenizer, Transformer
 
 from . import stats
 from .measure import next_token_logprobs, scaled, topic_pattern
@@ -210,12 +210,12 @@ def units(conditions: Sequence[Condition], prompts: Sequence[Prompt], samples: i
 class Context:
     """What every unit of a run needs: the models, the sampling, and the optional extras."""
 
-    model: GPT2
+    model: Transformer
     tokenizer: Tokenizer
     max_new_tokens: int
     sampling: dict
     seed: int
-    fluency: tuple[GPT2, Tokenizer] | None = None    # None: the model itself
+    fluency: tuple[Transformer, Tokenizer] | None = None    # None: the model itself
     relevance: Callable | None = None                # (prompts, continuations) -> cosines
     topic: object = None                             # a compiled topic-word pattern
 
@@ -353,7 +353,7 @@ def _bar(total: int, enabled: bool, desc: str, unit: str = "sample"):
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
 
 
-def _check_fits(model: GPT2, tokenizer: Tokenizer, prompts: Sequence[Prompt], prefix: str, max_new_tokens: int):
+def _check_fits(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt], prefix: str, max_new_tokens: int):
     """Every prompt, with a prompting prefix and the new tokens, within the context: checked
     before any work, rather than failing a batch midway (nothing is truncated)."""
     extra = len(tokenizer.encode(prefix)) + max_new_tokens
@@ -379,7 +379,7 @@ def _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, re
                    _relevance(relevance_model) if relevance_model else None, topic)
 
 
-def _model_settings(model: GPT2, fluency_model, relevance_model) -> dict:
+def _model_settings(model: Transformer, fluency_model, relevance_model) -> dict:
     return {"model": fingerprint(model),
             "fluency_model": "the model itself" if fluency_model is None else fingerprint(fluency_model[0]),
             "relevance_model": relevance_model}
@@ -394,7 +394,7 @@ def _digest_records(items) -> str:
     return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()
 
 
-def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, prompt: str = TOPIC_PROMPT,
+def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = None, *, prompt: str = TOPIC_PROMPT,
           plus: str = " weddings", minus: str = "", layers: Sequence[int] | None = None,
           coeffs: Sequence[float] = (1.0,), words: Sequence[str] = WEDDING_WORDS, samples: int = 200,
           max_new_tokens: int = 40, seed: int = 0, padding: str = "space", fluency_model=None,
@@ -430,7 +430,7 @@ def topic(model: GPT2, tokenizer: Tokenizer, out: str | Path | None = None, *, p
     return run
 
 
-def sentiment(model: GPT2, tokenizer: Tokenizer, texts: Sequence[Prompt], out: str | Path | None = None, *,
+def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt], out: str | Path | None = None, *,
               layer: int, coeff: float, direction: str = "neg-to-pos", plus: str | None = None,
               minus: str | None = None, prefix: str | None = None, truncate: int = 32, samples: int = 1,
               max_new_tokens: int = 64, limit: int | None = None, scorer: str | Scorer = "vader",
@@ -466,7 +466,7 @@ def sentiment(model: GPT2, tokenizer: Tokenizer, texts: Sequence[Prompt], out: s
                                 "limit": limit})
 
 
-def toxicity(model: GPT2, tokenizer: Tokenizer, prompts: Sequence[Prompt], out: str | Path | None = None, *,
+def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt], out: str | Path | None = None, *,
              layer: int, coeff: float, plus: str = "Love", minus: str = "Hate", samples: int = 25,
              max_new_tokens: int = 32, limit: int | None = None, scorer: str | Scorer = "profanity",
              scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,

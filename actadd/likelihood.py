@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from minigpt import GPT2, Tokenizer
+from minigpt import Tokenizer, Transformer
 
 from . import stats
 from .evaluate import WEDDING_WORDS, _bar, _digest_records, _jsonl, _read
@@ -181,7 +181,7 @@ def relevance_bins(relevances: Sequence[float], edges: Sequence[float] | None = 
     return bins, which
 
 
-def relevance(model: GPT2, tokenizer: Tokenizer, documents: Sequence[tuple[str, str]], out: str | Path | None = None, *,
+def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tuple[str, str]], out: str | Path | None = None, *,
               plus: str = " weddings", minus: str = "", layer: int | None = None, coeff: float = 1.0,
               words: Sequence[str] = WEDDING_WORDS, chunk_tokens: int = 100, edges: Sequence[float] | None = None,
               quantiles: int = 4, padding: str = "space", max_chunks: int | None = None, seed: int = 0,
@@ -388,7 +388,7 @@ def ranks(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
     return ((logits > own) | ((logits == own) & (ids < t[:, None]))).sum(axis=1)
 
 
-def knowledge(model: GPT2, tokenizer: Tokenizer, facts: Sequence[Fact], out: str | Path | None = None, *,
+def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], out: str | Path | None = None, *,
               plus: str = " weddings", minus: str = "", layer: int | None = None, coeff: float = 1.0,
               padding: str = "space", limit: int | None = None, skipped: Sequence[dict] = (),
               batch_tokens: int = 1024, progress: bool = True) -> Result:

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from minigpt import GPT2, Tokenizer
+from minigpt import Tokenizer, Transformer
 from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
 
@@ -76,7 +76,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def next_token_logprobs(model: GPT2, sequences: Sequence[Sequence[int]], vector: SteeringVector | None = None,
+def next_token_logprobs(model: Transformer, sequences: Sequence[Sequence[int]], vector: SteeringVector | None = None,
                         batch_tokens: int = 1024) -> list[np.ndarray]:
     """For each sequence, log P(token t+1 | tokens 0..t) for every t: float32 [len - 1]. With a
     vector, each sequence is the prompt it steers (added at its own front/mid/back). Sequences
@@ -157,7 +157,7 @@ class LogprobShift:
         return result
 
 
-def _check_texts(model: GPT2, texts, vector: SteeringVector, skip_short: bool):
+def _check_texts(model: Transformer, texts, vector: SteeringVector, skip_short: bool):
     """Texts that fit the context, and are not shorter than the steering matrix (or, with
     `skip_short`, without those that are)."""
     if not texts:
@@ -180,7 +180,7 @@ def _check_texts(model: GPT2, texts, vector: SteeringVector, skip_short: bool):
     return kept
 
 
-def logprob_shift(model: GPT2, texts: Sequence[tuple[str, Sequence[int]]], vector: SteeringVector, mask: bool = True,
+def logprob_shift(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], vector: SteeringVector, mask: bool = True,
                   skip_short: bool = False, unsteered: list[np.ndarray] | None = None,
                   batch_tokens: int = 1024) -> LogprobShift:
     """Log-probs of each text's tokens unsteered and steered. As the original, the predictions
@@ -254,13 +254,13 @@ def _token_set(tokens, vocab: int) -> np.ndarray:
     return a
 
 
-def next_token(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector) -> NextToken:
+def next_token(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: SteeringVector) -> NextToken:
     """The next-token distributions after `prompt` (with BOS), unsteered and steered."""
     ids = tokens_with_bos(tokenizer, prompt)
     return NextToken(_next_distribution(model, ids), _next_distribution(model, ids, vector))
 
 
-def _next_distribution(model: GPT2, ids: list[int], vector: SteeringVector | None = None) -> np.ndarray:
+def _next_distribution(model: Transformer, ids: list[int], vector: SteeringVector | None = None) -> np.ndarray:
     """float64 [vocab]: P(next token | ids), steered by `vector` over the whole of `ids` if given."""
     hooks = vector.hooks(prompt_lengths=len(ids)) if vector is not None else ()
     logits = model.backend.to_host(model.run_with_hooks(ids, hooks, last_only=True)[0, -1])  # [vocab]
@@ -280,7 +280,7 @@ def topic_pattern(words: Sequence[str]) -> re.Pattern:
     return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
 
-def topic_counts(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, words: Sequence[str],
+def topic_counts(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, words: Sequence[str],
                  seeds: Sequence[int] = range(5), n: int = 10, max_new_tokens: int = 40, **sampling) -> dict:
     """How often words of `words` (whole words, any case) occur in completions sampled as in the
     paper, unsteered and steered, over several seeds (the paper's wedding-word count)."""
@@ -296,7 +296,7 @@ def topic_counts(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: Steerin
             "steered_per_completion": sum(s["steered"] for s in per_seed) / completions}
 
 
-def prompting_vs_injection(model: GPT2, tokenizer: Tokenizer, phrase: str, texts: Sequence[tuple[str, Sequence[int]]],
+def prompting_vs_injection(model: Transformer, tokenizer: Tokenizer, phrase: str, texts: Sequence[tuple[str, Sequence[int]]],
                            coeff: float, layer: int, padding: str = "space") -> dict:
     """The post's comparison: perplexity ratio of each group's text when `phrase` is put before
     it in the prompt, and when it is added as activations (x-vector phrase - "", padded), against
@@ -331,7 +331,7 @@ def scaled(vector: SteeringVector, coeff: float) -> SteeringVector:
                    activations=tuple(coeff * m for m in vector.activations))
 
 
-def sweep(model: GPT2, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequence[int], coeffs: Sequence[float],
+def sweep(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequence[int], coeffs: Sequence[float],
           alignments: Sequence[str] = ("front",), padding: str = "space", texts=None, prompt: str | None = None,
           topic_tokens: Sequence[int] = (), mask: bool = True, skip_short: bool = False, progress: bool = True,
           batch_tokens: int = 1024) -> list[dict]:
@@ -466,7 +466,7 @@ def _plot(rows: list[dict], path: str) -> None:
 ORIGINAL_GPT2_XL = {"unsteered": 4.819790363311768, "steered": 7.975721836090088}
 
 
-def reproduce(model: GPT2, tokenizer: Tokenizer, layer: int = 6, coeff: float = 2.0) -> dict:
+def reproduce(model: Transformer, tokenizer: Tokenizer, layer: int = 6, coeff: float = 2.0) -> dict:
     """Mean next-token loss of <|endoftext|>I hate you because, unsteered and with the x-vector
     "Love " - "Hate" (both 3 tokens with BOS: no padding) at `layer`, `coeff`, front. On gpt2-xl
     the original library gave ORIGINAL_GPT2_XL (layer 6, coefficient 2)."""

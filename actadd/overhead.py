@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import minigpt
-from minigpt import GPT2, GPT2Config
+from minigpt import GPT2, GPT2Config, Transformer
 
 from . import stats
 from .steering import ActivationAddition, steering_vector
@@ -55,7 +55,7 @@ class Work:
     run: object         # run(hooks) does the work with those fwd_hooks
 
 
-def overhead(model: GPT2, *, layer: int | None = None, batch: int = 32, tokens: int = 64, repeats: int = 20,
+def overhead(model: Transformer, *, layer: int | None = None, batch: int = 32, tokens: int = 64, repeats: int = 20,
              generate_rows: int = 8, prompt_tokens: int = 16, new_tokens: int = 32, control: bool = True,
              seed: int = 0, progress: bool = True) -> dict:
     """Time a forward pass over [batch, tokens] random ids and a greedy generation of
@@ -135,7 +135,7 @@ def overhead(model: GPT2, *, layer: int | None = None, batch: int = 32, tokens: 
                          "fraction_of_forward": hook_s / forward_s}}
 
 
-def addition_seconds(model: GPT2, vector, batch: int, tokens: int, repeats: int) -> float:
+def addition_seconds(model: Transformer, vector, batch: int, tokens: int, repeats: int) -> float:
     """Median seconds of the steering hook itself on a [batch, tokens, d_model] activation."""
     from minigpt.model import HookPoint
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt import GPT2, Tokenizer
+from minigpt import Tokenizer, Transformer
 
 from . import evaluate, likelihood, overhead
 from .results import json_safe, write_text
@@ -57,7 +57,7 @@ def spread_layers(n_layer: int, count: int, must: int) -> list[int]:
     return sorted(picked)
 
 
-def run(model: GPT2, tokenizer: Tokenizer, out: str | Path, *, model_name: str = "", quick: bool = False,
+def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name: str = "", quick: bool = False,
         relevance_data: str | Path | None = None, lama: str | Path | None = None, layers=None, seed: int = 0,
         progress: bool = True) -> dict:
     """The battery; returns paper.json's content. Topic uses the paper's prompt, vector and

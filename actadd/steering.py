@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from minigpt import GPT2, Tokenizer
+from minigpt import Tokenizer, Transformer
 from minigpt.backend import array_namespace
 
 Alignment = Literal["front", "mid", "back"]
@@ -215,7 +215,7 @@ def _check_lengths(lengths, n: int, alignment: str, rows=None) -> None:
         )
 
 
-def steering_vector(model: GPT2, additions: Sequence[ActivationAddition], alignment: Alignment = "front",
+def steering_vector(model: Transformer, additions: Sequence[ActivationAddition], alignment: Alignment = "front",
                     padding: str = "space") -> SteeringVector:
     """Step 4: every addition's activations, from the unsteered model (no hook attached), one
     forward pass per distinct token sequence, reading all the layers it is needed at."""
@@ -237,13 +237,13 @@ def steering_vector(model: GPT2, additions: Sequence[ActivationAddition], alignm
     return SteeringVector(additions, activations, alignment, padding, fingerprint(model))
 
 
-def fingerprint(model: GPT2) -> dict:
+def fingerprint(model: Transformer) -> dict:
     from .vector_io import weights_hash
 
     return {"config": model_config_dict(model), "weights_sha256": weights_hash(model)}
 
 
-def model_config_dict(model: GPT2) -> dict:
+def model_config_dict(model: Transformer) -> dict:
     from dataclasses import asdict
 
     return asdict(model.config)
@@ -267,7 +267,7 @@ class SideBySide:
     seed: int
 
 
-def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, n: int = 3, seed: int = 0,
+def generate(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, n: int = 3, seed: int = 0,
              max_new_tokens: int = 50, alignment: Alignment | None = None, **sampling) -> SideBySide:
     """Step 9: n unsteered and n steered completions of `prompt`, sampled as in the paper
     (temperature 1, top-p 0.3, frequency penalty 1 counting the prompt; `sampling` overrides)
@@ -308,7 +308,7 @@ class NormReport:
         return "\n".join(lines)
 
 
-def norm_report(model: GPT2, tokenizer: Tokenizer, vector: SteeringVector, prompt: str,
+def norm_report(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector, prompt: str,
                 alignment: Alignment | None = None) -> list[NormReport]:
     """For each steered layer: how large the addition is next to the residual stream it is added
     to, position by position (coefficients mean little across layers and models without it)."""

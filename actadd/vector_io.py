@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt import GPT2
+from minigpt import Transformer
 
 from .results import atomic_write
 from .steering import ALIGNMENTS, ActivationAddition, SteeringVector, model_config_dict, site
@@ -31,7 +31,7 @@ class VectorFileError(ValueError):
     """A steering vector file that is malformed, or made for another model."""
 
 
-def weights_hash(model: GPT2) -> str:
+def weights_hash(model: Transformer) -> str:
     """SHA-256 over every parameter's name, shape and float32 bytes, by name. Computed once
     per model and remembered on it."""
     cached = getattr(model, "_weights_sha256", None)
@@ -71,7 +71,7 @@ def save(vector: SteeringVector, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"actadd": json.dumps(manifest)}))
 
 
-def load(path: str | os.PathLike, model: GPT2, allow_other_weights: bool = False) -> SteeringVector:
+def load(path: str | os.PathLike, model: Transformer, allow_other_weights: bool = False) -> SteeringVector:
     """Read a vector saved by `save`, checked against `model`."""
     from safetensors import safe_open
 

@@ -8,17 +8,16 @@ import sys
 
 import numpy as np
 
-from . import load
+from . import from_pretrained, load
 from .backend import BACKENDS, BackendError
 from .config import ConfigError
 from .generate import Sampling, stream
-from .gpt2 import GPT2
-from .model import softmax
+from .model import Transformer, softmax
 from .sources import CheckpointError
 from .tokenizer import Tokenizer
 
 
-def top_next_tokens(model: GPT2, ids: list[int], k: int) -> list[tuple[int, float, float]]:
+def top_next_tokens(model: Transformer, ids: list[int], k: int) -> list[tuple[int, float, float]]:
     """(token id, logit, probability) of the k most likely tokens after `ids`, best first."""
     logits = model.backend.to_host(model(ids)[0, -1])                          # [vocab]
     probs = softmax(logits)
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer = load(args.model, revision=args.revision, backend=args.backend)
             ids = tokenizer.encode(args.text)
         else:
-            model, ids = GPT2.from_pretrained(args.model, revision=args.revision, backend=args.backend), list(args.ids)
+            model, ids = from_pretrained(args.model, revision=args.revision, backend=args.backend), list(args.ids)
             try:  # token strings are nice to have; a folder without tokenizer files still works
                 tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
             except CheckpointError:

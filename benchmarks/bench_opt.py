@@ -1,0 +1,104 @@
+"""minigpt's OPT against transformers' OPTForCausalLM (PyTorch CPU) on the same random weights of
+a real OPT shape (float32), both engines in one process:
+
+    python benchmarks/bench_opt.py [--shape opt-125m|opt-1.3b] [--repeats 3] [--json out.json]
+
+    prefill 128      one forward pass over 128 tokens, logits for every position
+    decode b1 / b8   greedy generation of 32 new tokens after a 16-token prompt, batch 1 / 8
+                     (tok/s counts new tokens of all rows; the prefill is included)
+
+transformers runs `model(...)` and `model.generate(do_sample=False)` with its KV cache; minigpt
+runs `model(...)` and `minigpt.generate(temperature=0)`. Every repeat runs every case on both
+engines, the order alternating between repeats (benchmarks/alternate.py); the table gives
+medians, and minigpt's speed relative to transformers. Both engines' greedy tokens must agree
+(the benchmark stops otherwise). Needs the test extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import alternate  # noqa: E402
+import minigpt  # noqa: E402
+
+SHAPES = {  # the published configs' sizes
+    "opt-125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+                     word_embed_proj_dim=768),
+    "opt-1.3b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, ffn_dim=8192,
+                     word_embed_proj_dim=2048),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="opt-125m")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="default: benchmarks/bench_opt_SHAPE.json")
+    args = parser.parse_args()
+    args.json = args.json or HERE / f"bench_opt_{args.shape}.json"
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    config = transformers.OPTConfig(vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2,
+                                    eos_token_id=2, **SHAPES[args.shape])
+    torch.manual_seed(0)
+    hf = transformers.OPTForCausalLM(config).eval()          # transformers' own initialisation (sd 0.02)
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{args.shape}-"))
+    hf.save_pretrained(folder)
+    ours = minigpt.from_pretrained(folder)
+    rng = np.random.default_rng(0)
+    long_ids = rng.integers(4, config.vocab_size, (1, 128))
+    prompts = rng.integers(4, config.vocab_size, (8, 16))
+    prompts[:, 0] = 2                                          # </s>, OPT's BOS
+
+    def hf_generate(batch):
+        ids = torch.as_tensor(prompts[:batch])
+        with torch.no_grad():
+            out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=32,
+                              min_new_tokens=32, pad_token_id=1)
+        return out[:, 16:].tolist()
+
+    def ours_generate(batch):
+        return minigpt.generate(ours, prompts[:batch].tolist(), max_new_tokens=32, temperature=0,
+                                stop_at_eos=False).tokens
+
+    def hf_prefill():
+        with torch.no_grad():
+            hf(torch.as_tensor(long_ids))
+
+    agree = ours_generate(8) == hf_generate(8)
+    if not agree:
+        raise SystemExit("minigpt's greedy tokens differ from transformers'")
+    cases = {
+        "prefill 128": (128, {"transformers": hf_prefill, "minigpt": lambda: ours(long_ids)}),
+        "decode b1": (32, {"transformers": lambda: hf_generate(1), "minigpt": lambda: ours_generate(1)}),
+        "decode b8": (8 * 32, {"transformers": lambda: hf_generate(8), "minigpt": lambda: ours_generate(8)}),
+    }
+    alternate.warm_up(cases)
+    times = alternate.time_alternating(cases, args.repeats)
+    rows = alternate.rows(cases, times, baseline="transformers")
+    c = config
+    print(f"{args.shape} shape ({c.num_hidden_layers} x {c.hidden_size}, vocab {c.vocab_size}), float32; "
+          f"{args.repeats} repeats; numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads), {os.cpu_count()} cores; greedy tokens equal: {agree}")
+    print(f"{'case':<12} {'engine':<13} {'median s':>9} {'min':>7} {'max':>7} {'tok/s':>8} {'x transformers':>15}")
+    for r in rows:
+        print(f"{r['case']:<12} {r['engine']:<13} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} "
+              f"{r['tokens_per_s']:>8.1f} {r['speedup_vs_transformers']:>15.2f}")
+    args.json.write_text(json.dumps({"shape": args.shape, "repeats": args.repeats, "greedy_tokens_equal": agree,
+                                     "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
