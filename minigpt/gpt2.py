@@ -17,15 +17,12 @@ Token ids, masks and position ids are checked and made on the host with NumPy, t
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from .backend import Backend, get_backend
+from .backend import Backend
 from .config import GPT2Config
-from .model import (KVCache, Transformer, _HookPoints, attention_scores, causal_attention, centre, gelu_new, hook_names,
-                    linear, rms_scale, softmax)
-from .weights import canonical_state_dict, read_checkpoint, resolve_checkpoint
+from .model import KVCache, Transformer, _HookPoints, gelu_new, hook_names, linear
+from .weights import canonical_state_dict
 
 
 class GPT2(Transformer):
@@ -40,6 +37,9 @@ class GPT2(Transformer):
     moved there once, here.
     """
 
+    config_class = GPT2Config
+    repr_fields = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+
     def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict",
                  backend: str | Backend = "numpy"):
         tree = self._to_device(canonical_state_dict(state_dict, config, source=source), source, backend)
@@ -49,26 +49,9 @@ class GPT2(Transformer):
         self.ln_f = tree["ln_f"]
         self.hook_names = hook_names(config.n_layer)
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-                        backend: str | Backend = "numpy") -> GPT2:
-        """Load a local Hugging Face folder or a hub id (`gpt2`, `gpt2-xl`, `org/name`, ...),
-        onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
-        backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
-        files = resolve_checkpoint(name_or_path, revision)
-        config = GPT2Config.from_json(files.config)
-        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
-        return cls(config, read_checkpoint(files), source=source, backend=backend)
-
     def _tree(self) -> dict:
         return {"wte": {"weight": self.wte}, "wpe": {"weight": self.wpe},
                 "h": {str(L): block for L, block in enumerate(self.h)}, "ln_f": self.ln_f}
-
-    def __repr__(self):
-        c = self.config
-        on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
-        return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
-                f"n_positions={c.n_positions}, vocab_size={c.vocab_size}{on})")
 
     # --- the forward pass ----------------------------------------------------------------------
 
@@ -105,28 +88,19 @@ class GPT2(Transformer):
         if last_only:
             x = x[:, -1:]
             hook.positions = positions[:, -1:]
-        x = self.layer_norm("ln_final", x, self.ln_f, hook)
+        x = self.layer_norm("ln_final", x, self.ln_f, hook, self.config.layer_norm_epsilon)
         return linear(x, self.wte.T)                                           # [batch, pos, vocab]
 
     def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
-        ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook)
+        ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook, self.config.layer_norm_epsilon)
         attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["attn"], hook=hook,
                                                             mask_bias=mask_bias, kv=kv, start=start))
         resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
-        ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook)
+        ln2 = self.layer_norm(b + "ln2", resid_mid, p["ln_2"], hook, self.config.layer_norm_epsilon)
         mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
         return hook(b + "hook_resid_post", resid_mid + mlp_out)
-
-    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints):
-        centred = centre(x)                                                    # [batch, pos, d_model]
-        scale = hook(name + ".hook_scale", rms_scale(centred, self.config.layer_norm_epsilon))  # [batch, pos, 1]
-        centred /= scale                         # centred is this function's own: reuse it
-        normalized = hook(name + ".hook_normalized", centred)
-        out = normalized * p["weight"]
-        out += p["bias"]
-        return out
 
     def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, mask_bias, kv, start: int):
         c = self.config
@@ -135,21 +109,7 @@ class GPT2(Transformer):
         q = hook(name + ".hook_q", qkv[:, :, 0])                               # [batch, pos, head, d_head]
         k = hook(name + ".hook_k", qkv[:, :, 1])
         v = hook(name + ".hook_v", qkv[:, :, 2])
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
-        if kv is not None:  # append to the cache, attend to everything in it
-            keys, values = kv
-            keys[:, :, start:start + seq] = k
-            values[:, :, start:start + seq] = v
-            k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
-
-        if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
-            scores = attention_scores(q, k, mask_bias)                         # [batch, head, query, key]
-            scores = hook(name + ".hook_attn_scores", scores)
-            pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
-            z = pattern @ v                                                    # [batch, head, pos, d_head]
-        else:
-            z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
-        z = hook(name + ".hook_z", z.transpose(0, 2, 1, 3))                    # [batch, pos, head, d_head]
+        z = self.attend(name, q, k, v, hook, mask_bias, kv, start)             # [batch, pos, head, d_head]
         return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
 
     def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: _HookPoints):

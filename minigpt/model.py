@@ -11,13 +11,14 @@ Token ids, masks and position ids are checked and made on the host with NumPy, t
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Callable, Iterable
 
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import CheckpointError
+from .weights import CheckpointError, read_checkpoint, resolve_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -252,6 +253,8 @@ class Transformer:
     start_at_layer, resid_pre)` and `_tree()` (its parameters under checkpoint names, nested)."""
 
     config: object
+    config_class: type        # the family's config, with from_json
+    repr_fields: tuple        # the config fields repr() shows
     hook_names: list[str]
 
     def _to_device(self, params: dict, source: str, backend: str | Backend) -> dict:
@@ -268,6 +271,22 @@ class Transformer:
         device = {name: self.backend.to_device(tensor) for name, tensor in params.items()}
         self._array_type = type(next(iter(device.values())))
         return _nest(device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
+                        backend: str | Backend = "numpy"):
+        """Load a local Hugging Face folder or a hub id of this family (`gpt2`, `facebook/opt-125m`,
+        `org/name`, ...) onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
+        backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
+        files = resolve_checkpoint(name_or_path, revision)
+        config = cls.config_class.from_json(files.config)
+        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
+        return cls(config, read_checkpoint(files), source=source, backend=backend)
+
+    def __repr__(self):
+        on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
+        shown = ", ".join(f"{f}={getattr(self.config, f)}" for f in self.repr_fields)
+        return f"{type(self).__name__}({shown}{on})"
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter under its bare checkpoint name (the inverse of loading), as arrays of
@@ -340,6 +359,40 @@ class Transformer:
         if name not in self.hook_names:       # e.g. ln_final in a post-LayerNorm OPT, which has none
             raise ValueError(f"hook name {name!r}: this model has no such point ({type(self).__name__} "
                              f"{'' if getattr(self.config, 'do_layer_norm_before', True) else 'post-LayerNorm '}model)")
+
+    # --- the pieces of a block that every family computes alike ----------------------------------
+
+    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints, eps: float):
+        """LayerNorm with TransformerLens's hooks: hook_scale is sqrt(var + eps), hook_normalized
+        the centred input over it, before the gain and bias."""
+        centred = centre(x)                                                    # [batch, pos, d_model]
+        scale = hook(name + ".hook_scale", rms_scale(centred, eps))           # [batch, pos, 1]
+        centred /= scale                         # centred is this function's own: reuse it
+        normalized = hook(name + ".hook_normalized", centred)
+        out = normalized * p["weight"]
+        out += p["bias"]
+        return out
+
+    def attend(self, name: str, q, k, v, hook: _HookPoints, mask_bias, kv, start: int):
+        """Causal attention of hooked q, k, v [batch, pos, head, d_head]: with a KV cache, this
+        pass's keys and values are appended to it and everything in it is attended to. Returns
+        hook_z [batch, pos, head, d_head], before the output projection."""
+        seq = q.shape[1]
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
+        if kv is not None:  # append to the cache, attend to everything in it
+            keys, values = kv
+            keys[:, :, start:start + seq] = k
+            values[:, :, start:start + seq] = v
+            k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
+
+        if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
+            scores = attention_scores(q, k, mask_bias)                         # [batch, head, query, key]
+            scores = hook(name + ".hook_attn_scores", scores)
+            pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
+            z = pattern @ v                                                    # [batch, head, pos, d_head]
+        else:
+            z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
+        return hook(name + ".hook_z", z.transpose(0, 2, 1, 3))                 # [batch, pos, head, d_head]
 
     # --- the pass's bookkeeping, on the host ---------------------------------------------------
 

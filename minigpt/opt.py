@@ -20,17 +20,15 @@ embed_tokens or its own lm_head, and opt-350m's 512-wide embeddings projected to
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend, array_namespace, get_backend
+from .backend import Backend, array_namespace
 from .config import ConfigError
-from .model import (KVCache, Transformer, _HookPoints, attention_scores, causal_attention, centre, hook_names, rms_scale,
-                    softmax)
-from .weights import CheckpointError, read_checkpoint, resolve_checkpoint, select_tensors
+from .model import KVCache, Transformer, _HookPoints, hook_names
+from .weights import CheckpointError, select_tensors
 
 POSITION_OFFSET = 2   # OPT's learned positions start at row 2 (fairseq kept rows for padding)
 LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default; OPT's config has no field for it
@@ -156,6 +154,9 @@ class OPT(Transformer):
     self.lm_head                                # [vocab, E]: embed_tokens itself when tied
     """
 
+    config_class = OPTConfig
+    repr_fields = ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
+
     def __init__(self, config: OPTConfig, state_dict: dict, source: str = "state_dict",
                  backend: str | Backend = "numpy"):
         tree = self._to_device(canonical_state_dict(state_dict, config, source=source), source, backend)
@@ -171,15 +172,6 @@ class OPT(Transformer):
         self.hook_names = [n for n in hook_names(config.num_hidden_layers)
                            if self.final_layer_norm is not None or not n.startswith("ln_final.")]
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-                        backend: str | Backend = "numpy") -> OPT:
-        backend = get_backend(backend)
-        files = resolve_checkpoint(name_or_path, revision)
-        config = OPTConfig.from_json(files.config)
-        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
-        return cls(config, read_checkpoint(files), source=source, backend=backend)
-
     def _tree(self) -> dict:
         tree = {"embed_tokens": {"weight": self.embed_tokens}, "embed_positions": {"weight": self.embed_positions},
                 "layers": {str(L): block for L, block in enumerate(self.layers)}}
@@ -190,12 +182,6 @@ class OPT(Transformer):
         if not self.config.tie_word_embeddings:
             tree["lm_head"] = {"weight": self.lm_head}
         return tree
-
-    def __repr__(self):
-        c = self.config
-        on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
-        return (f"OPT(num_hidden_layers={c.num_hidden_layers}, num_attention_heads={c.num_attention_heads}, "
-                f"hidden_size={c.hidden_size}, vocab_size={c.vocab_size}{on})")
 
     # --- the forward pass ----------------------------------------------------------------------
 
@@ -224,7 +210,7 @@ class OPT(Transformer):
             x = x[:, -1:]
             hook.positions = positions[:, -1:]
         if self.final_layer_norm is not None:
-            x = self.layer_norm("ln_final", x, self.final_layer_norm, hook)
+            x = self.layer_norm("ln_final", x, self.final_layer_norm, hook, LAYER_NORM_EPS)
         if self.project_out is not None:
             x = linear_t(x, self.project_out)                                  # [batch, pos, E]
         return linear_t(x, self.lm_head)                                       # [batch, pos, vocab]
@@ -233,28 +219,19 @@ class OPT(Transformer):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
         pre = self.config.do_layer_norm_before
-        attn_in = self.layer_norm(b + "ln1", resid_pre, p["self_attn_layer_norm"], hook) if pre else resid_pre
+        attn_in = self.layer_norm(b + "ln1", resid_pre, p["self_attn_layer_norm"], hook, LAYER_NORM_EPS) if pre else resid_pre
         attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", attn_in, **p["self_attn"], hook=hook,
                                                             mask_bias=mask_bias, kv=kv, start=start))
         resid_mid = resid_pre + attn_out
         if not pre:
-            resid_mid = self.layer_norm(b + "ln1", resid_mid, p["self_attn_layer_norm"], hook)
+            resid_mid = self.layer_norm(b + "ln1", resid_mid, p["self_attn_layer_norm"], hook, LAYER_NORM_EPS)
         resid_mid = hook(b + "hook_resid_mid", resid_mid)
-        mlp_in = self.layer_norm(b + "ln2", resid_mid, p["final_layer_norm"], hook) if pre else resid_mid
+        mlp_in = self.layer_norm(b + "ln2", resid_mid, p["final_layer_norm"], hook, LAYER_NORM_EPS) if pre else resid_mid
         mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", mlp_in, p["fc1"], p["fc2"], hook))
         resid_post = resid_mid + mlp_out
         if not pre:
-            resid_post = self.layer_norm(b + "ln2", resid_post, p["final_layer_norm"], hook)
+            resid_post = self.layer_norm(b + "ln2", resid_post, p["final_layer_norm"], hook, LAYER_NORM_EPS)
         return hook(b + "hook_resid_post", resid_post)
-
-    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints):
-        centred = centre(x)                                                    # [batch, pos, d_model]
-        scale = hook(name + ".hook_scale", rms_scale(centred, LAYER_NORM_EPS))  # [batch, pos, 1]
-        centred /= scale
-        normalized = hook(name + ".hook_normalized", centred)
-        out = normalized * p["weight"]
-        out += p["bias"]
-        return out
 
     def attention(self, name: str, x, q_proj: dict, k_proj: dict, v_proj: dict, out_proj: dict,
                   hook: _HookPoints, mask_bias, kv, start: int):
@@ -264,18 +241,7 @@ class OPT(Transformer):
         q = hook(name + ".hook_q", linear_t(x, **q_proj).reshape(split))       # [batch, pos, head, d_head]
         k = hook(name + ".hook_k", linear_t(x, **k_proj).reshape(split))
         v = hook(name + ".hook_v", linear_t(x, **v_proj).reshape(split))
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
-        if kv is not None:
-            keys, values = kv
-            keys[:, :, start:start + seq] = k
-            values[:, :, start:start + seq] = v
-            k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
-        if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
-            scores = hook(name + ".hook_attn_scores", attention_scores(q, k, mask_bias))  # [batch, head, query, key]
-            z = hook(name + ".hook_pattern", softmax(scores)) @ v              # [batch, head, pos, d_head]
-        else:
-            z = causal_attention(q, k, v, mask_bias, start)
-        z = hook(name + ".hook_z", z.transpose(0, 2, 1, 3))                    # [batch, pos, head, d_head]
+        z = self.attend(name, q, k, v, hook, mask_bias, kv, start)             # [batch, pos, head, d_head]
         return linear_t(z.reshape(batch, seq, d_model), **out_proj)            # [batch, pos, d_model]
 
     def mlp(self, name: str, x, fc1: dict, fc2: dict, hook: _HookPoints):

@@ -347,7 +347,7 @@ def test_causal_attention_by_blocks_equals_the_full_square(case):
 def test_hooking_the_pattern_is_what_forces_the_full_square(monkeypatch):
     """The block path must not run where someone looks at scores or pattern (they would get
     nothing), and must run otherwise (else long prompts pay for the whole square)."""
-    from minigpt import gpt2 as model_module  # the GPT-2 forward pass calls it
+    from minigpt import model as model_module
 
     config = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=20)
     model = random_model(config)
