@@ -90,7 +90,16 @@ class OPTConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> OPTConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (an OPT folder needs config.json)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+        return cls.from_dict(raw, source=str(path))
 
 
 def expected_shapes(config: OPTConfig) -> dict[str, tuple[int, ...]]:
