@@ -1,4 +1,4 @@
-"""minigpt: transformers in NumPy (GPT-2, OPT), every residual-stream step under its TransformerLens
+"""minigpt: transformers in NumPy (GPT-2, OPT, LLaMA), every residual-stream step under its TransformerLens
 hook name. `load` and `from_pretrained` pick the family from config.json's model_type."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from .config import ConfigError, GPT2Config
 from .generate import Generation, Sampling, generate, stream
 from .gpt2 import GPT2
 from .model import HookPoint, KVCache, Transformer, hook_names
+from .llama import Llama, LlamaConfig
 from .opt import OPT, OPTConfig
 from .sources import CheckpointError, locate
 from .tokenizer import Tokenizer, TokenizerError
 
-FAMILIES = {"gpt2": GPT2, "opt": OPT}     # config.json's model_type -> the family's class
+FAMILIES = {"gpt2": GPT2, "opt": OPT, "llama": Llama}     # config.json's model_type -> the family's class
 
-__all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Transformer", "from_pretrained", "FAMILIES", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
+__all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Llama", "LlamaConfig", "Transformer", "from_pretrained", "FAMILIES", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
            "HookPoint", "KVCache", "Backend", "ConfigError", "CheckpointError", "TokenizerError",
            "BackendError", "hook_names"]
 

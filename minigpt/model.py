@@ -225,7 +225,7 @@ class KVCache:
     def __init__(self, config, batch: int, max_len: int, xp=np):
         if max_len > config.n_positions:
             raise ValueError(f"a KV cache of {max_len} positions exceeds n_positions={config.n_positions}")
-        shape = (batch, config.n_head, max_len, config.d_head)
+        shape = (batch, getattr(config, "n_kv_head", config.n_head), max_len, config.d_head)  # kv heads (GQA)
         self.keys = [xp.zeros(shape, dtype=xp.float32) for _ in range(config.n_layer)]
         self.values = [xp.zeros(shape, dtype=xp.float32) for _ in range(config.n_layer)]
         self.mask = xp.zeros((batch, max_len), dtype=bool)
@@ -348,17 +348,20 @@ class Transformer:
             self.check_hook_name(n)
         return [names] if isinstance(names, str) else list(names)
 
+    hook_name_help = HOOK_NAME_HELP   # a family with other points says its own
+
     def check_hook_name(self, name: str) -> None:
-        m = _HOOK_PATTERN.fullmatch(name) if isinstance(name, str) else None
-        if m is None:
-            raise ValueError(f"unknown hook name {name!r}; {HOOK_NAME_HELP}")
-        if m.group(2) is not None and int(m.group(2)) >= self.config.n_layer:
-            raise ValueError(
-                f"hook name {name!r}: this model has blocks 0 to {self.config.n_layer - 1}"
-            )
-        if name not in self.hook_names:       # e.g. ln_final in a post-LayerNorm OPT, which has none
+        names = set(self.hook_names)                     # a check when hooks are given, not per pass
+        if isinstance(name, str) and name in names:
+            return
+        block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name) if isinstance(name, str) else None
+        if block and int(block.group(1)) >= self.config.n_layer and f"blocks.0.{block.group(2)}" in names:
+            raise ValueError(f"hook name {name!r}: this model has blocks 0 to {self.config.n_layer - 1}")
+        if isinstance(name, str) and _HOOK_PATTERN.fullmatch(name) and not block:
+            # e.g. ln_final in a post-LayerNorm OPT, which has none
             raise ValueError(f"hook name {name!r}: this model has no such point ({type(self).__name__} "
                              f"{'' if getattr(self.config, 'do_layer_norm_before', True) else 'post-LayerNorm '}model)")
+        raise ValueError(f"unknown hook name {name!r}; {self.hook_name_help}")
 
     # --- the pieces of a block that every family computes alike ----------------------------------
 
@@ -384,6 +387,10 @@ class Transformer:
             keys[:, :, start:start + seq] = k
             values[:, :, start:start + seq] = v
             k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
+        group = q.shape[1] // k.shape[1]
+        if group > 1:  # grouped-query attention: each key/value head serves `group` query heads
+            serves = self.backend.to_device(np.repeat(np.arange(k.shape[1]), group))
+            k, v = k[:, serves], v[:, serves]                                  # [batch, head, key, d_head]
 
         if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
             scores = attention_scores(q, k, mask_bias)                         # [batch, head, query, key]

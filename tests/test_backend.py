@@ -208,6 +208,37 @@ def test_opt_equals_the_numpy_path(device, data):
         assert_matches(device, a, b, "OPT cached decoding")
 
 
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_llama_equals_the_numpy_path(device, data):
+    """LLaMA (grouped-query attention, rotary embeddings with and without llama3 scaling) on the
+    device: logits, every hook and cached decoding equal the NumPy path's."""
+    from minigpt import Llama, LlamaConfig
+    from minigpt.llama import RopeScaling, expected_shapes
+
+    kv = data.draw(st.integers(1, 2))
+    heads = kv * data.draw(st.sampled_from([1, 2, 4]))
+    config = LlamaConfig(vocab_size=data.draw(st.integers(8, 40)), hidden_size=heads * 4, intermediate_size=data.draw(
+        st.integers(4, 24)), num_hidden_layers=data.draw(st.integers(1, 3)), num_attention_heads=heads,
+        num_key_value_heads=kv, max_position_embeddings=24, tie_word_embeddings=data.draw(st.booleans()),
+        rope_scaling=data.draw(st.sampled_from([None, RopeScaling(8.0, 1.0, 4.0, 8)])))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    state = {n: rng.normal(1.0 if "norm" in n else 0.0, 0.3, shape).astype(np.float32)
+             for n, shape in expected_shapes(config).items()}
+    ref_model, model = Llama(config, state), Llama(config, state, backend=device)
+    prompts = [rng.integers(0, config.vocab_size, rng.integers(1, 9)).tolist() for _ in range(2)]
+    tokens, mask = left_pad(prompts)
+    ref_logits, ref_cache = ref_model.run_with_cache(tokens, attention_mask=mask)
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    assert list(cache) == list(ref_cache) == model.hook_names
+    assert_matches(device, logits, ref_logits, "LLaMA logits")
+    for name in cache:
+        assert_matches(device, cache[name], ref_cache[name], f"LLaMA {name}")
+    for a, b in zip(decode_with_cache(model, prompts, 4, np.random.default_rng(1))[0],
+                    decode_with_cache(ref_model, prompts, 4, np.random.default_rng(1))[0]):
+        assert_matches(device, a, b, "LLaMA cached decoding")
+
+
 def test_device_token_ids_are_checked_on_the_host(device):
     config = GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=10)
     model = random_model(config, 0, backend=device)

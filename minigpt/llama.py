@@ -1,0 +1,338 @@
+"""LLaMA's forward pass in NumPy (`LlamaForCausalLM`: Llama 2, Llama 3, 3.1, 3.2, 3.3), every
+residual-stream step under the TransformerLens hook names for LLaMA, so that ActAdd is the same
+addition at blocks.{L}.hook_resid_pre.
+
+    resid_pre_0 = embed_tokens[tokens]                                        # no position embedding
+    for each block L:
+        q, k, v      = x W_q, x W_k, x W_v  of x = input_layernorm(resid_pre_L)      # RMSNorm
+        rot_q, rot_k = rotary(q, positions), rotary(k, positions)                   # rotate-half
+        resid_mid_L  = resid_pre_L + o_proj(attention(rot_q, rot_k, v))             # grouped-query
+        resid_post_L = resid_mid_L + down_proj(silu(gate_proj(y)) * up_proj(y))     # y = post_attention_layernorm(resid_mid_L)
+    logits = lm_head(norm(resid_post_last))                                   # lm_head = embed_tokens when tied
+
+RMSNorm's hooks are TransformerLens's: hook_scale = sqrt(mean(x^2) + eps), hook_normalized =
+x / scale, before the weight. Rotary embeddings use the rotate-half convention in which the hub's
+q/k weights are stored (transformers permuted them from Meta's interleaved pairs), with
+`rope_theta` and, for Llama 3.1 onward, `rope_scaling` of type "llama3". Weights are torch
+Linear's [out, in]: products use weight.T.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backend import Backend, array_namespace
+from .config import ConfigError
+from .model import KVCache, Transformer, _HookPoints, mean_last
+from .weights import CheckpointError, select_tensors
+
+HOOK_NAME_HELP = (
+    "valid names: hook_embed, blocks.{L}.hook_resid_pre, blocks.{L}.ln1.hook_{scale,normalized}, "
+    "blocks.{L}.attn.hook_{q,k,v,rot_q,rot_k,attn_scores,pattern,z}, blocks.{L}.hook_attn_out, "
+    "blocks.{L}.hook_resid_mid, blocks.{L}.ln2.hook_{scale,normalized}, "
+    "blocks.{L}.mlp.hook_{pre,pre_linear,post}, blocks.{L}.hook_mlp_out, blocks.{L}.hook_resid_post, "
+    "ln_final.hook_{scale,normalized}"
+)
+
+
+def hook_names(n_layer: int) -> list[str]:
+    """Every hook point of an n_layer LLaMA, in the order the forward pass reaches them."""
+    names = ["hook_embed"]
+    for L in range(n_layer):
+        b = f"blocks.{L}."
+        names += [b + "hook_resid_pre", b + "ln1.hook_scale", b + "ln1.hook_normalized",
+                  b + "attn.hook_q", b + "attn.hook_k", b + "attn.hook_v", b + "attn.hook_rot_q", b + "attn.hook_rot_k",
+                  b + "attn.hook_attn_scores", b + "attn.hook_pattern", b + "attn.hook_z",
+                  b + "hook_attn_out", b + "hook_resid_mid", b + "ln2.hook_scale", b + "ln2.hook_normalized",
+                  b + "mlp.hook_pre", b + "mlp.hook_pre_linear", b + "mlp.hook_post", b + "hook_mlp_out",
+                  b + "hook_resid_post"]
+    return names + ["ln_final.hook_scale", "ln_final.hook_normalized"]
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's "llama3" frequency scaling."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 128256
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = None
+    head_dim: int | None = None           # None: hidden_size / num_attention_heads
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}={value!r}: expected a positive integer")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                              f"num_key_value_heads={self.num_key_value_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                              f"{self.num_attention_heads} (and no head_dim is given)")
+        if self.d_head % 2:
+            raise ConfigError(f"head_dim={self.d_head} is odd; rotary embeddings rotate pairs")
+        if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
+            raise ConfigError(f"rope_theta={self.rope_theta!r}, rms_norm_eps={self.rms_norm_eps!r}: expected positive")
+
+    n_layer = property(lambda self: self.num_hidden_layers)
+    n_head = property(lambda self: self.num_attention_heads)
+    n_kv_head = property(lambda self: self.num_key_value_heads)
+    n_embd = property(lambda self: self.hidden_size)
+    n_positions = property(lambda self: self.max_position_embeddings)
+    d_head = property(lambda self: self.head_dim or self.hidden_size // self.num_attention_heads)
+    d_mlp = property(lambda self: self.intermediate_size)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> LlamaConfig:
+        """transformers 4.x writes rope_theta and rope_scaling ({"rope_type" or "type": "llama3",
+        ...}); 5.x writes rope_parameters ({"rope_type": "default" or "llama3", "rope_theta", ...})."""
+        if raw.get("model_type") != "llama":
+            raise ConfigError(f"{source}: model_type={raw.get('model_type')!r}, expected 'llama'")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"{source}: hidden_act={raw['hidden_act']!r} is not supported (LLaMA uses 'silu')")
+        rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", raw.get("rope_theta", 10000.0))
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind == "default":
+            scaling = None
+        elif kind == "llama3":
+            try:
+                scaling = RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
+                                      float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+            except KeyError as e:
+                raise ConfigError(f"{source}: rope scaling 'llama3' needs {e.args[0]!r}") from None
+        else:
+            raise ConfigError(f"{source}: rope type {kind!r} is not supported (only 'default' and 'llama3')")
+        missing = [n for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if n not in raw]
+        if missing:
+            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
+        names = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "max_position_embeddings", "rms_norm_eps", "head_dim", "attention_bias", "mlp_bias",
+                 "tie_word_embeddings")
+        fields = {n: raw[n] for n in names if raw.get(n) is not None}
+        fields["num_key_value_heads"] = raw.get("num_key_value_heads") or raw["num_attention_heads"]
+        try:
+            return cls(**fields, rope_theta=float(theta), rope_scaling=scaling)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LlamaConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (a LLaMA folder needs config.json)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(raw, source=str(path))
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter under its name inside `model.` (and `lm_head.weight` if untied)."""
+    D, V, F = config.hidden_size, config.vocab_size, config.intermediate_size
+    Q, KV = config.n_head * config.d_head, config.n_kv_head * config.d_head
+    shapes = {"embed_tokens.weight": (V, D), "norm.weight": (D,)}
+    for i in range(config.num_hidden_layers):
+        b = f"layers.{i}."
+        shapes.update({b + "input_layernorm.weight": (D,), b + "post_attention_layernorm.weight": (D,),
+                       b + "self_attn.q_proj.weight": (Q, D), b + "self_attn.k_proj.weight": (KV, D),
+                       b + "self_attn.v_proj.weight": (KV, D), b + "self_attn.o_proj.weight": (D, Q),
+                       b + "mlp.gate_proj.weight": (F, D), b + "mlp.up_proj.weight": (F, D),
+                       b + "mlp.down_proj.weight": (D, F)})
+        if config.attention_bias:
+            shapes.update({b + "self_attn.q_proj.bias": (Q,), b + "self_attn.k_proj.bias": (KV,),
+                           b + "self_attn.v_proj.bias": (KV,), b + "self_attn.o_proj.bias": (D,)})
+        if config.mlp_bias:
+            shapes.update({b + "mlp.gate_proj.bias": (F,), b + "mlp.up_proj.bias": (F,), b + "mlp.down_proj.bias": (D,)})
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    return shapes
+
+
+def canonical_state_dict(tensors: dict, config: LlamaConfig, source: str = "checkpoint") -> dict:
+    expected = expected_shapes(config)
+
+    def bare(name: str, tensor):
+        if name.endswith("rotary_emb.inv_freq"):             # a buffer some files carry: recomputed here
+            return None
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            if tuple(tensor.shape) != expected["embed_tokens.weight"]:
+                raise CheckpointError(f"{source}: {name!r} has shape {tuple(tensor.shape)}, expected "
+                                      f"{expected['embed_tokens.weight']} (tied to embed_tokens)")
+            return None
+        return name if name == "lm_head.weight" else name.removeprefix("model.")
+    return select_tensors(tensors, expected, bare, source, f"a LLaMA with num_hidden_layers={config.num_hidden_layers}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Primitives
+
+
+def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
+    """float32 [d_head / 2]: theta^(-2i / d_head), and with "llama3" scaling the long wavelengths
+    divided by `factor`, the short ones kept, and those between interpolated smoothly."""
+    d = config.d_head
+    inv = (1.0 / (config.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))).astype(np.float32)
+    s = config.rope_scaling
+    if s is None:
+        return inv
+    wavelen = 2 * math.pi / inv.astype(np.float64)
+    low, high = s.original_max_position_embeddings / s.low_freq_factor, s.original_max_position_embeddings / s.high_freq_factor
+    scaled = np.where(wavelen > low, inv / s.factor, inv)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = ~(wavelen < high) & ~(wavelen > low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rotate_half(x):
+    """[..., d] -> [-x2, x1] of its halves x1, x2: the rotation of each pair (i, i + d/2)."""
+    half = x.shape[-1] // 2
+    xp = array_namespace(x)
+    out = xp.empty(x.shape, dtype=x.dtype)
+    out[..., :half] = -x[..., half:]
+    out[..., half:] = x[..., :half]
+    return out
+
+
+def silu(x):
+    """x * sigmoid(x) = x / (1 + exp(-x)), in float32."""
+    xp = array_namespace(x)
+    return x / (1.0 + xp.exp(-x))
+
+
+def linear_t(x, weight, bias=None):
+    """x @ weight.T + bias for torch Linear's [out, in] weight, as one 2-D matmul."""
+    flat = x.reshape(-1, x.shape[-1]) @ weight.T
+    if bias is not None:
+        flat += bias
+    return flat.reshape(*x.shape[:-1], weight.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class Llama(Transformer):
+    """LLaMA. Parameters keep their names inside the checkpoint's `model.`:
+
+    self.embed_tokens                        # [vocab, d_model]
+    self.layers[L]["self_attn"]["q_proj"]    # {"weight": [n_head * d_head, d_model]} (+ "bias" with attention_bias)
+    self.layers[L]["self_attn"]["k_proj"]    # [n_kv_head * d_head, d_model]: grouped-query attention
+    self.layers[L]["mlp"]["gate_proj"], ["up_proj"], ["down_proj"]
+    self.layers[L]["input_layernorm"], ["post_attention_layernorm"], self.norm   # RMSNorm weights
+    self.lm_head                             # [vocab, d_model]: embed_tokens itself when tied
+    """
+
+    config_class = LlamaConfig
+    repr_fields = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "vocab_size")
+    hook_name_help = HOOK_NAME_HELP
+
+    def __init__(self, config: LlamaConfig, state_dict: dict, source: str = "state_dict",
+                 backend: str | Backend = "numpy"):
+        tree = self._to_device(canonical_state_dict(state_dict, config, source=source), source, backend)
+        self.config = config
+        self.embed_tokens = tree["embed_tokens"]["weight"]
+        self.layers = [tree["layers"][str(L)] for L in range(config.num_hidden_layers)]
+        self.norm = tree["norm"]
+        self.lm_head = self.embed_tokens if config.tie_word_embeddings else tree["lm_head"]["weight"]
+        self.hook_names = hook_names(config.num_hidden_layers)
+        # cos and sin of every position's angles, [n_positions, d_head], computed once
+        angles = np.arange(config.max_position_embeddings, dtype=np.float32)[:, None] * inverse_frequencies(config)
+        angles = np.concatenate([angles, angles], axis=-1)                    # [pos, d_head]: (i, i + d/2) share
+        self.cos, self.sin = (self.backend.to_device(f(angles)) for f in (np.cos, np.sin))
+
+    def _tree(self) -> dict:
+        tree = {"embed_tokens": {"weight": self.embed_tokens}, "norm": self.norm,
+                "layers": {str(L): block for L, block in enumerate(self.layers)}}
+        if not self.config.tie_word_embeddings:
+            tree["lm_head"] = {"weight": self.lm_head}
+        return tree
+
+    # --- the forward pass ----------------------------------------------------------------------
+
+    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
+                cache: KVCache | None = None, last_only: bool = False,
+                start_at_layer: int = 0, resid_pre=None):
+        """Logits [batch, pos, vocab] (pos = 1 with `last_only`); arguments as GPT2.forward.
+        Rotary positions count each row's real tokens, so a left-padded row computes what it
+        would alone."""
+        hook = hook or _HookPoints({}, None, set())
+        ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
+        at = self.backend.to_device(np.maximum(positions, 0))                  # [batch, pos]
+        rotary = (self.cos[at][:, :, None], self.sin[at][:, :, None])          # [batch, pos, 1, d_head] each
+
+        if start_at_layer or resid_pre is not None:
+            x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)
+        else:
+            x = hook("hook_embed", self.embed_tokens[tokens])                  # [batch, pos, d_model]
+        for L, block in enumerate(self.layers[start_at_layer:], start_at_layer):
+            kv = (cache.keys[L], cache.values[L]) if cache is not None else None
+            x = self.block(L, block, x, hook, mask_bias, kv, start, rotary)
+        self._advance(cache, ids.shape[1], real)
+        if last_only:
+            x = x[:, -1:]
+            hook.positions = positions[:, -1:]
+        x = self.rms_norm("ln_final", x, self.norm, hook)
+        return linear_t(x, self.lm_head)                                       # [batch, pos, vocab]
+
+    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int, rotary):
+        b = f"blocks.{L}."
+        resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
+        ln1 = self.rms_norm(b + "ln1", resid_pre, p["input_layernorm"], hook)
+        attn_out = hook(b + "hook_attn_out", self.attention(b + "attn", ln1, **p["self_attn"], hook=hook,
+                                                            mask_bias=mask_bias, kv=kv, start=start, rotary=rotary))
+        resid_mid = hook(b + "hook_resid_mid", resid_pre + attn_out)
+        ln2 = self.rms_norm(b + "ln2", resid_mid, p["post_attention_layernorm"], hook)
+        mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
+        return hook(b + "hook_resid_post", resid_mid + mlp_out)
+
+    def rms_norm(self, name: str, x, p: dict, hook: _HookPoints):
+        scale = hook(name + ".hook_scale", (mean_last(x * x) + self.config.rms_norm_eps) ** 0.5)  # [batch, pos, 1]
+        normalized = hook(name + ".hook_normalized", x / scale)               # before the weight
+        return normalized * p["weight"]
+
+    def attention(self, name: str, x, q_proj: dict, k_proj: dict, v_proj: dict, o_proj: dict,
+                  hook: _HookPoints, mask_bias, kv, start: int, rotary):
+        c = self.config
+        batch, seq, _ = x.shape
+        q = hook(name + ".hook_q", linear_t(x, **q_proj).reshape(batch, seq, c.n_head, c.d_head))
+        k = hook(name + ".hook_k", linear_t(x, **k_proj).reshape(batch, seq, c.n_kv_head, c.d_head))
+        v = hook(name + ".hook_v", linear_t(x, **v_proj).reshape(batch, seq, c.n_kv_head, c.d_head))
+        cos, sin = rotary                                                      # [batch, pos, 1, d_head]
+        q = hook(name + ".hook_rot_q", q * cos + rotate_half(q) * sin)         # [batch, pos, head, d_head]
+        k = hook(name + ".hook_rot_k", k * cos + rotate_half(k) * sin)         # [batch, pos, kv_head, d_head]
+        z = self.attend(name, q, k, v, hook, mask_bias, kv, start)             # [batch, pos, head, d_head]
+        return linear_t(z.reshape(batch, seq, c.n_head * c.d_head), **o_proj)  # [batch, pos, d_model]
+
+    def mlp(self, name: str, x, gate_proj: dict, up_proj: dict, down_proj: dict, hook: _HookPoints):
+        gate = hook(name + ".hook_pre", linear_t(x, **gate_proj))             # [batch, pos, d_mlp]
+        up = hook(name + ".hook_pre_linear", linear_t(x, **up_proj))
+        post = hook(name + ".hook_post", silu(gate) * up)
+        return linear_t(post, **down_proj)                                     # [batch, pos, d_model]
