@@ -69,6 +69,28 @@ def pre_tokenize(text: str) -> list[str]:
     return (PATTERN if _ASTRAL.search(text) else _BMP_PATTERN).findall(text)
 
 
+# LLaMA-3's pattern (tiktoken's, as its tokenizer.json gives it): contractions in any case, a run of
+# letters with at most one non-letter, non-digit, non-newline character before it, digits in
+# groups of up to three, other symbols with one optional leading space and trailing newlines,
+# newlines with the whitespace before them, then whitespace as GPT-2's.
+LLAMA3_PATTERN_STRING = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                         r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _llama3_pattern(letters, numbers) -> re.Pattern:
+    L, N, S = _char_class(letters), _char_class(numbers), _char_class(WHITE_SPACE)
+    not_s = _char_class(WHITE_SPACE, negate=True)                      # \S
+    other = _char_class(WHITE_SPACE, letters, numbers, negate=True)    # [^\s\p{L}\p{N}]
+    before = _char_class(((0x0A, 0x0A), (0x0D, 0x0D)), letters, numbers, negate=True)   # [^\r\n\p{L}\p{N}]
+    return re.compile(rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|{before}?{L}+|{N}{{1,3}}| ?{other}+[\r\n]*|"
+                      rf"{S}*[\r\n]+|{S}+(?!{not_s})|{S}+")
+
+
+PATTERNS = {"gpt2": (PATTERN, _BMP_PATTERN)}
+PATTERNS["llama3"] = (_llama3_pattern(LETTERS, NUMBERS),
+                      _llama3_pattern(_below_0x10000(LETTERS), _below_0x10000(NUMBERS)))
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. GPT-2's byte alphabet
 
@@ -133,7 +155,11 @@ class Tokenizer:
 
     def __init__(self, vocab: dict[str, int], merges: Iterable[tuple[str, str]],
                  _where: Callable[[int], str] | None = None, _source: str = "vocab",
-                 bos_token: str | None = EOT, eos_token: str | None = EOT, special: Iterable[str] = ()):
+                 bos_token: str | None = EOT, eos_token: str | None = EOT, special: Iterable[str] = (),
+                 pattern: str = "gpt2", ignore_merges: bool = False):
+        if pattern not in PATTERNS:
+            raise TokenizerError(f"{_source}: pre-tokenizer pattern {pattern!r}: expected one of {list(PATTERNS)}")
+        self.pattern, self.ignore_merges = pattern, ignore_merges
         merges = list(merges)
         where = _where or (lambda i: f"merges[{i}]")
         named = {"bos_token": bos_token, "eos_token": eos_token}
@@ -166,7 +192,37 @@ class Tokenizer:
         source = locate(name_or_path, revision)
         named = _special_tokens(source.file("tokenizer_config.json", required=False),
                                 source.file("special_tokens_map.json", required=False))
+        if source.file("vocab.json", required=False) is None:
+            packed = source.file("tokenizer.json", required=False)
+            if packed is not None:                  # LLaMA-3's folders: one tokenizer.json
+                return cls.from_tokenizer_json(packed, **named)
         return cls.from_files(source.file("vocab.json"), source.file("merges.txt"), **named)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike, **special) -> Tokenizer:
+        """A byte-level BPE from Hugging Face's tokenizer.json: model.vocab and model.merges, the
+        added tokens (ids after the vocabulary), and the pre-tokenizer, which must be GPT-2's
+        (ByteLevel with its regex) or LLaMA-3's (Split on its regex, then ByteLevel without one)."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+        model = raw.get("model") or {}
+        if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            raise TokenizerError(f"{path}: model.type={model.get('type')!r}; only byte-level BPE is supported")
+        vocab = dict(model["vocab"])
+        added = [t for t in raw.get("added_tokens") or [] if isinstance(t, dict)]
+        for t in added:
+            vocab.setdefault(t["content"], t["id"])
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+        pattern = _pattern_of(raw.get("pre_tokenizer"), path)
+        specials = [t["content"] for t in added if t.get("special")]
+        if not special:                              # no tokenizer_config.json: GPT-2's rule, or no BOS
+            special = {"bos_token": EOT, "eos_token": EOT} if EOT in vocab else {"bos_token": None, "eos_token": None}
+        special = {**special, "special": list(dict.fromkeys(list(special.get("special", [])) + specials))}
+        return cls(vocab, merges, _where=lambda i: f"{path}: model.merges[{i}]", _source=str(path), pattern=pattern,
+                   ignore_merges=bool(model.get("ignore_merges")), **special)
 
     @classmethod
     def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, **special) -> Tokenizer:
@@ -232,7 +288,8 @@ class Tokenizer:
         """Token ids of `text`, every character ordinary text (special tokens included)."""
         ids: list[int] = []
         cache = self._cache
-        for word in pre_tokenize(text):
+        full, bmp = PATTERNS[self.pattern]
+        for word in (full if _ASTRAL.search(text) else bmp).findall(text):
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._encode_word(word, text)
@@ -246,7 +303,11 @@ class Tokenizer:
             at = next(i for i, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF)
             raise ValueError(f"text has a lone surrogate U+{ord(text[at]):04X} at index {at}, "
                              "which has no UTF-8 encoding") from None
-        ids = [self.vocab[token] for token in bpe(utf8.decode("latin-1").translate(self._spell), self.ranks)]
+        spelled = utf8.decode("latin-1").translate(self._spell)
+        if self.ignore_merges and spelled in self.vocab:   # a whole word in the vocabulary is one token (tiktoken's rule)
+            ids = [self.vocab[spelled]]
+        else:
+            ids = [self.vocab[token] for token in bpe(spelled, self.ranks)]
         if len(self._cache) >= self.CACHE_SIZE:
             self._cache.clear()
         self._cache[word] = ids
@@ -318,6 +379,21 @@ def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
             bad = next(ch for ch in token if ch not in spelling)
             raise TokenizerError(f"{source}: token {token!r} has {bad!r}, which is not in GPT-2's byte "
                                  "alphabet (a byte-level BPE spells a space as 'Ġ', a newline as 'Ċ')")
+
+
+def _pattern_of(pre: dict | None, path: Path) -> str:
+    """Which pre-tokenizer a tokenizer.json describes: "gpt2" or "llama3", or an error naming it."""
+    steps = (pre or {}).get("pretokenizers", [pre]) if pre else []
+    kinds = [(s.get("type"), s) for s in steps if isinstance(s, dict)]
+    if [k for k, _ in kinds] == ["ByteLevel"] and kinds[0][1].get("use_regex", True):
+        return "gpt2"
+    if [k for k, _ in kinds] == ["Split", "ByteLevel"] and not kinds[1][1].get("use_regex", True):
+        regex = (kinds[0][1].get("pattern") or {}).get("Regex")
+        if regex == LLAMA3_PATTERN_STRING:
+            return "llama3"
+        raise TokenizerError(f"{path}: the pre-tokenizer splits on {regex!r}, which is neither GPT-2's nor LLaMA-3's")
+    raise TokenizerError(f"{path}: pre-tokenizer {[k for k, _ in kinds]} is not supported (GPT-2's ByteLevel, or "
+                         "LLaMA-3's Split + ByteLevel)")
 
 
 def _special_tokens(*paths: Path | None) -> dict:
