@@ -39,7 +39,9 @@ def weights_hash(model: Transformer) -> str:
         h = hashlib.sha256()
         params = model.state_dict()
         for name in sorted(params):
-            t = np.ascontiguousarray(model.backend.to_host(params[name]), dtype=np.float32)
+            t = params[name]
+            t = t.widen() if hasattr(t, "widen") else t                    # a lazily widened matrix, one at a time
+            t = np.ascontiguousarray(model.backend.to_host(t), dtype=np.float32)
             h.update(f"{name}{t.shape}".encode())
             h.update(t.data)
         cached = h.hexdigest()

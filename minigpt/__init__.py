@@ -23,8 +23,9 @@ __all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Llama", "LlamaConfig", "Tr
 
 
 def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None,
-                    backend: str | Backend = "numpy") -> Transformer:
-    """The model of a folder or hub id, of the family its config.json's model_type names."""
+                    backend: str | Backend = "numpy", **options) -> Transformer:
+    """The model of a folder or hub id, of the family its config.json's model_type names;
+    `options` go to that family's from_pretrained (LLaMA: weights="auto"|"float32"|"lazy")."""
     import json
 
     path = locate(name_or_path, revision).file("config.json")
@@ -35,14 +36,14 @@ def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
     if model_type not in FAMILIES:
         raise ConfigError(f"{path}: model_type={model_type!r} is not supported; minigpt runs "
                           f"{', '.join(repr(t) for t in FAMILIES)}")
-    return FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend)
+    return FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend, **options)
 
 
 def load(name_or_path: str | os.PathLike, revision: str | None = None,
-         backend: str | Backend = "numpy") -> tuple[Transformer, Tokenizer]:
+         backend: str | Backend = "numpy", **options) -> tuple[Transformer, Tokenizer]:
     """The model and its tokenizer from one folder or hub id (e.g. `model, tok = load("gpt2")`);
     backend="cupy" puts the model on the current CUDA device."""
-    model = from_pretrained(name_or_path, revision=revision, backend=backend)
+    model = from_pretrained(name_or_path, revision=revision, backend=backend, **options)
     tokenizer = Tokenizer.from_pretrained(name_or_path, revision=revision)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

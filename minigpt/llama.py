@@ -26,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend, array_namespace
+from .backend import Backend, array_namespace, get_backend
 from .config import ConfigError
 from .model import KVCache, Transformer, _HookPoints, mean_last
-from .weights import CheckpointError, select_tensors
+from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint, select_tensors
+
+WEIGHT_POLICIES = ("auto", "float32", "lazy")
+LAZY_ABOVE_BYTES = 12e9    # "auto": float32 weights above this stay half precision on the host
 
 HOOK_NAME_HELP = (
     "valid names: hook_embed, blocks.{L}.hook_resid_pre, blocks.{L}.ln1.hook_{scale,normalized}, "
@@ -227,6 +230,19 @@ def silu(x):
     return x / (1.0 + xp.exp(-x))
 
 
+def _widened(params):
+    """float32 of a block's parameters (or one matrix): lazily read ones widened for this use."""
+    if isinstance(params, HalfTensor):
+        return params.widen()
+    if isinstance(params, dict):
+        return {k: _widened(v) for k, v in params.items()}
+    return params
+
+
+def parameter_count(config: LlamaConfig) -> int:
+    return sum(math.prod(shape) for shape in expected_shapes(config).values())
+
+
 def linear_t(x, weight, bias=None):
     """x @ weight.T + bias for torch Linear's [out, in] weight, as one 2-D matmul."""
     flat = x.reshape(-1, x.shape[-1]) @ weight.T
@@ -256,6 +272,9 @@ class Llama(Transformer):
 
     def __init__(self, config: LlamaConfig, state_dict: dict, source: str = "state_dict",
                  backend: str | Backend = "numpy"):
+        """`state_dict` may hold HalfTensors (from_pretrained with weights="lazy"): those
+        matrices stay float16/bfloat16 in the mapped file and each block's are widened to
+        float32 when the block runs."""
         tree = self._to_device(canonical_state_dict(state_dict, config, source=source), source, backend)
         self.config = config
         self.embed_tokens = tree["embed_tokens"]["weight"]
@@ -267,6 +286,24 @@ class Llama(Transformer):
         angles = np.arange(config.max_position_embeddings, dtype=np.float32)[:, None] * inverse_frequencies(config)
         angles = np.concatenate([angles, angles], axis=-1)                    # [pos, d_head]: (i, i + d/2) share
         self.cos, self.sin = (self.backend.to_device(f(angles)) for f in (np.cos, np.sin))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision: str | None = None, backend: str | Backend = "numpy",
+                        weights: str = "auto") -> Llama:
+        """As Transformer.from_pretrained, with the memory policy for half-precision files:
+        "float32" widens every matrix once at load (full speed; 4 bytes a parameter), "lazy"
+        leaves them in the mapped file and widens each block's when it runs (2 bytes a
+        parameter held, plus one block's float32; slower), "auto" is lazy on the host when the
+        float32 weights would exceed LAZY_ABOVE_BYTES (Llama-3-8B: 32 GB) and float32 otherwise."""
+        if weights not in WEIGHT_POLICIES:
+            raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
+        backend = get_backend(backend)
+        files = resolve_checkpoint(name_or_path, revision)
+        config = LlamaConfig.from_json(files.config)
+        if weights == "auto":
+            weights = "lazy" if backend.name == "numpy" and 4 * parameter_count(config) > LAZY_ABOVE_BYTES else "float32"
+        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
+        return cls(config, read_checkpoint(files, widen=weights == "float32"), source=source, backend=backend)
 
     def _tree(self) -> dict:
         tree = {"embed_tokens": {"weight": self.embed_tokens}, "norm": self.norm,
@@ -294,13 +331,13 @@ class Llama(Transformer):
             x = hook("hook_embed", self.embed_tokens[tokens])                  # [batch, pos, d_model]
         for L, block in enumerate(self.layers[start_at_layer:], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
-            x = self.block(L, block, x, hook, mask_bias, kv, start, rotary)
+            x = self.block(L, _widened(block), x, hook, mask_bias, kv, start, rotary)
         self._advance(cache, ids.shape[1], real)
         if last_only:
             x = x[:, -1:]
             hook.positions = positions[:, -1:]
         x = self.rms_norm("ln_final", x, self.norm, hook)
-        return linear_t(x, self.lm_head)                                       # [batch, pos, vocab]
+        return linear_t(x, _widened(self.lm_head))                             # [batch, pos, vocab]
 
     def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int, rotary):
         b = f"blocks.{L}."

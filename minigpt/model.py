@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import CheckpointError, read_checkpoint, resolve_checkpoint
+from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -258,18 +258,26 @@ class Transformer:
     hook_names: list[str]
 
     def _to_device(self, params: dict, source: str, backend: str | Backend) -> dict:
-        """The checked float32 host tensors, moved to `backend` once, nested by name."""
+        """The checked float32 host tensors, moved to `backend` once, nested by name. Matrices
+        read lazily (HalfTensor: float16/bfloat16 left in the mapped file) stay so on the host
+        backend and are widened where they are used; anything else half-precision is widened now."""
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp  # the array namespace of every parameter and activation
+        params = dict(params)
         for name, tensor in params.items():
+            if isinstance(tensor, HalfTensor) and (self.backend.name != "numpy" or len(tensor.shape) < 2):
+                params[name] = tensor = tensor.widen()     # on a device (widened once there), and vectors
+            if isinstance(tensor, HalfTensor):
+                continue
             if not isinstance(tensor, np.ndarray) or tensor.dtype != np.float32:
                 raise CheckpointError(
                     f"{source}: tensor {name!r} is {type(tensor).__name__} "
                     f"{getattr(tensor, 'dtype', '')}; expected float32 (checkpoints may store "
                     "F32, F16 or BF16; minigpt never narrows float64 silently)"
                 )
-        self.backend = get_backend(backend)
-        self.xp = self.backend.xp  # the array namespace of every parameter and activation
-        device = {name: self.backend.to_device(tensor) for name, tensor in params.items()}
-        self._array_type = type(next(iter(device.values())))
+        device = {name: t if isinstance(t, HalfTensor) else self.backend.to_device(t) for name, t in params.items()}
+        self._array_type = type(next(t for t in device.values() if not isinstance(t, HalfTensor)))
+        self.lazy_weights = any(isinstance(t, HalfTensor) for t in device.values())
         return _nest(device)
 
     @classmethod

@@ -101,12 +101,13 @@ def _shard_names(index_path: Path) -> list[str]:
 # Reading safetensors
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_safetensors(path: str | os.PathLike, widen: bool = True) -> dict[str, np.ndarray]:
     """Every tensor of one .safetensors file; F32, F16 and BF16 as float32 arrays.
 
     float32 tensors are read-only views of a memory map (no copy, page cache shared between
-    processes); float16 and bfloat16 are converted to float32 once. Other dtypes keep theirs
-    (the model refuses them as parameters, naming the tensor).
+    processes); float16 and bfloat16 are converted to float32 once, or with `widen=False` kept
+    as `HalfTensor`s, views of the map that a model widens when it uses them. Other dtypes keep
+    theirs (the model refuses them as parameters, naming the tensor).
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -152,8 +153,27 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"data_offsets give {end - begin}"
             )
         raw = np.frombuffer(buf, dtype=stored, count=count, offset=data_start + begin).reshape(shape)
-        tensors[name] = _as_float32(raw, dtype)
+        tensors[name] = _as_float32(raw, dtype) if widen or dtype not in ("BF16", "F16") else HalfTensor(raw, dtype)
     return tensors
+
+
+class HalfTensor:
+    """A float16 or bfloat16 tensor left in the memory-mapped file: 2 bytes a number until
+    `widen()` (or indexing, which widens only the rows taken) makes float32 of it, the floats
+    that loading would have made."""
+
+    def __init__(self, raw: np.ndarray, dtype: str):
+        self.raw, self.dtype_name = raw, dtype
+        self.shape, self.nbytes = raw.shape, raw.nbytes
+
+    def widen(self) -> np.ndarray:
+        return _as_float32(self.raw, self.dtype_name)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return _as_float32(np.ascontiguousarray(self.raw[index]), self.dtype_name)
+
+    def __repr__(self):
+        return f"HalfTensor({self.dtype_name}, shape={self.shape})"
 
 
 def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -262,12 +282,13 @@ def _listing(items, limit=5):
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def read_checkpoint(files: CheckpointFiles) -> dict[str, np.ndarray]:
-    """The tensors of every weight file, under the names stored (see `canonical_state_dict`)."""
+def read_checkpoint(files: CheckpointFiles, widen: bool = True) -> dict[str, np.ndarray]:
+    """The tensors of every weight file, under the names stored (see `canonical_state_dict`);
+    `widen=False` keeps half-precision tensors as HalfTensors (see read_safetensors)."""
     tensors: dict[str, np.ndarray] = {}
     where: dict[str, Path] = {}
     for path in files.weights:
-        for name, tensor in read_safetensors(path).items():
+        for name, tensor in read_safetensors(path, widen).items():
             if name in tensors:
                 raise CheckpointError(f"tensor {name!r} is in both {where[name]} and {path}")
             tensors[name], where[name] = tensor, path

@@ -182,3 +182,34 @@ def test_inverse_frequencies_equal_transformers_llama3_scaling(reference):
                                            rope_theta=500000.0, rope_scaling=minigpt.llama.RopeScaling(8.0, 1.0, 4.0, 8192)))
     np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
     assert not np.allclose(ours, 1 / 500000.0 ** (np.arange(0, 128, 2) / 128))   # the scaling changed some
+
+
+def test_lazy_weights_give_the_float32_policys_floats_with_half_the_memory(reference, tmp_path):
+    """A bfloat16 file: weights="lazy" keeps the matrices as bfloat16 views of the mapped file and
+    widens each block's when it runs; its logits are bit-equal to weights="float32"'s."""
+    import torch
+
+    from minigpt.weights import HalfTensor
+
+    hf = write_llama(reference, tmp_path / "f32", FIELDS, seed=8)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    eager = minigpt.from_pretrained(tmp_path / "bf16", weights="float32")
+    lazy = minigpt.from_pretrained(tmp_path / "bf16", weights="lazy")
+    auto = minigpt.from_pretrained(tmp_path / "bf16")                   # a small model: float32
+    assert lazy.lazy_weights and not eager.lazy_weights and not auto.lazy_weights
+    held = sum(t.nbytes for t in lazy.state_dict().values())
+    assert held < 0.51 * sum(t.nbytes for t in eager.state_dict().values())
+    assert isinstance(lazy.layers[0]["mlp"]["up_proj"]["weight"], HalfTensor)
+    prompts = [[1, 5, 9, 2], [7, 7]]
+    tokens, mask = left_pad(prompts)
+    assert np.array_equal(lazy(tokens, attention_mask=mask), eager(tokens, attention_mask=mask))
+    assert lazy(tokens, attention_mask=mask).dtype == np.float32
+    # steering and generation work on it unchanged, and the vector file's weights hash agrees
+    vector = actadd.steering_vector(lazy, [actadd.ActivationAddition((1, 5), 2.0, 1)])
+    ref_vector = actadd.steering_vector(eager, [actadd.ActivationAddition((1, 5), 2.0, 1)])
+    assert np.array_equal(vector.activations[0], ref_vector.activations[0])
+    assert actadd.weights_hash(lazy) == actadd.weights_hash(eager)
+    assert minigpt.generate(lazy, prompts, max_new_tokens=5, temperature=0).tokens == \
+        minigpt.generate(eager, prompts, max_new_tokens=5, temperature=0).tokens
+    with pytest.raises(ValueError, match="weights='half': expected one of"):
+        minigpt.from_pretrained(tmp_path / "bf16", weights="half")
