@@ -213,3 +213,29 @@ def test_lazy_weights_give_the_float32_policys_floats_with_half_the_memory(refer
         minigpt.generate(eager, prompts, max_new_tokens=5, temperature=0).tokens
     with pytest.raises(ValueError, match="weights='half': expected one of"):
         minigpt.from_pretrained(tmp_path / "bf16", weights="half")
+
+
+def test_lazy_prefill_of_the_llama_3_2_1b_shape_stays_within_the_file_and_the_head(tmp_path):
+    """A random bfloat16 checkpoint of Llama-3.2-1B's shape (2.47 GB): a fresh process loads it with
+    weights="lazy" and runs a 16-token prefill. Bound held: its peak RSS is at most the file (all of
+    whose pages a pass touches) + the tied head widened to float32 + 0.5 GB; float32 weights alone
+    would be 4.9 GB."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_llama_memory import write_checkpoint
+
+    size = write_checkpoint(tmp_path, "llama-3.2-1b")
+    child = ("import sys, numpy as np, minigpt\n"
+             "m = minigpt.from_pretrained(sys.argv[1], weights='lazy')\n"
+             "assert m.lazy_weights\n"
+             "assert np.isfinite(m(np.arange(1, 17)[None], last_only=True)).all()\n"
+             "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024)\n")
+    peak = int(subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
+                              check=True).stdout.split()[-1])
+    head = 128256 * 2048 * 4
+    print(f"lazy prefill, Llama-3.2-1B shape: peak RSS {peak / 1e9:.2f} GB; file {size / 1e9:.2f} GB + "
+          f"head {head / 1e9:.2f} GB")
+    assert peak <= size + head + 0.5e9
