@@ -23,9 +23,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHAPES = {
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, tie_word_embeddings=True),
+                         num_key_value_heads=8, tie_word_embeddings=True, rms_norm_eps=1e-5),
     "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, tie_word_embeddings=False),
+                       num_key_value_heads=8, tie_word_embeddings=False, rms_norm_eps=1e-5),
 }
 CHILD = """
 import json, sys, time

@@ -69,15 +69,16 @@ class RopeScaling:
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    vocab_size: int = 128256
+    # Defaults are transformers' LlamaConfig's: a config.json that leaves a field out means them.
+    vocab_size: int = 32000
     hidden_size: int = 4096
-    intermediate_size: int = 14336
+    intermediate_size: int = 11008
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int = 8
-    max_position_embeddings: int = 8192
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 500000.0
+    num_key_value_heads: int = 32
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     head_dim: int | None = None           # None: hidden_size / num_attention_heads
     attention_bias: bool = False

@@ -169,6 +169,17 @@ def test_config_as_transformers_4_and_5_write_it_and_refusals():
             LlamaConfig.from_dict({**base, **change})
 
 
+def test_fields_left_out_mean_transformers_defaults(reference):
+    """A config.json without rms_norm_eps, rope_theta or num_key_value_heads means what
+    transformers' LlamaConfig assumes (a wrong eps moved logits by 6% of their scale)."""
+    hf = reference.transformers.LlamaConfig()
+    ours = LlamaConfig.from_dict({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
+                                  "num_hidden_layers": 1, "num_attention_heads": 2})
+    assert (ours.rms_norm_eps, ours.rope_theta, ours.num_key_value_heads, ours.max_position_embeddings,
+            ours.tie_word_embeddings) == (hf.rms_norm_eps, hf.rope_parameters["rope_theta"], 2,
+                                          hf.max_position_embeddings, hf.tie_word_embeddings)
+
+
 def test_inverse_frequencies_equal_transformers_llama3_scaling(reference):
     import torch
 
