@@ -94,14 +94,18 @@ class GPT2Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> GPT2Config:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (a GPT-2 folder needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json(path, "a GPT-2"), source=str(path))
+
+
+def read_json(path: str | Path, family: str):
+    """A config.json's content, or a ConfigError naming the file (`family`: "a GPT-2", ...)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file ({family} folder needs config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
 def _require_positive_int(name, value):

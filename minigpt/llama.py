@@ -19,7 +19,6 @@ Linear's [out, in]: products use weight.T.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .config import ConfigError
-from .model import KVCache, Transformer, _HookPoints, mean_last
+from .config import ConfigError, read_json
+from .model import KVCache, Transformer, _HookPoints, linear_t, mean_last
 from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint, select_tensors
 
 WEIGHT_POLICIES = ("auto", "float32", "lazy")
@@ -147,13 +146,9 @@ class LlamaConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> LlamaConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (a LLaMA folder needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path, "a LLaMA")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
         return cls.from_dict(raw, source=str(path))
 
 
@@ -242,14 +237,6 @@ def _widened(params):
 
 def parameter_count(config: LlamaConfig) -> int:
     return sum(math.prod(shape) for shape in expected_shapes(config).values())
-
-
-def linear_t(x, weight, bias=None):
-    """x @ weight.T + bias for torch Linear's [out, in] weight, as one 2-D matmul."""
-    flat = x.reshape(-1, x.shape[-1]) @ weight.T
-    if bias is not None:
-        flat += bias
-    return flat.reshape(*x.shape[:-1], weight.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------

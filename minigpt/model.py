@@ -36,6 +36,15 @@ def linear(x, weight, bias=None):
     return flat.reshape(*x.shape[:-1], weight.shape[-1])
 
 
+def linear_t(x, weight, bias=None):
+    """x @ weight.T + bias for torch Linear's [out, in] weight (OPT's and LLaMA's checkpoints), as
+    one 2-D matmul; the transposed view costs no copy."""
+    flat = x.reshape(-1, x.shape[-1]) @ weight.T
+    if bias is not None:
+        flat += bias
+    return flat.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def gelu_new(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), step by step in one new buffer: the same
     floats as that formula written out (halving last is exact), without its eight temporaries."""

@@ -19,15 +19,14 @@ embed_tokens or its own lm_head, and opt-350m's 512-wide embeddings projected to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .backend import Backend, array_namespace
-from .config import ConfigError
-from .model import KVCache, Transformer, _HookPoints, hook_names
+from .config import ConfigError, read_json
+from .model import KVCache, Transformer, _HookPoints, hook_names, linear_t
 from .weights import CheckpointError, select_tensors
 
 POSITION_OFFSET = 2   # OPT's learned positions start at row 2 (fairseq kept rows for padding)
@@ -90,13 +89,7 @@ class OPTConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> OPTConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (an OPT folder needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path, "an OPT")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
         return cls.from_dict(raw, source=str(path))
@@ -138,14 +131,6 @@ def canonical_state_dict(tensors: dict, config: OPTConfig, source: str = "checkp
             return name
         return name.removeprefix("model.").removeprefix("decoder.")
     return select_tensors(tensors, expected, bare, source, f"an OPT with num_hidden_layers={config.num_hidden_layers}")
-
-
-def linear_t(x, weight, bias=None):
-    """x @ weight.T + bias for torch Linear's [out, in] weight, as one 2-D matmul."""
-    flat = x.reshape(-1, x.shape[-1]) @ weight.T
-    if bias is not None:
-        flat += bias
-    return flat.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def relu(x):
