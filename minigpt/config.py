@@ -101,11 +101,14 @@ def read_json(path: str | Path, family: str):
     """A config.json's content, or a ConfigError naming the file (`family`: "a GPT-2", ...)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file ({family} folder needs config.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
 
 
 def _require_positive_int(name, value):

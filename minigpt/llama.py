@@ -146,10 +146,7 @@ class LlamaConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> LlamaConfig:
-        raw = read_json(path, "a LLaMA")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json(path, "a LLaMA"), source=str(path))
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:

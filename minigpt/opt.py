@@ -89,10 +89,7 @@ class OPTConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> OPTConfig:
-        raw = read_json(path, "an OPT")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json(path, "an OPT"), source=str(path))
 
 
 def expected_shapes(config: OPTConfig) -> dict[str, tuple[int, ...]]:
