@@ -40,9 +40,9 @@ class GPT2Config:
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
-            _require_positive_int(name, getattr(self, name))
+            require_positive_int(name, getattr(self, name))
         if self.n_inner is not None:
-            _require_positive_int("n_inner", self.n_inner)
+            require_positive_int("n_inner", self.n_inner)
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
@@ -111,6 +111,7 @@ def read_json(path: str | Path, family: str):
     return raw
 
 
-def _require_positive_int(name, value):
+def require_positive_int(name, value):
+    """A config size: a positive int (a bool is not one), else a ConfigError naming the field."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}={value!r}: expected a positive integer")

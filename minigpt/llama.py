@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .config import ConfigError, read_json
+from .config import ConfigError, read_json, require_positive_int
 from .model import KVCache, Transformer, _HookPoints, linear_t, mean_last
 from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint, select_tensors
 
@@ -87,9 +87,7 @@ class LlamaConfig:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name}={value!r}: expected a positive integer")
+            require_positive_int(name, getattr(self, name))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                               f"num_key_value_heads={self.num_key_value_heads}")

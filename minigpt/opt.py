@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, array_namespace
-from .config import ConfigError, read_json
+from .config import ConfigError, read_json, require_positive_int
 from .model import KVCache, Transformer, _HookPoints, hook_names, linear_t
 from .weights import CheckpointError, select_tensors
 
@@ -52,9 +52,7 @@ class OPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
                      "max_position_embeddings", "word_embed_proj_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name}={value!r}: expected a positive integer")
+            require_positive_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                               f"{self.num_attention_heads}")
