@@ -196,3 +196,24 @@ def original_actadd_logits(folder: Path, prompt: list[int], additions: list[tupl
     finally:
         for h in handles:
             h.remove()
+
+
+def pre_hook_actadd_logits(model, blocks, additions: list[tuple[list[int], float]], layer: int,
+                           prompt: list[int]) -> np.ndarray:
+    """ActAdd on any transformers causal LM, written with a forward pre-hook on decoder block
+    `blocks[layer]`: each addition's coeff * hidden_states[layer] of its tokens (the input of that
+    block, on the clean model) added to the prompt's first positions. Logits [pos, vocab]."""
+    with torch.no_grad():
+        acts = [coeff * model(torch.tensor([tokens]), output_hidden_states=True).hidden_states[layer][0]
+                for tokens, coeff in additions]
+
+    def pre_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        for a in acts:
+            hidden[:, :len(a)] = a + hidden[:, :len(a)]
+    handle = blocks[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            return model(torch.tensor([prompt])).logits[0].numpy()
+    finally:
+        handle.remove()

@@ -177,6 +177,23 @@ def test_the_gpt2_shape_matches_transformers(reference, device):
     check_against_transformers(reference, device, config, tokens, 0, "gpt2 shape, 48 tokens")
 
 
+def assert_family_matches(device, cls, config, state, rng):
+    """A family's model on the device against the same weights on NumPy: logits, every hook of a
+    left-padded batch, and four cached decoding steps."""
+    ref_model, model = cls(config, state), cls(config, state, backend=device)
+    prompts = [rng.integers(0, config.vocab_size, rng.integers(1, 9)).tolist() for _ in range(2)]
+    tokens, mask = left_pad(prompts)
+    ref_logits, ref_cache = ref_model.run_with_cache(tokens, attention_mask=mask)
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    assert list(cache) == list(ref_cache) == model.hook_names
+    assert_matches(device, logits, ref_logits, f"{cls.__name__} logits")
+    for name in cache:
+        assert_matches(device, cache[name], ref_cache[name], f"{cls.__name__} {name}")
+    for a, b in zip(decode_with_cache(model, prompts, 4, np.random.default_rng(1))[0],
+                    decode_with_cache(ref_model, prompts, 4, np.random.default_rng(1))[0]):
+        assert_matches(device, a, b, f"{cls.__name__} cached decoding")
+
+
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_opt_equals_the_numpy_path(device, data):
@@ -194,18 +211,7 @@ def test_opt_equals_the_numpy_path(device, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     state = {n: rng.normal(1.0 if n.endswith("layer_norm.weight") else 0.0, 0.3, shape).astype(np.float32)
              for n, shape in expected_shapes(config).items()}
-    ref_model, model = OPT(config, state), OPT(config, state, backend=device)
-    prompts = [rng.integers(0, config.vocab_size, rng.integers(1, 9)).tolist() for _ in range(2)]
-    tokens, mask = left_pad(prompts)
-    ref_logits, ref_cache = ref_model.run_with_cache(tokens, attention_mask=mask)
-    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
-    assert list(cache) == list(ref_cache) == model.hook_names
-    assert_matches(device, logits, ref_logits, "OPT logits")
-    for name in cache:
-        assert_matches(device, cache[name], ref_cache[name], f"OPT {name}")
-    for a, b in zip(decode_with_cache(model, prompts, 4, np.random.default_rng(1))[0],
-                    decode_with_cache(ref_model, prompts, 4, np.random.default_rng(1))[0]):
-        assert_matches(device, a, b, "OPT cached decoding")
+    assert_family_matches(device, OPT, config, state, rng)
 
 
 @settings(max_examples=15, deadline=None)
@@ -225,18 +231,7 @@ def test_llama_equals_the_numpy_path(device, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     state = {n: rng.normal(1.0 if "norm" in n else 0.0, 0.3, shape).astype(np.float32)
              for n, shape in expected_shapes(config).items()}
-    ref_model, model = Llama(config, state), Llama(config, state, backend=device)
-    prompts = [rng.integers(0, config.vocab_size, rng.integers(1, 9)).tolist() for _ in range(2)]
-    tokens, mask = left_pad(prompts)
-    ref_logits, ref_cache = ref_model.run_with_cache(tokens, attention_mask=mask)
-    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
-    assert list(cache) == list(ref_cache) == model.hook_names
-    assert_matches(device, logits, ref_logits, "LLaMA logits")
-    for name in cache:
-        assert_matches(device, cache[name], ref_cache[name], f"LLaMA {name}")
-    for a, b in zip(decode_with_cache(model, prompts, 4, np.random.default_rng(1))[0],
-                    decode_with_cache(ref_model, prompts, 4, np.random.default_rng(1))[0]):
-        assert_matches(device, a, b, "LLaMA cached decoding")
+    assert_family_matches(device, Llama, config, state, rng)
 
 
 def test_device_token_ids_are_checked_on_the_host(device):

@@ -107,27 +107,12 @@ def test_cached_decoding_equals_recompute_and_greedy_equals_generate(reference, 
 
 
 def test_actadd_on_llama_equals_a_forward_pre_hook(reference, tmp_path):
-    import torch
-
     hf = write_llama(reference, tmp_path, FIELDS, seed=5)
     model = Llama.from_pretrained(tmp_path)
     plus, minus, prompt, layer, coeff = [1, 17, 9], [1, 30, 31], [1, 5, 6, 7, 8, 9, 10], 2, 2.0
     vector = actadd.steering_vector(model, [actadd.ActivationAddition(tuple(plus), coeff, layer),
                                             actadd.ActivationAddition(tuple(minus), -coeff, layer)])
-    with torch.no_grad():
-        acts = [c * hf(torch.tensor([t]), output_hidden_states=True).hidden_states[layer][0] for t, c in
-                ((plus, coeff), (minus, -coeff))]
-
-    def pre_hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        for a in acts:
-            hidden[:, :len(a)] = a + hidden[:, :len(a)]
-    handle = hf.model.layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt])).logits[0].numpy()
-    finally:
-        handle.remove()
+    ref = reference.pre_hook_actadd_logits(hf, hf.model.layers, [(plus, coeff), (minus, -coeff)], layer, prompt)
     ours = model.run_with_hooks(prompt, vector.hooks(len(prompt)))[0]
     assert np.abs(ours - model(prompt)[0]).max() > 1e-2
     err = assert_close(ours, ref, "steered LLaMA logits")

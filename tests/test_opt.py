@@ -110,8 +110,6 @@ def test_cached_decoding_equals_recompute_and_greedy_equals_generate(reference, 
 def test_actadd_on_opt_equals_a_forward_pre_hook(reference, tmp_path):
     """The x-vector at blocks.L.hook_resid_pre is what a pre-hook on decoder layer L adds, with
     activations read from transformers' own hidden_states[L]."""
-    import torch
-
     fields = dict(vocab_size=60, hidden_size=24, num_hidden_layers=4, num_attention_heads=3, ffn_dim=32,
                   max_position_embeddings=32, word_embed_proj_dim=24, do_layer_norm_before=True,
                   tie_word_embeddings=False)
@@ -120,20 +118,7 @@ def test_actadd_on_opt_equals_a_forward_pre_hook(reference, tmp_path):
     plus, minus, prompt, layer, coeff = [2, 17, 9], [2, 30, 31], [2, 5, 6, 7, 8, 9, 10], 2, 3.0
     vector = actadd.steering_vector(model, [actadd.ActivationAddition(tuple(plus), coeff, layer),
                                             actadd.ActivationAddition(tuple(minus), -coeff, layer)])
-    with torch.no_grad():
-        acts = [c * hf(torch.tensor([t]), output_hidden_states=True).hidden_states[layer][0] for t, c in
-                ((plus, coeff), (minus, -coeff))]
-
-    def pre_hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        for a in acts:
-            hidden[:, :len(a)] = a + hidden[:, :len(a)]
-    handle = hf.model.decoder.layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt])).logits[0].numpy()
-    finally:
-        handle.remove()
+    ref = reference.pre_hook_actadd_logits(hf, hf.model.decoder.layers, [(plus, coeff), (minus, -coeff)], layer, prompt)
     ours = model.run_with_hooks(prompt, vector.hooks(len(prompt)))[0]
     plain = model(prompt)[0]
     assert np.abs(ours - plain).max() > 1e-2                   # the steering does something
