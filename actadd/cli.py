@@ -1,6 +1,7 @@
 """actadd command line: steer (completions side by side, as in the paper), the paper's
 measurements (logprobs, nexttoken, sweep, reproduce), its experiments (eval topic, sentiment,
-toxicity, relevance, knowledge, overhead) and its GPT-2 battery in one report (paper)."""
+toxicity, relevance, knowledge, overhead), its GPT-2 battery in one report (paper), and the
+contrast-pair instruments (pairs, calibrate, lens)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import json
 import shutil
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
 from minigpt.cli import BACKEND_HELP
 
-from . import evaluate, likelihood, measure, overhead, paper
+from . import evaluate, interpret, likelihood, measure, overhead, pairs, paper
+from .pairs import READINGS
+from .pairs import DirectionVector
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
-from .results import json_safe
+from .results import json_safe, write_outputs
 from .vector_io import VectorFileError, load, save
 
 ERRORS = (ConfigError, CheckpointError, BackendError, VectorFileError, ValueError, TypeError)
@@ -36,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     steer.add_argument("--prompt", required=True, help="the prompt to complete (<|endoftext|> is prepended)")
     steer.add_argument("--plus", help="steering prompt added with +coeff")
     steer.add_argument("--minus", help="steering prompt added with -coeff (may be \"\")")
-    steer.add_argument("--layer", type=int, help="block whose resid_pre is steered (0 = embeddings)")
+    steer.add_argument("--pairs", help="a file of 'plus<TAB>minus' lines: the mean of their differences, instead of "
+                       "--plus/--minus")
+    steer.add_argument("--reading", choices=READINGS, default="actadd", help="with --pairs: ActAdd's per-position "
+                       "matrix (default), or the mean-difference direction at each prompt's last token or mean token")
+    steer.add_argument("--positions", default="prompt", help="for a direction: prompt (every prompt position, "
+                       "default), all (generated tokens too, as llama.cpp), or positions like 1,2,3")
+    steer.add_argument("--layer", help="block whose resid_pre is steered (0 = embeddings); a list like 2,4 or 2-11 "
+                       "steers each")
     steer.add_argument("--coeff", type=float, help="the coefficient c")
     steer.add_argument("--pad", choices=PADDINGS, default="space", help="right-pad the shorter steering prompt "
                        "with ' ' (default, as published), <|endoftext|>, or not at all")
@@ -44,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="where the matrix goes: front (default), mid or back; a --vector keeps its own unless given")
     steer.add_argument("--vector", help="apply a steering vector saved with --save instead of --plus/--minus")
     steer.add_argument("--allow-other-weights", action="store_true", help="apply a --vector made on other weights")
-    steer.add_argument("--save", help="write the steering vector to this .safetensors file")
+    steer.add_argument("--save", help="write the steering vector to this .safetensors file (a direction: or .gguf, "
+                       "a llama.cpp control vector)")
     steer.add_argument("-n", type=int, default=3, help="completions of each kind (default 3)")
     steer.add_argument("--seed", type=int, default=0)
     steer.add_argument("--max-new-tokens", type=int, default=50)
@@ -61,18 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"actadd: error: {e}", file=sys.stderr)
             return 2
 
-    recipe = [args.plus, args.minus, args.layer, args.coeff]
-    if args.vector is not None and any(x is not None for x in recipe):
-        parser.error("give either --vector or --plus/--minus/--layer/--coeff, not both")
-    if args.vector is None and any(x is None for x in recipe):
-        parser.error("--plus, --minus, --layer and --coeff are all needed (or --vector)")
+    _check_recipe(parser, args, minus_required=True)
     try:
         model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
-        if args.vector is not None:
-            vector = load(args.vector, model, allow_other_weights=args.allow_other_weights)
-        else:
-            vector = steering_vector(model, x_vector(tok, args.plus, args.minus, args.coeff, args.layer, args.pad),
-                                     alignment=args.align or "front", padding=args.pad)
+        vector = _vector(parser, args, model, tok)
         args.align = args.align or vector.alignment
         if args.save:
             save(vector, args.save)
@@ -88,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "model": args.model, "prompt": args.prompt, "prompt_tokens": result.prompt_tokens, "seed": args.seed,
             "alignment": args.align,
-            "additions": [{"prompt": a.prompt, "tokens": list(a.tokens), "coeff": a.coeff, "layer": a.layer}
-                          for a in vector.additions],
+            **_vector_json(vector),
             "sampling": {"temperature": args.temperature, "top_p": args.top_p, "freq_penalty": args.freq_penalty,
                          "max_new_tokens": args.max_new_tokens},
             "norms": [{"layer": r.layer, "tokens": r.tokens, "steering": r.steering.tolist(),
@@ -97,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "unsteered": result.unsteered, "steered": result.steered,
         }, indent=2))
         return 0
-    terms = " ".join(f"{'+' if a.coeff >= 0 else '-'} {abs(a.coeff):g} x {a.prompt!r} @ layer {a.layer}"
-                     for a in vector.additions)
-    print(f"{model} from {args.model}\nsteering: {terms}, {args.align} alignment\n")
+    print(f"{model} from {args.model}\nsteering: {_describe(vector, args.align)}\n")
     for report in reports:
         print(report.format() + "\n")
     width = max(30, (shutil.get_terminal_size((120, 24)).columns - 3) // 2)
@@ -129,23 +132,75 @@ def _add_model_args(p, default_model="gpt2"):
 def _add_vector_args(p):
     p.add_argument("--plus", help="steering prompt added with +coeff")
     p.add_argument("--minus", default="", help="steering prompt added with -coeff (default \"\")")
-    p.add_argument("--layer", type=int, help="block whose resid_pre is steered")
+    p.add_argument("--pairs", help="a file of 'plus<TAB>minus' lines (the mean of their differences), instead of --plus")
+    p.add_argument("--reading", choices=READINGS, default="actadd",
+                   help="with --pairs: actadd (per-position matrix, default), last or mean (a direction)")
+    p.add_argument("--positions", default="prompt", help="for a direction: prompt (default), all, or e.g. 1,2,3")
+    p.add_argument("--layer", help="block whose resid_pre is steered (a list like 2,4 or 2-11 steers each)")
     p.add_argument("--coeff", type=float, help="the coefficient c")
     p.add_argument("--pad", choices=PADDINGS, default="space", help="right-pad the shorter steering prompt (default space)")
     p.add_argument("--align", choices=ALIGNMENTS, default="front")
-    p.add_argument("--vector", help="a steering vector saved by actadd steer --save, instead of --plus/--layer/--coeff")
+    p.add_argument("--vector", help="a vector saved by --save (.safetensors, or a .gguf control vector), instead of "
+                   "--plus/--layer/--coeff")
     p.add_argument("--allow-other-weights", action="store_true")
 
 
-def _vector(parser, args, model, tok):
+def _check_recipe(parser, args, minus_required=False):
+    """Exactly one way of giving the vector: --vector, --pairs with --layer and --coeff, or
+    --plus (and --minus) with --layer and --coeff."""
+    given = [n for n in ("plus", "pairs", "layer", "coeff") if getattr(args, n) is not None]
     if args.vector is not None:
-        if args.plus is not None or args.layer is not None or args.coeff is not None:
-            parser.error("give either --vector or --plus/--minus/--layer/--coeff, not both")
+        if given or (minus_required and args.minus is not None):
+            parser.error(f"give either --vector or --plus/--minus/--layer/--coeff, not both (got --{given[0] if given else 'minus'})")
+        return
+    if args.plus is not None and args.pairs is not None:
+        parser.error("give either --pairs or --plus/--minus, not both")
+    if args.pairs is not None:
+        if args.layer is None or args.coeff is None:
+            parser.error("--pairs needs --layer and --coeff")
+        return
+    if args.plus is None or args.layer is None or args.coeff is None or (minus_required and args.minus is None):
+        parser.error(("--plus, --minus, --layer and --coeff are all needed" if minus_required
+                      else "--plus, --layer and --coeff are needed") + " (or --pairs, or --vector)")
+
+
+def _positions(text: str):
+    return text if text in ("prompt", "all") else tuple(_numbers(text, int, "--positions"))
+
+
+def _vector(parser, args, model, tok):
+    _check_recipe(parser, args)
+    if args.vector is not None:
         return load(args.vector, model, allow_other_weights=args.allow_other_weights)
-    if args.plus is None or args.layer is None or args.coeff is None:
-        parser.error("--plus, --layer and --coeff are needed (or --vector)")
-    return steering_vector(model, x_vector(tok, args.plus, args.minus, args.coeff, args.layer, args.pad),
-                           alignment=args.align, padding=args.pad)
+    layers = _numbers(args.layer, int, "--layer")
+    if args.pairs is not None:
+        vector = pairs.mean_of_pairs(model, tok, pairs.read_pairs(args.pairs), args.coeff, layers, args.reading, args.pad,
+                                     _positions(args.positions))
+        return vector if args.reading != "actadd" else replace(vector, alignment=args.align or "front")
+    additions = [a for L in layers for a in x_vector(tok, args.plus, args.minus, args.coeff, L, args.pad)]
+    return steering_vector(model, additions, alignment=args.align or "front", padding=args.pad)
+
+
+def _describe(vector, alignment: str | None = None, most: int = 6) -> str:
+    """One line for people: the additions (at most `most`, then a count), or the direction."""
+    if isinstance(vector, DirectionVector):
+        made = {"last": f"of {len(vector.pairs)} pairs at their last token",
+                "mean": f"of {len(vector.pairs)} pairs over their tokens"}.get(vector.reading, "of a control vector")
+        return (f"the mean-difference direction {made} x {vector.coeff:g} at layer(s) {list(vector.layers)}, "
+                f"positions {vector.positions!r}")
+    terms = [f"{'+' if a.coeff >= 0 else '-'} {abs(a.coeff):g} x {a.prompt!r} @ layer {a.layer}" for a in vector.additions]
+    more = f" ... ({len(terms) - most} more)" if len(terms) > most else ""
+    return " ".join(terms[:most]) + more + f", {alignment or vector.alignment} alignment"
+
+
+def _vector_json(vector) -> dict:
+    if isinstance(vector, DirectionVector):
+        return {"direction": {"layers": list(vector.layers), "hook_names": [vector.hook_name(L) for L in vector.layers],
+                              "coeff": vector.coeff, "reading": vector.reading, "positions": vector.positions,
+                              "pairs": [list(p) for p in vector.pairs],
+                              "norms": [float(np.linalg.norm(d)) for d in vector.directions]}}
+    return {"additions": [{"prompt": a.prompt, "tokens": list(a.tokens), "coeff": a.coeff, "layer": a.layer}
+                          for a in vector.additions]}
 
 
 def _corpus_args(p, required=True):
@@ -187,6 +242,51 @@ def _add_measure_commands(sub):
     _add_model_args(p, default_model="gpt2-xl")
     _add_eval_commands(sub)
     _add_paper_command(sub)
+    _add_pair_commands(sub)
+
+
+def _add_pair_commands(sub):
+    p = sub.add_parser("pairs", help="which contrast pairs carry the effect: norms, cosines, effect alone, leave-one-out",
+                       description="Writes OUT/summary.json, OUT/summary.csv (one row per pair) and OUT/pairs.png "
+                                   "(the pairs' cosine matrix and their effects).")
+    _add_model_args(p)
+    p.add_argument("--pairs", required=True, help="a file of 'plus<TAB>minus' lines")
+    p.add_argument("--layer", type=int, required=True, help="the block whose resid_pre is steered")
+    p.add_argument("--coeff", type=float, required=True, help="the coefficient of the mean vector and of each pair's")
+    p.add_argument("--reading", choices=READINGS, default="actadd",
+                   help="actadd (per-position matrix, default), last or mean (the mean-difference direction)")
+    p.add_argument("--pad", choices=PADDINGS, default="space", help="the actadd reading's padding (default space)")
+    p.add_argument("--prompt", help="metric: next-token effectiveness of --topic tokens after this prompt")
+    p.add_argument("--topic", nargs="*", default=(), help="with --prompt: the token set A (single tokens, e.g. ' sea')")
+    _corpus_args(p, required=False)
+    p.add_argument("--min-cosine", type=float, default=0.0,
+                   help="flag a pair whose cosine with the mean of the others is below this (default 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--save", help="also write the mean vector (.safetensors; a direction also .gguf)")
+    p.add_argument("--save-layers", help="with --save and a direction reading: its layers, e.g. 2-11 (default --layer)")
+    p.add_argument("--positions", default="prompt", help="the saved direction's positions: prompt (default), all, 1,2,3")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("calibrate", help="the coefficient that makes the vector 0.5x, 1x, 2x the residual stream, per layer",
+                       description="Writes OUT/summary.json, OUT/summary.csv and OUT/calibrate.png.")
+    _add_model_args(p)
+    p.add_argument("--plus", help="steering prompt (or --pairs)")
+    p.add_argument("--minus", default="", help="default \"\"")
+    p.add_argument("--pairs", help="a file of 'plus<TAB>minus' lines")
+    p.add_argument("--reading", choices=READINGS, default="actadd")
+    p.add_argument("--pad", choices=PADDINGS, default="space")
+    p.add_argument("--prompt", required=True, help="the prompt whose residual stream sizes the vector")
+    p.add_argument("--layers", help="e.g. 0-11 (default every layer)")
+    p.add_argument("--ratios", default="0.5,1,2", help="fractions of the residual stream's norm (default 0.5,1,2)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser("lens", help="the vector through the unembedding, and its effect on each later layer (logit lens)",
+                       description="A heuristic. Writes OUT/summary.json, OUT/summary.csv and, with --prompt, OUT/lens.png.")
+    _add_model_args(p)
+    _add_vector_args(p)
+    p.add_argument("--prompt", help="also: the change of each later layer's logit-lens distribution on this prompt")
+    p.add_argument("-k", type=int, default=10, help="tokens per list (default 10)")
+    p.add_argument("--out", required=True, help="output folder")
 
 
 def _add_eval_commands(sub):
@@ -490,8 +590,66 @@ def _reproduce(parser, args):
     return 0
 
 
+def _pairs(parser, args):
+    if (args.prompt is None) == (args.corpus is None):
+        parser.error("give one metric: --prompt with --topic (next-token effectiveness), or --corpus (log-prob shift)")
+    if args.prompt is not None and not args.topic:
+        parser.error("--prompt needs --topic: the tokens whose next-token log-probability is the metric")
+    contrast = pairs.read_pairs(args.pairs)
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    if args.prompt is not None:
+        metric = pairs.effectiveness_metric(model, tok, args.prompt, _topic_ids(tok, args.topic))
+    else:
+        texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens)
+        metric = pairs.logprob_metric(model, texts, Path(args.corpus).name)
+    report = pairs.pair_report(model, tok, contrast, args.layer, args.coeff, metric, args.reading, args.pad,
+                               args.min_cosine, progress=not args.no_progress)
+    document = {"model": args.model, "pairs_file": args.pairs, **report.document()}
+    written = write_outputs(args.out, "pairs", document, report.rows(), report.plot)
+    if args.save:
+        layers = _numbers(args.save_layers, int, "--save-layers") if args.save_layers else [args.layer]
+        vector = pairs.mean_of_pairs(model, tok, contrast, args.coeff, layers, args.reading, args.pad,
+                                     _positions(args.positions))
+        written.append(save(vector, args.save))
+    print(json.dumps(json_safe(document), indent=2) if args.json else report.table())
+    if not args.json:
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _calibrate(parser, args):
+    if (args.plus is None) == (args.pairs is None):
+        parser.error("give --plus (and --minus) or --pairs")
+    contrast = pairs.read_pairs(args.pairs) if args.pairs else [(args.plus, args.minus)]
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    layers = _numbers(args.layers, int, "--layers") if args.layers else None
+    result = interpret.calibrate(model, tok, args.prompt, contrast, layers, _numbers(args.ratios, float, "--ratios"),
+                                 args.reading, args.pad)
+    written = write_outputs(args.out, "calibrate", {"model": args.model, **result.document()}, result.rows, result.plot)
+    print(json.dumps(json_safe(result.document()), indent=2) if args.json else result.table())
+    if not args.json:
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _lens(parser, args):
+    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    vector = _vector(parser, args, model, tok)
+    report = interpret.lens(model, tok, vector, args.prompt, args.k)
+    rows = [{"layer": r["layer"], "position": r["position"], "kind": kind, "rank": i, "token": t, "value": v}
+            for r in report.vector for kind in ("top", "bottom") for i, (t, v) in enumerate(r[kind])]
+    rows += [{"layer": r["layer"], "position": "last", "kind": kind, "rank": i, "token": t, "value": v}
+             for r in report.changes for kind in ("promoted", "suppressed") for i, (t, v) in enumerate(r[kind])]
+    document = {"model": args.model, "heuristic": "logit lens", **report.document()}
+    written = write_outputs(args.out, "lens", document, rows, report.plot if args.prompt else None)
+    print(json.dumps(json_safe(document), indent=2) if args.json else report.table())
+    if not args.json:
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce, "eval": _eval,
-            "paper": _paper}
+            "paper": _paper, "pairs": _pairs, "calibrate": _calibrate, "lens": _lens}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
 
 from .results import atomic_write
+from .pairs import DirectionVector
 from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, row_hooks, site, steering_vector,
                        tokens_with_bos, x_vector)
 
@@ -194,7 +195,9 @@ def logprob_shift(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]]
     return LogprobShift([g for g, _ in texts], base, steered, _masked(vector, seqs, mask))
 
 
-def _masked(vector: SteeringVector, seqs, mask: bool) -> list[np.ndarray]:
+def _masked(vector: SteeringVector | DirectionVector, seqs, mask: bool) -> list[np.ndarray]:
+    if isinstance(vector, DirectionVector):  # it adds to the text's activations, replaces none: nothing to mask
+        mask = False
     return [steered_positions(vector, len(ids))[:-1] if mask else np.zeros(len(ids) - 1, bool) for ids in seqs]
 
 

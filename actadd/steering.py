@@ -127,6 +127,9 @@ class SteeringVector:
     def layers(self) -> list[int]:
         return sorted({a.layer for a in self.additions})
 
+    def hook_name(self, layer: int) -> str:
+        return site(layer)
+
     @property
     def length(self) -> int:
         """The shortest prompt this vector can steer: its longest addition."""
@@ -142,6 +145,14 @@ class SteeringVector:
         for m in mats:
             out[:len(m)] += m
         return out
+
+    def delta(self, layer: int, length: int, alignment: Alignment | None = None) -> np.ndarray:
+        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt."""
+        out = np.zeros((1, length, self.activations[0].shape[1]), np.float32)
+        for a, m in zip(self.additions, self.activations):
+            if a.layer == layer:
+                _place(out, m, np.arange(length)[None], np.array([length]), alignment or self.alignment)
+        return out[0]
 
     def hooks(self, prompt_lengths: Sequence[int] | int | None = None,
               alignment: Alignment | None = None) -> list[tuple[str, object]]:
@@ -228,19 +239,35 @@ def steering_vector(model: Transformer, additions: Sequence[ActivationAddition],
     by_tokens: dict[tuple[int, ...], set[int]] = defaultdict(set)
     for a in additions:
         by_tokens[a.tokens].add(a.layer)
-    resid_pre = {}
-    for tokens, layers in by_tokens.items():
-        _, cache = model.run_with_cache(list(tokens), names=[site(L) for L in sorted(layers)])
-        for L in layers:
-            resid_pre[tokens, L] = model.backend.to_host(cache[site(L)][0])    # [pos, d_model]
+    resid_pre = residual_streams(model, by_tokens)
     activations = tuple(a.coeff * resid_pre[a.tokens, a.layer] for a in additions)  # Step 3: coeff * resid_pre
     return SteeringVector(additions, activations, alignment, padding, fingerprint(model))
+
+
+def residual_site(layer: int, n_layer: int) -> str:
+    """The residual stream at `layer`: entering block `layer`, or for layer = n_layer leaving the last one."""
+    return site(layer) if layer < n_layer else f"blocks.{n_layer - 1}.hook_resid_post"
+
+
+def residual_streams(model: Transformer, wanted: dict) -> dict[tuple[tuple[int, ...], int], np.ndarray]:
+    """{(tokens, layer): host float32 [pos, d_model]}: the unsteered residual stream of each token
+    sequence of `wanted` ({tokens: layers}) at its layers, one forward pass per sequence."""
+    out = {}
+    for tokens, layers in wanted.items():
+        names = {L: residual_site(L, model.config.n_layer) for L in sorted(layers)}
+        _, cache = model.run_with_cache(list(tokens), names=list(names.values()))
+        for L, name in names.items():
+            out[tuple(tokens), L] = model.backend.to_host(cache[name][0])       # [pos, d_model]
+    return out
 
 
 def fingerprint(model: Transformer) -> dict:
     from .vector_io import weights_hash
 
-    return {"config": model_config_dict(model), "weights_sha256": weights_hash(model)}
+    import minigpt
+
+    family = next((name for name, cls in minigpt.FAMILIES.items() if isinstance(model, cls)), None)
+    return {"model_type": family, "config": model_config_dict(model), "weights_sha256": weights_hash(model)}
 
 
 def model_config_dict(model: Transformer) -> dict:
@@ -295,13 +322,14 @@ class NormReport:
     tokens: list[str]
     steering: np.ndarray            # [pos] |delta|, 0 where nothing is added
     residual: np.ndarray            # [pos] |resid_pre_L(prompt)|
+    hook_name: str = ""
 
     @property
     def ratio(self) -> np.ndarray:
         return self.steering / self.residual
 
     def format(self) -> str:
-        lines = [f"layer {self.layer} ({site(self.layer)}): norms per prompt position",
+        lines = [f"layer {self.layer} ({self.hook_name or site(self.layer)}): norms per prompt position",
                  f"{'pos':>4}  {'token':<16} {'|steering|':>11} {'|resid|':>9} {'ratio':>7}"]
         for p, (tok, s, r) in enumerate(zip(self.tokens, self.steering, self.residual)):
             lines.append(f"{p:>4}  {tok!r:<16} {s:>11.2f} {r:>9.2f} {s / r:>7.3f}")
@@ -314,18 +342,13 @@ def norm_report(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector
     to, position by position (coefficients mean little across layers and models without it)."""
     ids = tokens_with_bos(tokenizer, prompt)
     alignment = alignment or vector.alignment
-    _, cache = model.run_with_cache(ids, names=[site(L) for L in vector.layers])
-    positions, lengths = np.arange(len(ids))[None], np.array([len(ids)])
-    _check_lengths(lengths, vector.length, alignment)
+    _check_lengths(np.array([len(ids)]), vector.length, alignment)
+    _, cache = model.run_with_cache(ids, names=[vector.hook_name(L) for L in vector.layers])
     reports = []
     for L in vector.layers:
-        resid = model.backend.to_host(cache[site(L)])                          # [1, pos, d_model]
-        delta = np.zeros_like(resid)
-        for a, m in zip(vector.additions, vector.activations):
-            if a.layer == L:
-                _place(delta, m, positions, lengths, alignment)
-        reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(delta[0], axis=-1),
-                                  np.linalg.norm(resid[0], axis=-1)))
+        resid = model.backend.to_host(cache[vector.hook_name(L)])[0]          # [pos, d_model]
+        reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(vector.delta(L, len(ids), alignment), axis=-1),
+                                  np.linalg.norm(resid, axis=-1), vector.hook_name(L)))
     return reports
 
 

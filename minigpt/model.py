@@ -344,6 +344,15 @@ class Transformer:
         """
         return self.forward(tokens, self.hook_points(fwd_hooks), **kwargs)
 
+    def logit_lens(self, resid):
+        """Logits [batch, pos, vocab] of residual-stream vectors [batch, pos, d_model] (host or
+        device, float32) read as if they left the last block: the model's own final norm and
+        unembedding, nothing before (start_at_layer = n_layer). The logit lens; a heuristic."""
+        resid = self.backend.to_device(resid) if isinstance(resid, np.ndarray) else resid
+        if resid.ndim != 3:
+            raise ValueError(f"logit_lens takes [batch, pos, d_model]; got shape {resid.shape}")
+        return self.forward(np.zeros(resid.shape[:2], np.int64), start_at_layer=self.config.n_layer, resid_pre=resid)
+
     def hook_points(self, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = ()) -> _HookPoints:
         """The hooks of `fwd_hooks`, checked and grouped by point, ready for `forward`."""
         hooks: dict[str, list[HookFn]] = {}
@@ -493,14 +502,16 @@ class Transformer:
         return ids.astype(np.intp, copy=False)
 
     def _check_resid_pre(self, resid_pre, layer, shape, cache):
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.config.n_layer:
-            raise ValueError(f"start_at_layer={layer!r}: this model has blocks 0 to {self.config.n_layer - 1}")
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= self.config.n_layer:
+            raise ValueError(f"start_at_layer={layer!r}: this model has blocks 0 to {self.config.n_layer - 1} "
+                             f"({self.config.n_layer}: the final norm and unembedding only)")
         if cache is not None:
             raise ValueError("start_at_layer cannot fill a KV cache: the blocks before it would have no keys")
         want = (*shape, self.config.n_embd)
         if resid_pre is None:
-            raise ValueError(f"start_at_layer={layer} needs resid_pre, the activation at "
-                             f"blocks.{layer}.hook_resid_pre of these tokens")
+            at = (f"blocks.{layer}.hook_resid_pre" if layer < self.config.n_layer
+                  else f"blocks.{layer - 1}.hook_resid_post (after the last block)")
+            raise ValueError(f"start_at_layer={layer} needs resid_pre, the activation at {at} of these tokens")
         if type(resid_pre) is not self._array_type or resid_pre.dtype != np.float32 or resid_pre.shape != want:
             raise ValueError(f"resid_pre is {type(resid_pre).__name__} {getattr(resid_pre, 'dtype', '')} "
                              f"{getattr(resid_pre, 'shape', '')}; expected {self._array_type.__name__} float32 {want}")

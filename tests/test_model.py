@@ -391,7 +391,8 @@ def test_starting_at_a_layer_from_its_cached_resid_pre_gives_the_same_floats(cas
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"start_at_layer": 2}, "start_at_layer=2: this model has blocks 0 to 1"),
+    ({"start_at_layer": 3}, "start_at_layer=3: this model has blocks 0 to 1 \\(2: the final norm and unembedding only\\)"),
+    ({"start_at_layer": 2}, "needs resid_pre, the activation at blocks.1.hook_resid_post \\(after the last block\\)"),
     ({"start_at_layer": -1}, "start_at_layer=-1"),
     ({"start_at_layer": 1}, "needs resid_pre, the activation at blocks.1.hook_resid_pre"),
     ({"start_at_layer": 1, "resid_pre": np.zeros((1, 5, 8), np.float64)}, "float64 \\(1, 5, 8\\); expected ndarray float32"),

@@ -1,0 +1,512 @@
+"""Contrast pairs: many (plus, minus) pairs made into one steering vector, and a report on
+which pairs carry the effect and which cancel it.
+
+The paper names the quality of the contrast pair as ActAdd's first limitation. With many pairs,
+the vector is the mean of the pairs' differences, in one of two readings:
+
+  "actadd"       ActAdd's per-position matrix. Every prompt of every pair is right-padded (" "
+                 by default, as the published x-vectors) to the longest prompt of the whole set,
+                 and the vector is coeff x mean_i [resid_pre_L(plus_i) - resid_pre_L(minus_i)],
+                 position by position: a SteeringVector of the additions (plus_i, +coeff/N) and
+                 (minus_i, -coeff/N), added at the front of a prompt like any x-vector. With one
+                 pair it is x_vector(plus, minus) exactly.
+  "last", "mean" The mean-difference direction of contrastive activation addition: per layer one
+                 d_model vector, coeff x mean_i [r(plus_i) - r(minus_i)], r the residual stream at
+                 the prompt's last token ("last") or its mean over the tokens after BOS ("mean";
+                 BOS is the same in both prompts and, in GPT-2, far larger than the rest). No
+                 padding. A DirectionVector, added at every prompt position (or chosen ones, or
+                 every position as llama.cpp's control vectors are).
+
+Deterministic: the residual streams come from one unsteered pass per prompt, the mean is summed
+in float64 in the pairs' order and rounded once to float32; no randomized solver anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from minigpt import Tokenizer, Transformer
+from minigpt.backend import array_namespace
+
+from .steering import (ActivationAddition, SteeringVector, _check_lengths, fingerprint, pad_token_id, residual_site,
+                       residual_streams, tokens_with_bos)
+
+READINGS = ("actadd", "last", "mean")
+Pair = tuple[str, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs in
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """`plus<TAB>minus` lines of a UTF-8 file (blank lines and lines starting with '#' skipped).
+    A prompt may be empty ("weddings<TAB>"), but a line needs exactly one tab."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such pairs file") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+        raise ValueError(f"{path}: cannot read it as UTF-8 text ({e})") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.count("\t") != 1:
+            raise ValueError(f"{path}:{number}: expected 'plus<TAB>minus' (one tab), got {line.count(chr(9))} tabs "
+                             f"in {line[:60]!r}")
+        plus, minus = line.split("\t")
+        if not plus.strip() and not minus.strip():
+            raise ValueError(f"{path}:{number}: both prompts are empty")
+        pairs.append((plus, minus))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs (every line blank or a comment)")
+    return pairs
+
+
+def check_pairs(pairs) -> list[Pair]:
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("no contrast pairs given (an empty set has no mean)")
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ValueError(f"pair {i} is {pair!r}; expected (plus, minus), two strings")
+    return [tuple(p) for p in pairs]
+
+
+# ---------------------------------------------------------------------------------------------
+# The direction reading: one d_model vector per layer (contrastive activation addition)
+
+POSITIONS = ("prompt", "all")
+
+
+@dataclass
+class DirectionVector:
+    """A direction per layer, float32 [d_model] with the coefficient applied, added to the
+    residual stream at positions that do not depend on the vector's own prompts:
+
+        "prompt"       every position of the prompt (not the generated tokens), as ActAdd does
+        "all"          every position, generated tokens included: llama.cpp's control vectors
+        (p0, p1, ...)  those positions of the prompt only (0 = BOS)
+
+    Layer L is the residual stream entering block L (blocks.{L}.hook_resid_pre), as for
+    SteeringVector; L = n_layer is the stream after the last block (its hook_resid_post),
+    where a llama.cpp control vector's last direction goes. Made from contrast pairs by
+    actadd.pairs.mean_of_pairs, or read from a control vector (actadd.vector_io)."""
+
+    layers: tuple[int, ...]
+    directions: tuple[np.ndarray, ...]
+    n_layer: int
+    coeff: float = 1.0
+    reading: str = "last"           # how it was made: "last" / "mean" token of each pair, or "gguf"
+    positions: str | tuple[int, ...] = "prompt"
+    pairs: tuple[tuple[str, str], ...] = ()
+    fingerprint: dict = field(default_factory=dict)
+    alignment: str = "front"        # for the callers of SteeringVector: positions count from the front
+
+    def __post_init__(self):
+        self.layers = tuple(int(L) for L in self.layers)
+        self.directions = tuple(self.directions)
+        if not self.layers or len(self.layers) != len(self.directions):
+            raise ValueError("a direction vector needs one direction per layer, and at least one layer")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {list(self.layers)} repeat a layer")
+        for L, d in zip(self.layers, self.directions):
+            if not 0 <= L <= self.n_layer:
+                raise ValueError(f"layer {L}: the residual stream has layers 0 to {self.n_layer} (n_layer = after "
+                                 "the last block)")
+            if not isinstance(d, np.ndarray) or d.dtype != np.float32 or d.ndim != 1:
+                raise ValueError(f"direction at layer {L} is {getattr(d, 'dtype', type(d).__name__)} "
+                                 f"{getattr(d, 'shape', '')}; expected float32 [d_model]")
+        if isinstance(self.positions, str):
+            if self.positions not in POSITIONS:
+                raise ValueError(f"positions={self.positions!r}: expected one of {POSITIONS} or prompt positions")
+        else:
+            self.positions = tuple(int(p) for p in self.positions)
+            if not self.positions or min(self.positions) < 0:
+                raise ValueError(f"positions={list(self.positions)}: expected positions >= 0, at least one")
+
+    @property
+    def length(self) -> int:
+        """The shortest prompt it can steer: 1, or past the last chosen position."""
+        return 1 if isinstance(self.positions, str) else max(self.positions) + 1
+
+    def hook_name(self, layer: int) -> str:
+        return residual_site(layer, self.n_layer)
+
+    def direction(self, layer: int) -> np.ndarray:
+        if layer not in self.layers:
+            raise ValueError(f"no direction at layer {layer}; this vector has layers {list(self.layers)}")
+        return self.directions[self.layers.index(layer)]
+
+    def where(self, positions: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """bool [batch, pos]: where the direction is added, for position ids `positions` (-1 =
+        padding) of rows whose prompts have `lengths` tokens (None: every position is prompt)."""
+        inside = positions >= 0
+        if self.positions == "all" or lengths is None:
+            return inside
+        inside &= positions < lengths[:, None]
+        return inside if self.positions == "prompt" else inside & np.isin(positions, self.positions)
+
+    def delta(self, layer: int, length: int, alignment=None) -> np.ndarray:
+        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt."""
+        where = self.where(np.arange(length)[None], np.array([length]))[0]
+        return np.where(where[:, None], self.direction(layer)[None], np.float32(0))
+
+    def hooks(self, prompt_lengths: Sequence[int] | int | None = None, alignment=None) -> list[tuple[str, object]]:
+        """`fwd_hooks`: one per layer. Passes are told apart as SteeringVector.hooks does: with
+        `prompt_lengths` the prompt is each row's first tokens on every pass; without, a pass
+        that starts at 0 is the prompt and later (cached) passes are not, except with "all"."""
+        if alignment not in (None, "front"):
+            raise ValueError(f"alignment={alignment!r}: a direction vector is placed by its positions "
+                             f"({self.positions!r}), not front/mid/back")
+        return [(self.hook_name(L), _direction_hook(self, d, prompt_lengths)) for L, d in zip(self.layers, self.directions)]
+
+
+def _direction_hook(vector: DirectionVector, direction: np.ndarray, prompt_lengths):
+    on_device: dict = {}
+
+    def steer(resid, hook):                                                   # [batch, pos, d_model]
+        positions = hook.positions                                            # host [batch, pos]; -1 = padding
+        if prompt_lengths is not None:
+            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
+        elif hook.start == 0:
+            lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
+        elif vector.positions == "all":
+            lengths = None
+        else:
+            return None                                                       # a decode step: not the prompt
+        if lengths is not None:
+            _check_lengths(lengths, vector.length, f"positions {vector.positions!r}")
+        where = vector.where(positions, lengths)
+        if not where.any():
+            return None
+        xp = array_namespace(resid)
+        if xp not in on_device:
+            on_device[xp] = xp.asarray(direction)
+        out = resid.copy()
+        out[xp.asarray(where)] += on_device[xp]                               # [places, d_model] += [d_model]
+        return out
+    return steer
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs to vectors
+
+
+@dataclass
+class ContrastPairs:
+    """The unsteered residual streams of every pair's prompts at `layers`, from which the mean
+    vector, one pair's vector and the leave-one-out means are made without another pass."""
+
+    pairs: list[Pair]
+    layers: list[int]
+    reading: str
+    padding: str
+    plus_tokens: list[tuple[int, ...]]          # with BOS first, padded for "actadd"
+    minus_tokens: list[tuple[int, ...]]
+    resid: dict                                 # (tokens, layer) -> float32 [pos, d_model]
+    n_layer: int
+    fingerprint: dict
+    pad_id: int | None
+
+    @classmethod
+    def compute(cls, model: Transformer, tokenizer: Tokenizer, pairs, layers: int | Sequence[int],
+                reading: str = "actadd", padding: str = "space") -> ContrastPairs:
+        pairs = check_pairs(pairs)
+        if reading not in READINGS:
+            raise ValueError(f"reading={reading!r}: expected one of {READINGS}")
+        layers = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+        top = model.config.n_layer - (reading == "actadd")                   # directions may sit after the last block
+        for L in layers:
+            if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= L <= top:
+                raise ValueError(f"layer {L!r}: expected 0 to {top} for the {reading!r} reading")
+        if not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"layers {layers}: expected distinct layers, at least one")
+        plus = [tokens_with_bos(tokenizer, p) for p, _ in pairs]
+        minus = [tokens_with_bos(tokenizer, m) for _, m in pairs]
+        pad = None
+        if reading == "actadd":
+            pad = pad_token_id(tokenizer, padding)
+            if pad is not None:                                               # one width for the whole set
+                width = max(len(t) for t in plus + minus)
+                plus, minus = ([t + [pad] * (width - len(t)) for t in side] for side in (plus, minus))
+        elif reading == "mean":
+            for i, (p, m) in enumerate(zip(plus, minus)):
+                if len(p) == 1 or len(m) == 1:
+                    raise ValueError(f"pair {i} {pairs[i]!r} has an empty prompt: the 'mean' reading averages the "
+                                     "tokens after BOS, and it has none; use the 'last' reading (its BOS) or "
+                                     "give it words")
+        wanted = {tuple(t): layers for t in plus + minus}
+        return cls(pairs, layers, reading, padding if reading == "actadd" else "none", [tuple(t) for t in plus],
+                   [tuple(t) for t in minus], residual_streams(model, wanted), model.config.n_layer,
+                   fingerprint(model), pad)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def padding_report(self, tokenizer: Tokenizer) -> dict:
+        """What padding the vector was made with, stated: the token, the common width, and how
+        many pad tokens each prompt got (the pad's own activations count in the mean)."""
+        def pads(tokens, text):
+            return len(tokens) - 1 - len(tokenizer.encode(text))
+
+        return {"reading": self.reading, "padding": self.padding,
+                "pad_token": None if self.pad_id is None else tokenizer.token_str(self.pad_id),
+                "width": max(len(t) for t in self.plus_tokens + self.minus_tokens) if self.reading == "actadd" else None,
+                "pads": [[pads(p, a), pads(m, b)] for p, m, (a, b) in zip(self.plus_tokens, self.minus_tokens, self.pairs)]}
+
+    def difference(self, i: int, layer: int) -> np.ndarray:
+        """Pair i's difference at coefficient 1: float32 [width, d_model] ("actadd", zero-padded
+        to the longest prompt when unpadded) or [d_model] (a direction)."""
+        a, b = self.resid[self.plus_tokens[i], layer], self.resid[self.minus_tokens[i], layer]
+        if self.reading == "last":
+            return a[-1] - b[-1]
+        if self.reading == "mean":
+            return (a[1:].astype(np.float64).mean(axis=0) - b[1:].astype(np.float64).mean(axis=0)).astype(np.float32)
+        width = max(len(t) for t in self.plus_tokens + self.minus_tokens)
+        out = np.zeros((width, a.shape[1]), np.float32)
+        out[:len(a)] += a
+        out[:len(b)] -= b
+        return out
+
+    def vector(self, coeff: float, indices: Sequence[int] | None = None,
+               positions: str | tuple[int, ...] = "prompt") -> SteeringVector | DirectionVector:
+        """coeff x the mean over pairs `indices` (default all, in order) of their differences."""
+        indices = list(range(len(self.pairs)) if indices is None else indices)
+        if not indices:
+            raise ValueError("no pairs to average")
+        if not isinstance(coeff, (int, float, np.integer, np.floating)) or isinstance(coeff, bool) or not math.isfinite(coeff):
+            raise ValueError(f"coeff={coeff!r}: expected a finite number")
+        n = len(indices)
+        if self.reading == "actadd":
+            additions, activations = [], []
+            for L in self.layers:
+                for i in indices:
+                    for tokens, sign, text in ((self.plus_tokens[i], 1, self.pairs[i][0]),
+                                               (self.minus_tokens[i], -1, self.pairs[i][1])):
+                        a = ActivationAddition(tokens, sign * coeff / n, L, text)
+                        additions.append(a)
+                        activations.append(a.coeff * self.resid[tokens, L])  # as steering_vector: coeff * resid_pre
+            return SteeringVector(tuple(additions), tuple(activations), "front", self.padding, self.fingerprint)
+        directions = []
+        for L in self.layers:
+            total = np.zeros(self.resid[self.plus_tokens[0], L].shape[1], np.float64)
+            for i in indices:
+                total += self.difference(i, L)
+            directions.append((coeff * total / n).astype(np.float32))
+        return DirectionVector(tuple(self.layers), tuple(directions), self.n_layer, float(coeff), self.reading,
+                               positions, tuple(self.pairs[i] for i in indices), self.fingerprint)
+
+
+def mean_of_pairs(model: Transformer, tokenizer: Tokenizer, pairs, coeff: float, layers: int | Sequence[int],
+                  reading: str = "actadd", padding: str = "space",
+                  positions: str | tuple[int, ...] = "prompt") -> SteeringVector | DirectionVector:
+    """One steering vector from contrast pairs: coeff x the mean of their differences at each of
+    `layers`, in the reading named (see the module's docstring)."""
+    return ContrastPairs.compute(model, tokenizer, pairs, layers, reading, padding).vector(coeff, positions=positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which pairs carry the effect
+
+
+def rms_norm(rows: np.ndarray) -> float:
+    """The size of an addition or of a residual stream, one number: sqrt(mean over positions of
+    |row|^2), over the positions after BOS ([d_model] alone: its norm). BOS is left out because
+    a difference is zero there and GPT-2's BOS residual is an outlier many times the others'."""
+    rows = np.asarray(rows, np.float64)
+    if rows.ndim == 1:
+        return float(np.sqrt((rows ** 2).sum()))
+    rows = rows[1:] if len(rows) > 1 else rows
+    return float(np.sqrt((rows ** 2).sum(axis=-1).mean()))
+
+
+def residual_norm(model: Transformer, sequences: Sequence[Sequence[int]], layer: int) -> float:
+    """rms_norm of the unsteered residual stream at `layer`, over every sequence's positions
+    after BOS together."""
+    streams = residual_streams(model, {tuple(s): [layer] for s in sequences})
+    rows = np.concatenate([streams[tuple(s), layer][1:] if len(s) > 1 else streams[tuple(s), layer]
+                           for s in sequences]).astype(np.float64)
+    return float(np.sqrt((rows ** 2).sum(axis=-1).mean()))
+
+
+@dataclass
+class Metric:
+    """A vector's effect as one number. "effectiveness": log P_steered(A) - log P_unsteered(A)
+    of a token set A after a prompt (the original's logits.py); "logprob": the mean log-prob
+    shift (steered - unsteered) of texts' tokens, with the original's masking for ActAdd
+    matrices. `sequences`: the tokens whose residual stream sizes the vector."""
+
+    name: str
+    sequences: list[list[int]]
+    effect: object                                    # vector -> float
+
+
+def effectiveness_metric(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: Sequence[int]) -> Metric:
+    from .measure import NextToken, _next_distribution, _token_set
+
+    ids = tokens_with_bos(tokenizer, prompt)
+    _token_set(tokens, model.config.vocab_size)                                  # checked before any pass
+    plain = _next_distribution(model, ids)
+    names = ", ".join(repr(tokenizer.token_str(t)) for t in tokens)
+    return Metric(f"effectiveness of {{{names}}} after {prompt!r}", [ids],
+                  lambda v: NextToken(plain, _next_distribution(model, ids, v)).effectiveness(tokens))
+
+
+def logprob_metric(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], name: str = "texts") -> Metric:
+    from .measure import logprob_shift, next_token_logprobs
+
+    texts = [(g, list(ids)) for g, ids in texts]
+    if not texts:
+        raise ValueError("no texts to measure the log-prob shift on")
+    base = next_token_logprobs(model, [ids for _, ids in texts])
+    return Metric(f"mean log-prob shift of {name} ({len(texts)} texts)", [ids for _, ids in texts],
+                  lambda v: logprob_shift(model, texts, v, unsteered=base).summary()["all"]["mean_logprob_diff"])
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denominator) if denominator > 0 else float("nan")
+
+
+@dataclass
+class PairReport:
+    pairs: list[Pair]
+    layer: int
+    coeff: float
+    reading: str
+    metric: str
+    padding: dict
+    residual_norm: float
+    norms: list[float]               # each pair's own vector (coeff x its difference), rms_norm
+    mean_norm: float
+    cosine: np.ndarray               # [N, N] between the pairs' differences
+    cos_mean: list[float]            # with the mean of all pairs
+    cos_others: list[float]          # with the mean of the other pairs (nan for one pair)
+    effect_mean: float
+    effect_alone: list[float]        # each pair's vector alone, at the same coeff
+    effect_without: list[float]      # the mean without this pair (leave-one-out)
+    min_cosine: float = 0.0
+
+    @property
+    def loo_change(self) -> list[float]:
+        return [w - self.effect_mean for w in self.effect_without]
+
+    def role(self, i: int) -> str:
+        """"carries" if leaving it out moves the mean's effect toward zero, "cancels" if away."""
+        change = self.loo_change[i]
+        if not math.isfinite(change) or change == 0 or self.effect_mean == 0:
+            return "-"
+        return "cancels" if (change > 0) == (self.effect_mean > 0) else "carries"
+
+    def flags(self, i: int) -> list[str]:
+        out = []
+        if math.isfinite(self.cos_others[i]) and self.cos_others[i] < self.min_cosine:
+            out.append(f"points away from the other pairs (cos {self.cos_others[i]:+.2f} with their mean)")
+        if self.effect_mean and self.effect_alone[i] * self.effect_mean < 0:
+            out.append(f"alone it has the opposite effect ({self.effect_alone[i]:+.3g} vs the mean's {self.effect_mean:+.3g})")
+        return out
+
+    def rows(self) -> list[dict]:
+        return [{"pair": i, "plus": p, "minus": m, "norm": self.norms[i], "norm_relative": self.norms[i] / self.residual_norm,
+                 "cos_mean": self.cos_mean[i], "cos_others": self.cos_others[i], "effect_alone": self.effect_alone[i],
+                 "effect_without": self.effect_without[i], "loo_change": self.loo_change[i], "role": self.role(i),
+                 "flagged": bool(self.flags(i)), "flags": "; ".join(self.flags(i))}
+                for i, (p, m) in enumerate(self.pairs)]
+
+    def document(self) -> dict:
+        return {"layer": self.layer, "coeff": self.coeff, "reading": self.reading, "metric": self.metric,
+                "padding": self.padding, "residual_norm": self.residual_norm, "mean_vector_norm": self.mean_norm,
+                "mean_vector_norm_relative": self.mean_norm / self.residual_norm, "effect_mean": self.effect_mean,
+                "min_cosine": self.min_cosine, "flagged": [i for i in range(len(self.pairs)) if self.flags(i)],
+                "pairs": self.rows(), "cosine": self.cosine.tolist()}
+
+    def table(self) -> str:
+        lines = [f"{len(self.pairs)} pairs, {self.reading} reading, layer {self.layer}, coeff {self.coeff:g}; "
+                 f"residual stream norm {self.residual_norm:.4g}",
+                 f"effect of the mean vector (norm {self.mean_norm / self.residual_norm:.3f} x residual): "
+                 f"{self.effect_mean:+.4f}   [{self.metric}]",
+                 f"{'#':>3} {'plus':<22} {'minus':<22} {'|v|/|r|':>7} {'cos mean':>8} {'cos rest':>8} "
+                 f"{'alone':>8} {'without':>8} {'role':>7}  flags"]
+        for r in self.rows():
+            lines.append(f"{r['pair']:>3} {_clip(r['plus']):<22} {_clip(r['minus']):<22} {r['norm_relative']:>7.3f} "
+                         f"{r['cos_mean']:>+8.3f} {r['cos_others']:>+8.3f} {r['effect_alone']:>+8.4f} "
+                         f"{r['effect_without']:>+8.4f} {r['role']:>7}  {r['flags'] or ''}")
+        return "\n".join(lines)
+
+    def plot(self, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        n = len(self.pairs)
+        labels = [("* " if self.flags(i) else "") + f"{i}: {_clip(p, 14)} / {_clip(m, 14)}" for i, (p, m) in enumerate(self.pairs)]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(6 + 0.45 * n + 4, 1.5 + 0.4 * n),
+                                          gridspec_kw={"width_ratios": [n + 2, 5]})
+        image = left.imshow(self.cosine, cmap="RdBu_r", vmin=-1, vmax=1)
+        left.set_xticks(range(n), [str(i) for i in range(n)])
+        left.set_yticks(range(n), labels)
+        left.set_title(f"cosine between pairs' differences (layer {self.layer})")
+        fig.colorbar(image, ax=left, fraction=0.046)
+        y = np.arange(n)
+        right.barh(y - 0.2, self.effect_alone, height=0.4, label="pair alone")
+        right.barh(y + 0.2, self.loo_change, height=0.4, label="mean without it - mean")
+        right.axvline(self.effect_mean, color="k", lw=1, ls="--", label="mean of all")
+        right.axvline(0, color="grey", lw=0.5)
+        right.set_yticks(y, [str(i) for i in range(n)])
+        right.invert_yaxis()
+        right.set_title("effect", fontsize=10)
+        right.set_xlabel(_clip(self.metric, 48), fontsize=8)
+        right.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=100)
+        plt.close(fig)
+
+
+def _clip(text: str, width: int = 22) -> str:
+    text = repr(text)[1:-1]
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def pair_report(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, coeff: float, metric: Metric,
+                reading: str = "actadd", padding: str = "space", min_cosine: float = 0.0,
+                progress: bool = False) -> PairReport:
+    """For each pair: its vector's size beside the residual stream (of the metric's prompt or
+    texts), its cosine with the mean, with the mean of the others and with every other pair, its
+    effect alone on `metric`, and the mean's effect without it (leave-one-out). A pair is
+    flagged when it points away from the others (cosine with their mean below `min_cosine`) or
+    alone moves the metric against the mean."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise ValueError(f"layer={layer!r}: pair diagnostics are made at one layer")
+    cp = ContrastPairs.compute(model, tokenizer, pairs, [layer], reading, padding)
+    n = len(cp)
+    diffs = [cp.difference(i, layer) for i in range(n)]
+    total = np.sum(np.stack(diffs).astype(np.float64), axis=0)
+    cosine = np.array([[_cos(a, b) for b in diffs] for a in diffs])
+    cos_mean = [_cos(d, total) for d in diffs]
+    cos_others = [_cos(d, total - d) if n > 1 else float("nan") for d in diffs]
+    jobs = [("mean", None)] + [("alone", i) for i in range(n)] + ([("without", i) for i in range(n)] if n > 1 else [])
+    effects = {}
+    for kind, i in _progress(jobs, progress):
+        indices = None if kind == "mean" else [i] if kind == "alone" else [j for j in range(n) if j != i]
+        effects[kind, i] = float(metric.effect(cp.vector(coeff, indices)))
+    return PairReport(
+        cp.pairs, layer, float(coeff), reading, metric.name, cp.padding_report(tokenizer),
+        residual_norm(model, metric.sequences, layer), [abs(coeff) * rms_norm(d) for d in diffs],
+        abs(coeff) * rms_norm(total / n), cosine, cos_mean, cos_others, effects["mean", None],
+        [effects["alone", i] for i in range(n)], [effects.get(("without", i), float("nan")) for i in range(n)],
+        min_cosine)
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm  # installed with huggingface-hub
+
+    return tqdm(items, desc="pairs", unit="vector")
