@@ -261,6 +261,9 @@ def _add_pair_commands(sub):
     _corpus_args(p, required=False)
     p.add_argument("--min-cosine", type=float, default=0.0,
                    help="flag a pair whose cosine with the mean of the others is below this (default 0)")
+    p.add_argument("--controls", type=int, default=8, help="random vectors of the mean's size, the noise to read "
+                   "its effect against (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="the controls' seed (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--save", help="also write the mean vector (.safetensors; a direction also .gguf)")
     p.add_argument("--save-layers", help="with --save and a direction reading: its layers, e.g. 2-11 (default --layer)")
@@ -603,7 +606,7 @@ def _pairs(parser, args):
         texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens)
         metric = pairs.logprob_metric(model, texts, Path(args.corpus).name)
     report = pairs.pair_report(model, tok, contrast, args.layer, args.coeff, metric, args.reading, args.pad,
-                               args.min_cosine, progress=not args.no_progress)
+                               args.min_cosine, args.controls, args.seed, progress=not args.no_progress)
     document = {"model": args.model, "pairs_file": args.pairs, **report.document()}
     written = write_outputs(args.out, "pairs", document, report.rows(), report.plot)
     if args.save:

@@ -34,7 +34,7 @@ from minigpt import Tokenizer, Transformer
 from minigpt.backend import array_namespace
 
 from .steering import (ActivationAddition, SteeringVector, _check_lengths, fingerprint, pad_token_id, residual_site,
-                       residual_streams, tokens_with_bos)
+                       residual_streams, row_hooks, tokens_with_bos)
 
 READINGS = ("actadd", "last", "mean")
 Pair = tuple[str, str]
@@ -169,11 +169,32 @@ class DirectionVector:
         return [(self.hook_name(L), _direction_hook(self, d, prompt_lengths)) for L, d in zip(self.layers, self.directions)]
 
 
+def direction_row_hooks(vectors: Sequence[DirectionVector], prompt_lengths: Sequence[int] | int | None = None):
+    """`fwd_hooks` that steer batch row b with vectors[b] (all placed at the same positions), as
+    actadd.row_hooks does for ActAdd matrices: many vectors' effects in one pass."""
+    vectors = list(vectors)
+    if not vectors or not all(isinstance(v, DirectionVector) for v in vectors):
+        raise TypeError("direction_row_hooks takes one DirectionVector per batch row")
+    if len({(v.positions, v.n_layer) for v in vectors}) != 1:
+        raise ValueError("direction_row_hooks needs vectors placed at the same positions of the same model")
+    layers = sorted({L for v in vectors for L in v.layers})
+    hooks = []
+    for L in layers:
+        rows = np.stack([v.direction(L) if L in v.layers else np.zeros_like(v.directions[0]) for v in vectors])
+        hooks.append((vectors[0].hook_name(L), _direction_hook(vectors[0], rows[:, None, :], prompt_lengths)))
+    return hooks
+
+
 def _direction_hook(vector: DirectionVector, direction: np.ndarray, prompt_lengths):
+    """A hook adding `direction` ([d_model], or [batch, 1, d_model]: one per row) where `vector`
+    places it."""
     on_device: dict = {}
 
     def steer(resid, hook):                                                   # [batch, pos, d_model]
         positions = hook.positions                                            # host [batch, pos]; -1 = padding
+        if direction.ndim == 3 and direction.shape[0] != positions.shape[0]:
+            raise ValueError(f"row steering was built for {direction.shape[0]} rows, but this pass of {hook.name} "
+                             f"has {positions.shape[0]}")
         if prompt_lengths is not None:
             lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
         elif hook.start == 0:
@@ -190,9 +211,8 @@ def _direction_hook(vector: DirectionVector, direction: np.ndarray, prompt_lengt
         xp = array_namespace(resid)
         if xp not in on_device:
             on_device[xp] = xp.asarray(direction)
-        out = resid.copy()
-        out[xp.asarray(where)] += on_device[xp]                               # [places, d_model] += [d_model]
-        return out
+        weight = xp.asarray(where[..., None].astype(np.float32))              # [batch, pos, 1]: 1 where it goes
+        return resid + weight * on_device[xp]                                 # + 0 elsewhere: exactly unchanged
     return steer
 
 
@@ -347,17 +367,40 @@ class Metric:
     name: str
     sequences: list[list[int]]
     effect: object                                    # vector -> float
+    effects: object = None                            # [vectors] -> [floats], batched where it can be
+
+    def __post_init__(self):
+        if self.effects is None:
+            self.effects = lambda vectors: [self.effect(v) for v in vectors]
 
 
 def effectiveness_metric(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: Sequence[int]) -> Metric:
-    from .measure import NextToken, _next_distribution, _token_set
+    from .measure import NextToken, _next_distribution, _token_set, log_softmax
 
     ids = tokens_with_bos(tokenizer, prompt)
     _token_set(tokens, model.config.vocab_size)                                  # checked before any pass
     plain = _next_distribution(model, ids)
     names = ", ".join(repr(tokenizer.token_str(t)) for t in tokens)
+
+    def effects(vectors, batch_tokens=2048):
+        """One pass per batch of rows, row b steered by vectors[b] (row_hooks): the prompt's
+        weights are read once for many vectors, not once each."""
+        out = []
+        per_pass = max(1, batch_tokens // len(ids))
+        for start in range(0, len(vectors), per_pass):
+            chunk = vectors[start:start + per_pass]
+            logits = model.run_with_hooks([ids] * len(chunk), _row_hooks(chunk, len(ids)), last_only=True)
+            for row in model.backend.to_host(logits[:, -1]):
+                out.append(NextToken(plain, np.exp(log_softmax(row.astype(np.float64)))).effectiveness(tokens))
+        return out
     return Metric(f"effectiveness of {{{names}}} after {prompt!r}", [ids],
-                  lambda v: NextToken(plain, _next_distribution(model, ids, v)).effectiveness(tokens))
+                  lambda v: NextToken(plain, _next_distribution(model, ids, v)).effectiveness(tokens), effects)
+
+
+def _row_hooks(vectors, prompt_length: int):
+    if all(isinstance(v, DirectionVector) for v in vectors):
+        return direction_row_hooks(vectors, prompt_length)
+    return row_hooks(vectors, prompt_lengths=prompt_length)
 
 
 def logprob_metric(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], name: str = "texts") -> Metric:
@@ -395,6 +438,18 @@ class PairReport:
     effect_alone: list[float]        # each pair's vector alone, at the same coeff
     effect_without: list[float]      # the mean without this pair (leave-one-out)
     min_cosine: float = 0.0
+    control_effects: list[float] = field(default_factory=list)   # random vectors of the mean's size
+
+    @property
+    def control(self) -> dict:
+        """The noise the mean's effect is to be read against: the effects of random vectors with
+        the mean vector's norm at every position (seeded; see pair_report)."""
+        c = np.asarray(self.control_effects, np.float64)
+        if not c.size:
+            return {"n": 0}
+        return {"n": int(c.size), "mean": float(c.mean()), "sd": float(c.std(ddof=1)) if c.size > 1 else float("nan"),
+                "min": float(c.min()), "max": float(c.max()),
+                "mean_effect_beyond_all": bool(self.effect_mean > c.max() or self.effect_mean < c.min())}
 
     @property
     def loo_change(self) -> list[float]:
@@ -426,14 +481,20 @@ class PairReport:
         return {"layer": self.layer, "coeff": self.coeff, "reading": self.reading, "metric": self.metric,
                 "padding": self.padding, "residual_norm": self.residual_norm, "mean_vector_norm": self.mean_norm,
                 "mean_vector_norm_relative": self.mean_norm / self.residual_norm, "effect_mean": self.effect_mean,
-                "min_cosine": self.min_cosine, "flagged": [i for i in range(len(self.pairs)) if self.flags(i)],
+                "min_cosine": self.min_cosine, "control": self.control, "control_effects": self.control_effects,
+                "flagged": [i for i in range(len(self.pairs)) if self.flags(i)],
                 "pairs": self.rows(), "cosine": self.cosine.tolist()}
 
     def table(self) -> str:
         lines = [f"{len(self.pairs)} pairs, {self.reading} reading, layer {self.layer}, coeff {self.coeff:g}; "
                  f"residual stream norm {self.residual_norm:.4g}",
                  f"effect of the mean vector (norm {self.mean_norm / self.residual_norm:.3f} x residual): "
-                 f"{self.effect_mean:+.4f}   [{self.metric}]",
+                 f"{self.effect_mean:+.4f}   [{self.metric}]"]
+        if self.control_effects:
+            c = self.control
+            lines.append(f"random vectors of the same size ({c['n']}): {c['mean']:+.4f} +- {c['sd']:.4f} (sd), "
+                         f"from {c['min']:+.4f} to {c['max']:+.4f}")
+        lines += [
                  f"{'#':>3} {'plus':<22} {'minus':<22} {'|v|/|r|':>7} {'cos mean':>8} {'cos rest':>8} "
                  f"{'alone':>8} {'without':>8} {'role':>7}  flags"]
         for r in self.rows():
@@ -475,8 +536,8 @@ def _clip(text: str, width: int = 22) -> str:
 
 
 def pair_report(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, coeff: float, metric: Metric,
-                reading: str = "actadd", padding: str = "space", min_cosine: float = 0.0,
-                progress: bool = False) -> PairReport:
+                reading: str = "actadd", padding: str = "space", min_cosine: float = 0.0, controls: int = 8,
+                seed: int = 0, progress: bool = False) -> PairReport:
     """For each pair: its vector's size beside the residual stream (of the metric's prompt or
     texts), its cosine with the mean, with the mean of the others and with every other pair, its
     effect alone on `metric`, and the mean's effect without it (leave-one-out). A pair is
@@ -491,22 +552,55 @@ def pair_report(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, coe
     cosine = np.array([[_cos(a, b) for b in diffs] for a in diffs])
     cos_mean = [_cos(d, total) for d in diffs]
     cos_others = [_cos(d, total - d) if n > 1 else float("nan") for d in diffs]
+    if isinstance(controls, bool) or not isinstance(controls, int) or controls < 0:
+        raise ValueError(f"controls={controls!r}: expected a number of random vectors >= 0")
+    mean = cp.vector(coeff)
     jobs = [("mean", None)] + [("alone", i) for i in range(n)] + ([("without", i) for i in range(n)] if n > 1 else [])
+    jobs += [("control", k) for k in range(controls)]
+    vectors = []
+    for kind, i in jobs:
+        if kind == "control":
+            vectors.append(random_like(mean, layer, np.random.default_rng([seed, i])))
+        else:
+            vectors.append(mean if kind == "mean" else cp.vector(coeff, [i] if kind == "alone" else [j for j in range(n) if j != i]))
     effects = {}
-    for kind, i in _progress(jobs, progress):
-        indices = None if kind == "mean" else [i] if kind == "alone" else [j for j in range(n) if j != i]
-        effects[kind, i] = float(metric.effect(cp.vector(coeff, indices)))
+    bar = _progress(len(jobs), progress)
+    for start in range(0, len(jobs), 8):                                      # a bar that moves, batches that pay
+        for job, value in zip(jobs[start:start + 8], metric.effects(vectors[start:start + 8])):
+            effects[job] = float(value)
+        if bar is not None:
+            bar.update(len(jobs[start:start + 8]))
+    if bar is not None:
+        bar.close()
     return PairReport(
         cp.pairs, layer, float(coeff), reading, metric.name, cp.padding_report(tokenizer),
         residual_norm(model, metric.sequences, layer), [abs(coeff) * rms_norm(d) for d in diffs],
         abs(coeff) * rms_norm(total / n), cosine, cos_mean, cos_others, effects["mean", None],
         [effects["alone", i] for i in range(n)], [effects.get(("without", i), float("nan")) for i in range(n)],
-        min_cosine)
+        min_cosine, [effects["control", k] for k in range(controls)])
 
 
-def _progress(items, enabled: bool):
+def random_like(vector: SteeringVector | DirectionVector, layer: int, rng: np.random.Generator):
+    """A control: a vector placed as `vector` is at `layer`, each of its rows replaced by a
+    random direction (Gaussian, then scaled) of that row's norm. Its effect is what any
+    addition of that size does."""
+    if isinstance(vector, DirectionVector):
+        d = vector.direction(layer)
+        r = rng.standard_normal(d.shape)
+        r *= np.linalg.norm(d.astype(np.float64)) / np.linalg.norm(r)
+        return DirectionVector((layer,), (r.astype(np.float32),), vector.n_layer, vector.coeff, "random control",
+                               vector.positions, (), vector.fingerprint)
+    m = vector.matrix(layer).astype(np.float64)
+    r = rng.standard_normal(m.shape)
+    r *= np.linalg.norm(m, axis=-1, keepdims=True) / np.linalg.norm(r, axis=-1, keepdims=True)
+    tokens = vector.additions[0].tokens[:len(m)] + (0,) * max(0, len(m) - len(vector.additions[0].tokens))
+    return SteeringVector((ActivationAddition(tokens, 1.0, layer, "random control"),), (r.astype(np.float32),),
+                          vector.alignment, vector.padding, vector.fingerprint)
+
+
+def _progress(total: int, enabled: bool):
     if not enabled:
-        return items
+        return None
     from tqdm import tqdm  # installed with huggingface-hub
 
-    return tqdm(items, desc="pairs", unit="vector")
+    return tqdm(total=total, desc="pairs", unit="vector")

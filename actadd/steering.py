@@ -251,13 +251,15 @@ def residual_site(layer: int, n_layer: int) -> str:
 
 def residual_streams(model: Transformer, wanted: dict) -> dict[tuple[tuple[int, ...], int], np.ndarray]:
     """{(tokens, layer): host float32 [pos, d_model]}: the unsteered residual stream of each token
-    sequence of `wanted` ({tokens: layers}) at its layers, one forward pass per sequence."""
+    sequence of `wanted` ({tokens: layers}) at its layers, one forward pass per sequence that
+    stops at its highest layer (nothing after it is computed)."""
     out = {}
     for tokens, layers in wanted.items():
-        names = {L: residual_site(L, model.config.n_layer) for L in sorted(layers)}
-        _, cache = model.run_with_cache(list(tokens), names=list(names.values()))
-        for L, name in names.items():
-            out[tuple(tokens), L] = model.backend.to_host(cache[name][0])       # [pos, d_model]
+        *lower, top = sorted(layers)
+        stream, cache = model.run_with_cache(list(tokens), names=[site(L) for L in lower], stop_at_layer=top)
+        for L in lower:
+            out[tuple(tokens), L] = model.backend.to_host(cache[site(L)][0])    # [pos, d_model]
+        out[tuple(tokens), top] = model.backend.to_host(stream[0])
     return out
 
 

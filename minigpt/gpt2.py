@@ -57,7 +57,7 @@ class GPT2(Transformer):
 
     def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False,
-                start_at_layer: int = 0, resid_pre=None):
+                start_at_layer: int = 0, resid_pre=None, stop_at_layer: int | None = None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`) for `tokens`.
 
         attention_mask  [batch, pos] of 0/1 or bool, 1 for real tokens, 0 for left padding.
@@ -71,8 +71,13 @@ class GPT2(Transformer):
                         tokens (e.g. cached from an unsteered pass): run blocks L onward only,
                         from it, as TransformerLens's start_at_layer. Hooks at that point and
                         later run as usual; a sweep over layers skips the blocks before each.
+        stop_at_layer   return the residual stream entering block L (L = n_layer: leaving the
+                        last block, before ln_final) instead of logits, running nothing after
+                        it, as TransformerLens's stop_at_layer: reading activations at early
+                        layers costs only those layers.
         """
         hook = hook or _HookPoints({}, None, set())
+        self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
 
         if start_at_layer or resid_pre is not None:
@@ -81,9 +86,11 @@ class GPT2(Transformer):
             embed = hook("hook_embed", self.wte[tokens])                       # [batch, pos, d_model]
             pos_embed = hook("hook_pos_embed", self.wpe[self.backend.to_device(np.maximum(positions, 0))])  # [batch, pos, d_model]
             x = embed + pos_embed
-        for L, block in enumerate(self.h[start_at_layer:], start_at_layer):
+        for L, block in enumerate(self.h[start_at_layer:stop_at_layer], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
             x = self.block(L, block, x, hook, mask_bias, kv, start)
+        if stop_at_layer is not None:
+            return x                                                           # [batch, pos, d_model]
         self._advance(cache, ids.shape[1], real)
         if last_only:
             x = x[:, -1:]

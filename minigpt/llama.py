@@ -299,11 +299,12 @@ class Llama(Transformer):
 
     def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False,
-                start_at_layer: int = 0, resid_pre=None):
+                start_at_layer: int = 0, resid_pre=None, stop_at_layer: int | None = None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`); arguments as GPT2.forward.
         Rotary positions count each row's real tokens, so a left-padded row computes what it
         would alone."""
         hook = hook or _HookPoints({}, None, set())
+        self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
         at = self.backend.to_device(np.maximum(positions, 0))                  # [batch, pos]
         rotary = (self.cos[at][:, :, None], self.sin[at][:, :, None])          # [batch, pos, 1, d_head] each
@@ -312,9 +313,11 @@ class Llama(Transformer):
             x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)
         else:
             x = hook("hook_embed", self.embed_tokens[tokens])                  # [batch, pos, d_model]
-        for L, block in enumerate(self.layers[start_at_layer:], start_at_layer):
+        for L, block in enumerate(self.layers[start_at_layer:stop_at_layer], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
             x = self.block(L, _widened(block), x, hook, mask_bias, kv, start, rotary)
+        if stop_at_layer is not None:
+            return x                                                           # [batch, pos, d_model]
         self._advance(cache, ids.shape[1], real)
         if last_only:
             x = x[:, -1:]

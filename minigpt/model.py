@@ -501,6 +501,16 @@ class Transformer:
             )
         return ids.astype(np.intp, copy=False)
 
+    def _check_stop(self, stop, start, cache, last_only):
+        if stop is None:
+            return
+        if isinstance(stop, bool) or not isinstance(stop, (int, np.integer)) or not start <= stop <= self.config.n_layer:
+            raise ValueError(f"stop_at_layer={stop!r}: expected {start} (start_at_layer) to {self.config.n_layer} "
+                             "(after the last block)")
+        if cache is not None or last_only:
+            raise ValueError("stop_at_layer returns the residual stream of every position; it cannot fill a KV cache "
+                             "(the later blocks would have no keys) or unembed the last position")
+
     def _check_resid_pre(self, resid_pre, layer, shape, cache):
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= self.config.n_layer:
             raise ValueError(f"start_at_layer={layer!r}: this model has blocks 0 to {self.config.n_layer - 1} "

@@ -176,9 +176,10 @@ class OPT(Transformer):
 
     def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False,
-                start_at_layer: int = 0, resid_pre=None):
+                start_at_layer: int = 0, resid_pre=None, stop_at_layer: int | None = None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`); arguments as GPT2.forward."""
         hook = hook or _HookPoints({}, None, set())
+        self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
 
         if start_at_layer or resid_pre is not None:
@@ -191,9 +192,11 @@ class OPT(Transformer):
             rows = np.where(positions < 0, -1, positions) + POSITION_OFFSET     # padding reads row 1
             pos_embed = hook("hook_pos_embed", self.embed_positions[self.backend.to_device(rows)])  # [batch, pos, d_model]
             x = embed + pos_embed
-        for L, block in enumerate(self.layers[start_at_layer:], start_at_layer):
+        for L, block in enumerate(self.layers[start_at_layer:stop_at_layer], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
             x = self.block(L, block, x, hook, mask_bias, kv, start)
+        if stop_at_layer is not None:
+            return x                                                           # [batch, pos, d_model]
         self._advance(cache, ids.shape[1], real)
         if last_only:
             x = x[:, -1:]

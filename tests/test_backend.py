@@ -372,6 +372,35 @@ def test_steering_vectors_and_steered_logits_equal_the_numpy_path(device, books_
         assert strict_xp.to_device_log[-3 * 11:] == [(2, 1)] * 3 * 11
 
 
+def test_contrast_pair_instruments_equal_the_numpy_path(device, books_on):
+    """Mean-of-pairs vectors (both readings), a direction at every position through a cached
+    generation, the pair report and the logit lens: the device computes what NumPy does."""
+    import actadd
+    from actadd import interpret, pairs
+
+    (model, tok), (ref_model, _) = books_on
+    contrast = [("The whale swam in the sea", "The horse ran in the field"), ("the waves", "the hills")]
+    prompt = "In the morning we went down to the harbour and"
+    ids = actadd.tokens_with_bos(tok, prompt)
+    for reading in ("actadd", "last"):
+        v, ref = (pairs.mean_of_pairs(m, tok, contrast, 3.0, [1, 2], reading=reading, positions="all")
+                  for m in (model, ref_model))
+        for a, b in zip(getattr(v, "activations", None) or v.directions, getattr(ref, "activations", None) or ref.directions):
+            assert type(a) is np.ndarray
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * (1 + np.abs(b).max()))
+        assert_matches(device, model.run_with_hooks(ids, v.hooks(len(ids))), ref_model.run_with_hooks(ids, ref.hooks(len(ids))),
+                       f"{reading} steered logits")
+    if device.name == "strict":   # sampling on a device draws from other floats; the strict backend's are NumPy's
+        assert (actadd.generate(model, tok, prompt, v, n=2, max_new_tokens=8)
+                == actadd.generate(ref_model, tok, prompt, ref, n=2, max_new_tokens=8))
+    metric, ref_metric = (pairs.effectiveness_metric(m, tok, prompt, tok.encode(" sea")) for m in (model, ref_model))
+    report, ref_report = (pairs.pair_report(m, tok, contrast, 1, 3.0, mt) for m, mt in ((model, metric), (ref_model, ref_metric)))
+    np.testing.assert_allclose(report.effect_alone + report.effect_without, ref_report.effect_alone + ref_report.effect_without,
+                               atol=1e-3)
+    lens, ref_lens = (interpret.lens(m, tok, v, prompt, k=5) for m in (model, ref_model))
+    np.testing.assert_allclose(lens.heat, ref_lens.heat, atol=1e-3)
+
+
 def test_measurements_equal_the_numpy_path(device, books_on):
     import actadd
     from actadd import measure

@@ -99,6 +99,8 @@ def test_logit_lens_of_the_last_blocks_output_is_the_models_own_logits(name):
     logits, cache = model.run_with_cache(ids)
     last = cache[f"blocks.{model.config.n_layer - 1}.hook_resid_post"]
     np.testing.assert_array_equal(model.logit_lens(last), logits)
+    np.testing.assert_array_equal(model(ids, stop_at_layer=model.config.n_layer), last)   # stop_at_layer, every family
+    np.testing.assert_array_equal(model(ids, stop_at_layer=1), cache["blocks.1.hook_resid_pre"])
     with pytest.raises(ValueError, match="d_model"):
         model.logit_lens(last[0])
 

@@ -408,3 +408,26 @@ def test_bad_start_at_layer_is_refused(kwargs, match):
                                   model(np.arange(5), start_at_layer=1, resid_pre=resid))  # numpy ints, as sweeps pass
     with pytest.raises(ValueError, match="start_at_layer cannot fill a KV cache"):
         model(np.arange(5), start_at_layer=1, resid_pre=np.zeros((1, 5, 8), np.float32), cache=model.new_cache(1, 8))
+
+
+def test_stop_at_layer_returns_the_stream_there_and_runs_nothing_after():
+    """As TransformerLens's stop_at_layer: the residual stream entering block L (L = n_layer:
+    leaving the last block), equal to what a full pass caches there, with no later hook run."""
+    model = random_model(GPT2Config(n_layer=3, n_head=2, n_embd=8, n_positions=8, vocab_size=10))
+    tokens, mask = np.array([[0, 1, 2, 3], [4, 5, 6, 7]]), np.array([[0, 1, 1, 1], [1, 1, 1, 1]])
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    for L in range(3):
+        np.testing.assert_array_equal(model(tokens, attention_mask=mask, stop_at_layer=L), cache[f"blocks.{L}.hook_resid_pre"])
+    np.testing.assert_array_equal(model(tokens, attention_mask=mask, stop_at_layer=3), cache["blocks.2.hook_resid_post"])
+    np.testing.assert_array_equal(model(tokens, attention_mask=mask, start_at_layer=1, stop_at_layer=2,
+                                        resid_pre=cache["blocks.1.hook_resid_pre"]), cache["blocks.2.hook_resid_pre"])
+    seen = []
+    model.run_with_hooks(tokens, [(lambda n: True, lambda x, hook: seen.append(hook.name))], stop_at_layer=1)
+    assert seen[-1] == "blocks.0.hook_resid_post" and "blocks.1.hook_resid_pre" not in seen
+    for kwargs, match in (({"stop_at_layer": 4}, "stop_at_layer=4: expected 0"),
+                          ({"stop_at_layer": 1, "start_at_layer": 2, "resid_pre": cache["blocks.2.hook_resid_pre"]},
+                           "expected 2 \\(start_at_layer\\)"),
+                          ({"stop_at_layer": 1, "last_only": True}, "cannot fill a KV cache .* or unembed"),
+                          ({"stop_at_layer": 1, "cache": model.new_cache(2, 8)}, "cannot fill a KV cache")):
+        with pytest.raises(ValueError, match=match):
+            model(tokens, attention_mask=mask, **kwargs)

@@ -223,6 +223,21 @@ def test_the_negated_pair_is_flagged_and_leaving_it_out_moves_the_effect_its_way
     assert document["flagged"] == [3] and len(document["pairs"]) == 4
 
 
+@pytest.mark.parametrize("reading", ["actadd", "last"])
+def test_controls_are_seeded_random_vectors_with_the_means_size_at_every_position(model, reading):
+    mean = P.mean_of_pairs(model, TOK, PAIRS[:2], 2.0, 1, reading=reading)
+    a, b, c = (P.random_like(mean, 1, np.random.default_rng([0, k])) for k in (0, 0, 1))
+
+    def rows(v):
+        return v.matrix(1) if reading == "actadd" else v.direction(1)[None]
+    np.testing.assert_array_equal(rows(a), rows(b))
+    assert not np.allclose(rows(a), rows(c))
+    np.testing.assert_allclose(np.linalg.norm(rows(a), axis=-1), np.linalg.norm(rows(mean), axis=-1), rtol=1e-5)
+    assert abs(float((rows(a) * rows(mean)).sum())) < 0.9 * float((rows(mean) ** 2).sum())   # not the mean again
+    r, _ = constructed_report(model, reading)
+    assert len(r.control_effects) == 8 and r.control["n"] == 8 and len(set(r.control_effects)) == 8
+
+
 def test_the_report_sizes_vectors_by_the_metric_prompts_residual_stream(model):
     r, _ = constructed_report(model, "last")
     ids = actadd.tokens_with_bos(TOK, " the abab the ab")
@@ -230,6 +245,19 @@ def test_the_report_sizes_vectors_by_the_metric_prompts_residual_stream(model):
     assert r.residual_norm == pytest.approx(float(np.sqrt((resid.astype(np.float64) ** 2).sum(-1).mean())), rel=1e-9)
     d = P.mean_of_pairs(model, TOK, [("the ab", "ab ab")], 1.0, 1, reading="last").direction(1)
     assert r.norms[0] == pytest.approx(float(np.linalg.norm(d.astype(np.float64))), rel=1e-6)
+
+
+@pytest.mark.parametrize("reading", ["actadd", "last"])
+def test_batched_effects_equal_one_vector_at_a_time(model, reading):
+    """The report measures many vectors in one pass (a row each); each row's effect is what the
+    vector alone gives, to float32 rounding."""
+    cp = P.ContrastPairs.compute(model, TOK, PAIRS[:3], [1], reading)
+    vectors = [cp.vector(2.0), cp.vector(2.0, [0]), cp.vector(-1.0, [1, 2]), P.random_like(cp.vector(2.0), 1, np.random.default_rng(0))]
+    metric = P.effectiveness_metric(model, TOK, " the abab the ab", TOK.encode(" the"))
+    batched = metric.effects(vectors)
+    single = [metric.effect(v) for v in vectors]
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
+    assert len(set(np.round(single, 6))) == 4
 
 
 def test_logprob_metric_masks_actadd_matrices_only(model):
