@@ -604,7 +604,7 @@ def _pairs(parser, args):
         metric = pairs.effectiveness_metric(model, tok, args.prompt, _topic_ids(tok, args.topic))
     else:
         texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens)
-        metric = pairs.logprob_metric(model, texts, Path(args.corpus).name)
+        metric = pairs.logprob_metric(model, texts, Path(args.corpus).name, mask=not args.no_mask, skip_short=args.skip_short)
     report = pairs.pair_report(model, tok, contrast, args.layer, args.coeff, metric, args.reading, args.pad,
                                args.min_cosine, args.controls, args.seed, progress=not args.no_progress)
     document = {"model": args.model, "pairs_file": args.pairs, **report.document()}

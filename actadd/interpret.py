@@ -120,6 +120,9 @@ class LensReport:
         if self.prompt is not None:
             lines.append(f"change of the logit-lens log-probs at the last position of {self.prompt!r}, steered - unsteered")
             for row in self.changes:
+                if not row["promoted"] and not row["suppressed"]:
+                    lines.append(f"  {row['hook_name']:<26} (unchanged: the addition has not reached this position yet)")
+                    continue
                 lines.append(f"  {row['hook_name']:<26} + " + " ".join(f"{t!r}({c:+.2f})" for t, c in row["promoted"]))
                 lines.append(f"  {'':<26} - " + " ".join(f"{t!r}({c:+.2f})" for t, c in row["suppressed"]))
         return "\n".join(lines)

@@ -403,15 +403,21 @@ def _row_hooks(vectors, prompt_length: int):
     return row_hooks(vectors, prompt_lengths=prompt_length)
 
 
-def logprob_metric(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], name: str = "texts") -> Metric:
+def logprob_metric(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], name: str = "texts",
+                   mask: bool = True, skip_short: bool = False) -> Metric:
+    """`mask` and `skip_short` as in measure.logprob_shift (a report's vectors share one length)."""
     from .measure import logprob_shift, next_token_logprobs
 
     texts = [(g, list(ids)) for g, ids in texts]
     if not texts:
         raise ValueError("no texts to measure the log-prob shift on")
-    base = next_token_logprobs(model, [ids for _, ids in texts])
-    return Metric(f"mean log-prob shift of {name} ({len(texts)} texts)", [ids for _, ids in texts],
-                  lambda v: logprob_shift(model, texts, v, unsteered=base).summary()["all"]["mean_logprob_diff"])
+    base = {tuple(ids): lp for (_, ids), lp in zip(texts, next_token_logprobs(model, [ids for _, ids in texts]))}
+
+    def effect(v):
+        kept = [(g, ids) for g, ids in texts if not skip_short or len(ids) >= v.length]
+        return logprob_shift(model, kept, v, mask=mask, skip_short=skip_short,
+                             unsteered=[base[tuple(ids)] for _, ids in kept]).summary()["all"]["mean_logprob_diff"]
+    return Metric(f"mean log-prob shift of {name} ({len(texts)} texts)", [ids for _, ids in texts], effect)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

@@ -372,3 +372,23 @@ def test_actadd_steer_with_pairs_and_the_cli_refusals(folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pairs", "--model", str(folder), "--pairs", str(pairs), "--layer", "1", "--coeff", "1", "--out", str(tmp_path)])
     assert "give one metric" in capsys.readouterr().err
+
+
+def test_actadd_pairs_on_a_corpus_measures_the_log_prob_shift(folder, tmp_path):
+    pairs = tmp_path / "p.tsv"
+    pairs.write_text("the ab\tab\n the\tabab the\n", encoding="utf-8")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the abab the ab the. ab\nab the ab the abab the ab.", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["pairs", "--model", str(folder), "--pairs", str(pairs), "--layer", "1", "--coeff", "2", "--corpus",
+                 str(corpus), "--skip-short", "--controls", "2", "--out", str(out), "--no-progress"]) == 0
+    document = json.loads((out / "summary.json").read_text())
+    model = GPT2.from_pretrained(folder)
+    from actadd import measure
+
+    texts = [t for t in measure.read_corpus(corpus, TOK) if len(t[1]) >= P.mean_of_pairs(model, TOK, P.read_pairs(pairs), 2.0, 1).length]
+    assert texts                                                   # the short sentence is left out, the rest measured
+    expected = measure.logprob_shift(model, texts, P.mean_of_pairs(model, TOK, P.read_pairs(pairs), 2.0, 1)).summary()
+    assert document["effect_mean"] == pytest.approx(expected["all"]["mean_logprob_diff"], rel=1e-6)
+    assert document["metric"].startswith("mean log-prob shift of c.txt") and document["control"]["n"] == 2
+
