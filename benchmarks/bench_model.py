@@ -11,10 +11,12 @@
     load                 a fresh process loading the local float32 checkpoint: seconds, and its
                          peak resident memory (VmHWM) against the checkpoint's bytes
 
-    limits               bandwidth: one matrix-vector product with every weight matrix, the least
-                         a batch-1 decode step can cost when the weights do not fit in cache;
-                         compute: float32 GEMM GFLOP/s at the prefill's shapes, which with the
-                         prefill's FLOPs bounds prefill tok/s
+    limits               bandwidth: every weight matrix read once, the least a batch-1 decode
+                         step can cost when the weights do not fit in cache; compute: float32
+                         GEMM GFLOP/s at the prefill's shapes, which with the prefill's FLOPs
+                         bounds prefill tok/s. Each is the FASTEST of several methods x repeats
+                         (limits.py), measured after the engines, and the run fails (exit 1,
+                         after writing the JSON) if any engine is above 100% of a bound
 
 transformers runs its own `model(...)` and `model.generate(do_sample=False)` with its KV cache;
 minigpt runs `model(...)` and `minigpt.generate(temperature=0)`. Every repeat runs every case on
@@ -33,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import alternate  # noqa: E402
+import limits as machine  # noqa: E402
 import minigpt  # noqa: E402
 import reference  # noqa: E402
 from actadd import ActivationAddition, SteeringVector  # noqa: E402
@@ -124,20 +126,12 @@ def main():
         with torch.no_grad():
             hf(torch.as_tensor(long_ids[:, :n]))
 
-    matrices = [ours.wte.T] + [block[a][b]["weight"] for block in ours.h
-                               for a, b in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))]
+    matrices = [ours.wte] + [block[a][b]["weight"] for block in ours.h
+                             for a, b in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))]
     weight_bytes = sum(w.nbytes for w in matrices)
-    vectors = {n: np.ones((1, n), np.float32) for n in {w.shape[0] for w in matrices}}
-
-    def read_weights_once():
-        for w in matrices:
-            vectors[w.shape[0]] @ w
-
-    gemm_a = rng.standard_normal((1024, config.n_embd), dtype=np.float32)
-    gemm_b = rng.standard_normal((config.n_embd, config.d_mlp), dtype=np.float32)
-
-    def gemm():  # the c_fc product of a 1024-token prefill
-        gemm_a @ gemm_b
+    d = config.n_embd
+    gemm_shapes = [(1024, d, 3 * d), (1024, d, d), (1024, d, config.d_mlp), (1024, config.d_mlp, d),
+                   (1024, d, config.vocab_size)]                 # a 1024-token prefill's products
 
     steer = vector.hooks(prompt_lengths=16)
     cases = {  # name: (units of work, {engine: run})
@@ -148,31 +142,31 @@ def main():
         "decode b8": (8 * 64, {"transformers": lambda: hf_generate(8), "minigpt": lambda: ours_generate(8)}),
     }
     alternate.warm_up(cases)
-    read_weights_once(), gemm()
-
-    limit_times, gemm_times = [], []
     load = {engine: [] for engine in LOAD}
 
-    def loads_and_limits(r):
+    def loads(r):
         for engine in (list(LOAD) if r % 2 == 0 else list(LOAD)[::-1]):
             load[engine].append(load_in_fresh_process(engine, folder))
-        for measure, into in ((read_weights_once, limit_times), (gemm, gemm_times)):
-            start = time.perf_counter()
-            measure()
-            into.append(time.perf_counter() - start)
 
-    times = alternate.time_alternating(cases, args.repeats, after_each_repeat=loads_and_limits)
+    times = alternate.time_alternating(cases, args.repeats, after_each_repeat=loads)
     rows = alternate.rows(cases, times, baseline="transformers")
     row = {(r["case"], r["engine"]): r for r in rows}
 
-    bandwidth_s = statistics.median(limit_times)
-    gflops = 2 * gemm_a.shape[0] * gemm_a.shape[1] * gemm_b.shape[1] / statistics.median(gemm_times) / 1e9
+    # The machine's limits, each the fastest of several methods x repeats: a bound must be one
+    # that no engine exceeds (limits.py says how it once was not).
+    read = machine.fastest(machine.read_methods(matrices), repeats=max(10, args.repeats))
+    compute = machine.fastest(machine.gemm_methods(gemm_shapes), repeats=max(5, args.repeats))
+    bandwidth_s, gflops = weight_bytes / read["rate"], compute["rate"] / 1e9
     limits = {
-        "weights_read_once": {"bytes": weight_bytes, "seconds": bandwidth_s, "GB_per_s": weight_bytes / bandwidth_s / 1e9,
+        "weights_read_once": {"bytes": weight_bytes, "seconds": bandwidth_s, "GB_per_s": read["rate"] / 1e9,
+                              "method": read["method"], "GB_per_s_by_method": {k: v / 1e9 for k, v in read["per_method_rate"].items()},
                               "decode_b1_bound_tokens_per_s": 1 / bandwidth_s},
-        "gemm": {"shape": [1024, config.n_embd, config.d_mlp], "GFLOP_per_s": gflops,
+        "gemm": {"shapes": gemm_shapes, "GFLOP_per_s": gflops, "method": compute["method"],
+                 "GFLOP_per_s_by_shape": {k: v / 1e9 for k, v in compute["per_method_rate"].items()},
                  "prefill_bound_tokens_per_s": {n: n / (prefill_flops(config, n) / (gflops * 1e9)) for n in (128, 1024)}},
     }
+    bounds = {"decode b1": 1 / bandwidth_s, **{f"prefill {n}": b for n, b in limits["gemm"]["prefill_bound_tokens_per_s"].items()}}
+    violations = machine.check_bounds({f"{r['case']} {r['engine']}": r["tokens_per_s"] for r in rows}, bounds)
     loads = {}
     for engine, runs in load.items():
         secs, before, after = zip(*runs)
@@ -199,11 +193,13 @@ def main():
     b1 = row["decode b1", "minigpt"]["tokens_per_s"]
     print(f"steered decode b1 takes {steered_ratio:.3f}x the time of unsteered")
     print(f"limit, bandwidth: {weight_bytes / 1e6:.0f} MB of weights read once in {bandwidth_s * 1e3:.1f} ms "
-          f"= {weight_bytes / bandwidth_s / 1e9:.1f} GB/s, so batch-1 decode is bound near {1 / bandwidth_s:.1f} tok/s; "
+          f"= {weight_bytes / bandwidth_s / 1e9:.1f} GB/s (fastest: {read['method']}; "
+          + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in read["per_method_rate"].items())
+          + f"), so batch-1 decode is bound near {1 / bandwidth_s:.1f} tok/s; "
           f"minigpt reaches {b1 * bandwidth_s:.0%} of it, transformers "
           f"{row['decode b1', 'transformers']['tokens_per_s'] * bandwidth_s:.0%}")
     for n, bound in limits["gemm"]["prefill_bound_tokens_per_s"].items():
-        print(f"limit, compute: GEMM {gflops:.0f} GFLOP/s, so prefill {n} is bound near {bound:.0f} tok/s; minigpt "
+        print(f"limit, compute: GEMM {gflops:.0f} GFLOP/s (fastest shape {compute['method']}), so prefill {n} is bound near {bound:.0f} tok/s; minigpt "
               f"reaches {row[f'prefill {n}', 'minigpt']['tokens_per_s'] / bound:.0%} of it, transformers "
               f"{row[f'prefill {n}', 'transformers']['tokens_per_s'] / bound:.0%}")
     args.json.write_text(json.dumps({
@@ -211,8 +207,10 @@ def main():
         "repeats": args.repeats, "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(),
         "threadpools": blas, "rows": rows, "load": {"checkpoint_bytes": checkpoint_bytes, **loads},
-        "steered_over_unsteered_decode_b1": steered_ratio, "limits": limits}, indent=2, default=str))
+        "steered_over_unsteered_decode_b1": steered_ratio, "limits": limits, "bound_violations": violations},
+        indent=2, default=str))
     print(f"wrote {args.json}")
+    machine.enforce(violations)
 
 
 if __name__ == "__main__":
