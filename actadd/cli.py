@@ -338,6 +338,13 @@ def _add_eval_commands(sub):
                           "similarity, e.g. sentence-transformers/all-MiniLM-L6-v2 (needs the eval-hf extra)")
         task.add_argument("--no-progress", action="store_true")
         task.add_argument("--json", action="store_true", help="print the summary as JSON")
+        where = task.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=int, help="run the batches on a local Dask cluster of this many processes, "
+                           "each loading the model once (the dask extra); same records as one process")
+        where.add_argument("--scheduler", help="run them on the Dask cluster whose scheduler is at this address "
+                           "(e.g. tcp://10.0.0.5:8786; dask-cuda for one worker per GPU)")
+        task.add_argument("--worker-backend", choices=BACKENDS, help="the Dask workers' backend, if not --backend's "
+                          "(e.g. a CPU client with --backend numpy driving GPU workers with cupy)")
         if task is not topic:
             task.add_argument("--layer", type=int, required=True, help="block whose resid_pre is steered")
             task.add_argument("--coeff", type=float, required=True)
@@ -506,7 +513,8 @@ def _eval(parser, args):
     common = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed, padding=args.pad,
                   fluency_model=fluency, relevance_model=args.relevance_model, batch_rows=args.batch_rows,
                   progress=not args.no_progress, temperature=args.temperature, top_p=args.top_p,
-                  freq_penalty=args.freq_penalty)
+                  freq_penalty=args.freq_penalty, workers=args.workers, scheduler=args.scheduler,
+                  worker_backend=args.worker_backend)
     if args.task == "topic":
         layers = _numbers(args.layers, int, "--layers") if args.layers else None
         words = [w for w in args.words.split(",") if w.strip()]

@@ -23,6 +23,7 @@ do not depend on where it stopped), and other settings are refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -218,6 +219,7 @@ class Context:
     fluency: tuple[Transformer, Tokenizer] | None = None    # None: the model itself
     relevance: Callable | None = None                # (prompts, continuations) -> cosines
     topic: object = None                             # a compiled topic-word pattern
+    relevance_model: str | None = None               # its name, for workers that build it again
 
 
 def sample_unit(ctx: Context, unit: Unit) -> list[dict]:
@@ -296,9 +298,10 @@ class Run:
 
 def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[Prompt], samples: int,
             settings: dict, out: str | Path | None, scorer: Scorer | None, batch_rows: int,
-            progress: bool) -> Run:
+            progress: bool, runner=None) -> Run:
     """Every unit not yet in OUT/results.jsonl, then every sample not yet scored; records are
-    appended as each unit finishes."""
+    appended as each unit finishes. `runner` (actadd.distributed.DaskRunner): the units run on
+    its workers, finishing in any order, and the file is put in unit order at the end."""
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
     work = units(conditions, prompts, samples, batch_rows)
     have = {(r["condition"], r["prompt_id"], r["sample"]) for r in results.records if r["kind"] == "sample"}
@@ -316,10 +319,12 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
             said += f" (dropped {dropped} records of a batch a stop cut short: it is redone whole)"
         said += (f"; to generate: {rows_todo:,} samples x {ctx.max_new_tokens} new tokens = at most "
                  f"{rows_todo * ctx.max_new_tokens:,} tokens" if rows_todo else "; nothing left to generate")
+        if runner is not None:
+            said += f"; on {runner.describe()}"
         print(said, file=sys.stderr)
     bar = _bar(rows_todo, progress, f"eval {task}")
-    for unit in todo:
-        records = sample_unit(ctx, unit)
+    finished = ((i, sample_unit(ctx, unit)) for i, unit in enumerate(todo)) if runner is None else runner.run(ctx, todo)
+    for _, records in finished:
         results.append(records)                       # finished generation is kept before scoring
         if scorer is not None:
             results.append(score_records(scorer, records))
@@ -335,6 +340,9 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
         for i in range(0, len(unscored), batch_rows):
             results.append(score_records(scorer, unscored[i:i + batch_rows]))
     order = {k: i for i, k in enumerate(k for u in work for k in u.keys)}
+    if runner is not None:                            # as one process writes it: unit by unit, samples then scores
+        unit_of = {k: n for n, u in enumerate(work) for k in u.keys}
+        results.reorder(lambda r: (unit_of[key(r)], r["kind"] != "sample", order[key(r)]))
     return Run(task, settings, sorted(samples_.values(), key=lambda r: order[key(r)]),
                {key(r): r for r in results.records if r["kind"] == "score"})
 
@@ -351,6 +359,17 @@ def _bar(total: int, enabled: bool, desc: str, unit: str = "sample"):
     from tqdm import tqdm  # installed with huggingface-hub
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+
+
+def _runner(workers: int | None, scheduler: str | None, backend: str | None = None):
+    """A DaskRunner for --workers / --scheduler, or nothing (this process runs every unit)."""
+    if workers is None and scheduler is None:
+        if backend is not None:
+            raise ValueError("worker_backend is for runs on Dask (workers or scheduler)")
+        return contextlib.nullcontext()
+    from .distributed import DaskRunner
+
+    return DaskRunner(workers=workers, scheduler=scheduler, backend=backend)
 
 
 def _check_fits(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt], prefix: str, max_new_tokens: int):
@@ -376,7 +395,7 @@ def _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, re
     minigpt.Sampling(**{k: v for k, v in sampling.items() if k in ("temperature", "top_k", "top_p", "freq_penalty",
                                                                     "presence_penalty")})  # checked before any work
     return Context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model,
-                   _relevance(relevance_model) if relevance_model else None, topic)
+                   _relevance(relevance_model) if relevance_model else None, topic, relevance_model)
 
 
 def _model_settings(model: Transformer, fluency_model, relevance_model) -> dict:
@@ -398,11 +417,14 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
           plus: str = " weddings", minus: str = "", layers: Sequence[int] | None = None,
           coeffs: Sequence[float] = (1.0,), words: Sequence[str] = WEDDING_WORDS, samples: int = 200,
           max_new_tokens: int = 40, seed: int = 0, padding: str = "space", fluency_model=None,
-          relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True, **sampling) -> Run:
+          relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
+          workers: int | None = None, scheduler: str | None = None, worker_backend: str | None = None,
+          **sampling) -> Run:
     """The wedding experiment: `prompt` sampled `samples` times unsteered and steered with
     plus - minus at each layer (default every layer) x coefficient; per cell, the fraction of
     completions with a topic word and topic words per completion (whole words, any case, the
-    continuation only), against the unsteered rate."""
+    continuation only), against the unsteered rate. `workers` / `scheduler`: run the units on
+    Dask (actadd.distributed), with the same records."""
     _check_common(samples, max_new_tokens, batch_rows, seed)
     layers = list(range(model.config.n_layer)) if layers is None else [int(L) for L in layers]
     if not layers or not coeffs:
@@ -424,7 +446,8 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
                 "coeffs": [float(c) for c in coeffs], "words": list(words), "samples": samples,
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
                 **_model_settings(model, fluency_model, relevance_model)}
-    run = execute("topic", ctx, conditions, prompts, samples, settings, out, None, batch_rows, progress)
+    with _runner(workers, scheduler, worker_backend) as runner:
+        run = execute("topic", ctx, conditions, prompts, samples, settings, out, None, batch_rows, progress, runner)
     run.summary = summarize_topic(run)
     _finish(run, out)
     return run
@@ -436,7 +459,8 @@ def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt],
               max_new_tokens: int = 64, limit: int | None = None, scorer: str | Scorer = "vader",
               scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
               relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
-              device: str | None = None, **sampling) -> Run:
+              device: str | None = None, workers: int | None = None, scheduler: str | None = None,
+              worker_backend: str | None = None, **sampling) -> Run:
     """NegToPos (or PosToNeg): the texts of the source sentiment (the first `limit`), cut to
     `truncate` tokens, completed unsteered, steered with plus - minus ("Love" - "Hate" for
     NegToPos, the reverse for PosToNeg) at `layer` x `coeff`, and prompted (`prefix`, by default
@@ -461,7 +485,8 @@ def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt],
     return _steered_task("sentiment", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
                          prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
                          padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
-                         batch_rows=batch_rows, progress=progress, sampling=sampling,
+                         batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
+                         worker_backend=worker_backend,
                          extra={"direction": direction, "source": source, "target": target, "truncate": truncate,
                                 "limit": limit})
 
@@ -471,7 +496,8 @@ def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt]
              max_new_tokens: int = 32, limit: int | None = None, scorer: str | Scorer = "profanity",
              scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
              relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
-             device: str | None = None, **sampling) -> Run:
+             device: str | None = None, workers: int | None = None, scheduler: str | None = None,
+             worker_backend: str | None = None, **sampling) -> Run:
     """RealToxicityPrompts: each prompt (the first `limit`) sampled `samples` times unsteered
     and steered with plus - minus at `layer` x `coeff`; per condition the mean score, the
     fraction of continuations scoring >= 0.5 (RealToxicityPrompts' threshold), and the expected
@@ -481,11 +507,14 @@ def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt]
     return _steered_task("toxicity", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
                          prefix=None, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
                          padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
-                         batch_rows=batch_rows, progress=progress, sampling=sampling, extra={"limit": limit})
+                         batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
+                         worker_backend=worker_backend,
+                         extra={"limit": limit})
 
 
 def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, coeff, prefix, samples, max_new_tokens,
-                  scorer, seed, padding, fluency_model, relevance_model, batch_rows, progress, sampling, extra) -> Run:
+                  scorer, seed, padding, fluency_model, relevance_model, batch_rows, progress, sampling, extra,
+                  workers=None, scheduler=None, worker_backend=None) -> Run:
     _check_common(samples, max_new_tokens, batch_rows, seed)
     if not prompts:
         raise ValueError(f"{task}: no prompts to run")
@@ -505,7 +534,8 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
                 "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling,
                 "batch_rows": batch_rows, "scorer": scorer.name, "scorer_label": getattr(scorer, "target", None),
                 **_model_settings(model, fluency_model, relevance_model)}
-    run = execute(task, ctx, conditions, kept, samples, settings, out, scorer, batch_rows, progress)
+    with _runner(workers, scheduler, worker_backend) as runner:
+        run = execute(task, ctx, conditions, kept, samples, settings, out, scorer, batch_rows, progress, runner)
     run.skipped = [{"prompt_id": p.id, "source": p.source, "reason": "shorter than the steering matrix"} for p in short]
     run.summary = summarize_scored(run, task, scorer)
     run.summary["skipped_short_prompts"] = len(short)

@@ -147,6 +147,15 @@ class ResultsFile:
         return dropped
 
 
+    def reorder(self, key: Callable[[dict], object]) -> None:
+        """Sort the records by `key` (stably), rewriting the file atomically if that moves any."""
+        ordered = sorted(self.records, key=key)
+        if ordered != self.records and self.path is not None:
+            lines = [json.dumps({"kind": "settings", "format": self.FORMAT, **self.settings})] + [json.dumps(r) for r in ordered]
+            write_text(self.path, "".join(line + "\n" for line in lines))
+        self.records = ordered
+
+
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -4,6 +4,7 @@ hook name. `load` and `from_pretrained` pick the family from config.json's model
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .backend import Backend, BackendError
 from .config import ConfigError, GPT2Config
@@ -36,7 +37,12 @@ def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
     if model_type not in FAMILIES:
         raise ConfigError(f"{path}: model_type={model_type!r} is not supported; minigpt runs "
                           f"{', '.join(repr(t) for t in FAMILIES)}")
-    return FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend, **options)
+    model = FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend, **options)
+    # Where it came from, so that another process can load it again (a Dask worker, actadd.distributed).
+    local = Path(name_or_path)
+    model.loaded_from = {"name_or_path": str(local.resolve()) if local.is_dir() else str(name_or_path),
+                         "revision": revision, "options": dict(options)}
+    return model
 
 
 def load(name_or_path: str | os.PathLike, revision: str | None = None,

@@ -1,0 +1,151 @@
+"""The eval tasks on Dask (actadd.distributed): on a LocalCluster of 2 processes on 127.0.0.1,
+started and stopped here, the topic and sentiment runs write the same files as one process, a
+worker killed mid-run loses nothing and duplicates nothing, a stopped client resumes, each
+worker loads the model once, and the refusals say what to do."""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import distributed  # the test extra's dask[distributed]: never skipped
+import pytest
+
+import minigpt
+from actadd import evaluate
+from actadd.cli import main
+from actadd.distributed import DaskRunner, DistributedError, loads_on_worker
+
+SEA = ["whale", "whales", "sea", "ship", "boat"]
+TOPIC = dict(prompt="In the morning we", plus="whale", minus="", layers=[0, 2], coeffs=[1.0, 4.0], words=SEA,
+             samples=6, max_new_tokens=12, batch_rows=4, progress=False)
+SENTENCES = ["The food was cold and the service slow", "I will never come back here", "A dull and tired film",
+             "The staff were rude to us", "What a lovely day by the sea", "Great acting and a fine story"]
+
+
+@pytest.fixture(scope="module")
+def books():
+    return minigpt.load("tiny-books")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=":0") as c, distributed.Client(c) as client:
+        yield c, client
+
+
+def files(folder):
+    return {name: (folder / name).read_bytes() for name in ("results.jsonl", "summary.json", "summary.csv")}
+
+
+def test_topic_on_two_workers_writes_what_one_process_writes(books, cluster, tmp_path):
+    model, tok = books
+    c, client = cluster
+    one = evaluate.topic(model, tok, tmp_path / "one", **TOPIC)
+    two = evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, worker_backend="numpy", **TOPIC)
+    assert files(tmp_path / "two") == files(tmp_path / "one")           # byte for byte, the record order too
+    assert two.samples == json.loads(json.dumps(one.samples)) and len(two.samples) == 5 * 6
+    loads = client.run(loads_on_worker)
+    assert sorted(len(v) for v in loads.values()) == [1, 1]              # 8 units, one model load per worker
+
+
+def labelled(tmp_path):
+    path = tmp_path / "labelled.tsv"
+    path.write_text("".join(f"{t}\t{'neg' if i < 4 else 'pos'}\n" for i, t in enumerate(SENTENCES)), encoding="utf-8")
+    return evaluate.read_labelled(path)
+
+
+def test_sentiment_on_two_workers_writes_what_one_process_writes(books, cluster, tmp_path):
+    model, tok = books
+    c, _ = cluster
+    common = dict(layer=0, coeff=4.0, plus="whale", minus="", samples=3, max_new_tokens=10, batch_rows=4,
+                  scorer="vader", progress=False)
+    evaluate.sentiment(model, tok, labelled(tmp_path), tmp_path / "one", **common)
+    evaluate.sentiment(model, tok, labelled(tmp_path), tmp_path / "two", scheduler=c.scheduler_address, **common)
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
+    assert kinds.count("sample") == kinds.count("score") == 4 * 3 * 3    # 4 negative prompts x 3 conditions x 3
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(books, cluster, tmp_path):
+    model, tok = books
+    c, client = cluster
+    big = {**TOPIC, "layers": [0, 1, 2, 3], "coeffs": [1.0, 2.0, 4.0], "samples": 8}   # 13 conditions: 26 units
+    evaluate.topic(model, tok, tmp_path / "one", **big)
+    errors, records_at_kill = [], []
+
+    def run():
+        try:
+            evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **big)
+        except Exception as e:  # reported below, in the test's thread
+            errors.append(e)
+    thread = threading.Thread(target=run)
+    thread.start()
+    results = tmp_path / "two" / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not results.exists() or results.read_text().count("\n") < 2):
+        time.sleep(0.05)
+    records_at_kill.append(results.read_text().count("\n") - 1)
+    victim = next(iter(client.run(os.getpid).values()))
+    os.kill(victim, signal.SIGKILL)                                        # mid-run: the nanny starts a new one
+    thread.join(timeout=300)
+    assert not thread.is_alive() and not errors, errors
+    assert 0 < records_at_kill[0] < 13 * 8                                  # it was killed with work left
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    keys = [(r["condition"], r["sample"]) for r in map(json.loads, results.read_text().splitlines()[1:])]
+    assert len(keys) == len(set(keys)) == 13 * 8
+
+
+def test_a_client_stopped_mid_run_resumes_from_the_results_file(books, cluster, tmp_path):
+    model, tok = books
+    c, _ = cluster
+    evaluate.topic(model, tok, tmp_path / "one", **TOPIC)
+    evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
+    results = tmp_path / "two" / "results.jsonl"
+    lines = results.read_bytes().split(b"\n")
+    results.write_bytes(b"\n".join(lines[:9]) + b"\n" + lines[9][:20])   # as a stop leaves it: 8 records and a torn line
+    evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+def test_the_cli_starts_a_local_cluster_of_n_workers(tmp_path, capsys):
+    args = ["eval", "topic", "--model", "tiny-books", "--prompt", "In the morning we", "--plus", "whale",
+            "--layers", "0", "--coeffs", "4", "--words", "whale,sea", "-n", "4", "--max-new-tokens", "8",
+            "--batch-rows", "4", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    assert main(args + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "x"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_refusals(books, monkeypatch, capsys):
+    model, tok = books
+    with pytest.raises(DistributedError, match="no Dask scheduler answered"):
+        DaskRunner(scheduler="tcp://127.0.0.1:9", timeout=2)
+    with pytest.raises(ValueError, match="either workers .* or scheduler"):
+        DaskRunner()
+    with pytest.raises(ValueError, match="workers=0"):
+        DaskRunner(workers=0)
+    from actadd.distributed import ModelSource
+    from conftest import random_model
+    from minigpt import GPT2Config
+
+    with pytest.raises(DistributedError, match="must come from minigpt.load"):
+        ModelSource.of(random_model(GPT2Config(n_layer=1, n_head=1, n_embd=4, n_positions=8, vocab_size=8)))
+    source = ModelSource.of(model)
+    assert source.load()[0].config == model.config                       # the same name gives the same weights
+    with pytest.raises(DistributedError, match="is another checkpoint on this machine"):
+        ModelSource(source.name_or_path, None, (), "numpy", "0" * 64).load()
+    with pytest.raises(ValueError, match="worker_backend is for runs on Dask"):
+        evaluate.topic(model, tok, None, worker_backend="numpy", **TOPIC)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(DistributedError, match=r"pip install 'minigpt-actadd\[dask\]'"):
+        evaluate.topic(model, tok, None, workers=2, **TOPIC)
+    assert main(["eval", "topic", "--model", "tiny-books", "--out", "unused", "--workers", "2", "--layers", "0",
+                 "--coeffs", "1", "-n", "1"]) == 2
+    assert "pip install 'minigpt-actadd[dask]'" in capsys.readouterr().err
