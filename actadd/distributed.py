@@ -190,7 +190,13 @@ class DaskRunner:
                 if i in seen:                           # a unit re-run after a fault finishes once only
                     continue
                 seen.add(i)
-                yield i, json.loads(future.result())
+                try:
+                    records = future.result()
+                except distributed.KilledWorker as e:      # Dask gave up: it took down worker after worker
+                    raise DistributedError(f"batch {i} of this run was on {getattr(e, 'allowed_failures', 'several')}+ "
+                                           "workers that died (out of memory?), and Dask gave up on it; the finished "
+                                           "batches are in the results file, and rerunning resumes") from None
+                yield i, json.loads(records)
         finally:
             for future in futures:
                 future.cancel()

@@ -149,3 +149,19 @@ def test_refusals(books, monkeypatch, capsys):
     assert main(["eval", "topic", "--model", "tiny-books", "--out", "unused", "--workers", "2", "--layers", "0",
                  "--coeffs", "1", "-n", "1"]) == 2
     assert "pip install 'minigpt-actadd[dask]'" in capsys.readouterr().err
+
+
+def test_a_batch_that_kills_every_worker_it_meets_is_an_error_not_a_hang(books, cluster, tmp_path, monkeypatch):
+    """Dask retries a unit whose worker died; after its allowed failures (3) it gives up, and the
+    run stops with an error saying so (the finished batches stay in the results file)."""
+    import actadd.distributed as dist
+
+    model, tok = books
+    c, client = cluster
+
+    def dies(spec, unit):                          # pickled by value: the worker runs this, not run_unit
+        os._exit(1)
+    monkeypatch.setattr(dist, "run_unit", dies)
+    with pytest.raises(DistributedError, match="Dask gave up on it"):
+        evaluate.topic(model, tok, tmp_path / "x", scheduler=c.scheduler_address, **{**TOPIC, "layers": [0], "coeffs": [1.0]})
+    client.wait_for_workers(2, timeout=60)         # the nannies bring the workers back
