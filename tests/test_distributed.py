@@ -37,6 +37,25 @@ def cluster():
         yield c, client
 
 
+def bounded(fn, *args, seconds=180, **kwargs):
+    """fn(*args, **kwargs) in a thread that must finish within `seconds`: a cluster that hangs
+    fails the test instead of the suite."""
+    out, errors = [], []
+
+    def call():
+        try:
+            out.append(fn(*args, **kwargs))
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{getattr(fn, '__name__', fn)} did not finish within {seconds} s"
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
 def files(folder):
     return {name: (folder / name).read_bytes() for name in ("results.jsonl", "summary.json", "summary.csv")}
 
@@ -45,7 +64,8 @@ def test_topic_on_two_workers_writes_what_one_process_writes(books, cluster, tmp
     model, tok = books
     c, client = cluster
     one = evaluate.topic(model, tok, tmp_path / "one", **TOPIC)
-    two = evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, worker_backend="numpy", **TOPIC)
+    two = bounded(evaluate.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, worker_backend="numpy",
+                  **TOPIC)
     assert files(tmp_path / "two") == files(tmp_path / "one")           # byte for byte, the record order too
     assert two.samples == json.loads(json.dumps(one.samples)) and len(two.samples) == 5 * 6
     loads = client.run(loads_on_worker)
@@ -64,7 +84,8 @@ def test_sentiment_on_two_workers_writes_what_one_process_writes(books, cluster,
     common = dict(layer=0, coeff=4.0, plus="whale", minus="", samples=3, max_new_tokens=10, batch_rows=4,
                   scorer="vader", progress=False)
     evaluate.sentiment(model, tok, labelled(tmp_path), tmp_path / "one", **common)
-    evaluate.sentiment(model, tok, labelled(tmp_path), tmp_path / "two", scheduler=c.scheduler_address, **common)
+    bounded(evaluate.sentiment, model, tok, labelled(tmp_path), tmp_path / "two", scheduler=c.scheduler_address,
+            **common)
     assert files(tmp_path / "two") == files(tmp_path / "one")
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
     assert kinds.count("sample") == kinds.count("score") == 4 * 3 * 3    # 4 negative prompts x 3 conditions x 3
@@ -103,11 +124,11 @@ def test_a_client_stopped_mid_run_resumes_from_the_results_file(books, cluster, 
     model, tok = books
     c, _ = cluster
     evaluate.topic(model, tok, tmp_path / "one", **TOPIC)
-    evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
+    bounded(evaluate.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
     results = tmp_path / "two" / "results.jsonl"
     lines = results.read_bytes().split(b"\n")
     results.write_bytes(b"\n".join(lines[:9]) + b"\n" + lines[9][:20])   # as a stop leaves it: 8 records and a torn line
-    evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
+    bounded(evaluate.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
     assert files(tmp_path / "two") == files(tmp_path / "one")
 
 
@@ -116,7 +137,7 @@ def test_the_cli_starts_a_local_cluster_of_n_workers(tmp_path, capsys):
             "--layers", "0", "--coeffs", "4", "--words", "whale,sea", "-n", "4", "--max-new-tokens", "8",
             "--batch-rows", "4", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
-    assert main(args + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert bounded(main, args + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     assert files(tmp_path / "two") == files(tmp_path / "one")
     with pytest.raises(SystemExit):
         main(args + ["--out", str(tmp_path / "x"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
@@ -163,5 +184,6 @@ def test_a_batch_that_kills_every_worker_it_meets_is_an_error_not_a_hang(books, 
         os._exit(1)
     monkeypatch.setattr(dist, "run_unit", dies)
     with pytest.raises(DistributedError, match="Dask gave up on it"):
-        evaluate.topic(model, tok, tmp_path / "x", scheduler=c.scheduler_address, **{**TOPIC, "layers": [0], "coeffs": [1.0]})
+        bounded(evaluate.topic, model, tok, tmp_path / "x", scheduler=c.scheduler_address,
+                **{**TOPIC, "layers": [0], "coeffs": [1.0]})
     client.wait_for_workers(2, timeout=60)         # the nannies bring the workers back
