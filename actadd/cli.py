@@ -338,13 +338,7 @@ def _add_eval_commands(sub):
                           "similarity, e.g. sentence-transformers/all-MiniLM-L6-v2 (needs the eval-hf extra)")
         task.add_argument("--no-progress", action="store_true")
         task.add_argument("--json", action="store_true", help="print the summary as JSON")
-        where = task.add_mutually_exclusive_group()
-        where.add_argument("--workers", type=int, help="run the batches on a local Dask cluster of this many processes, "
-                           "each loading the model once (the dask extra); same records as one process")
-        where.add_argument("--scheduler", help="run them on the Dask cluster whose scheduler is at this address "
-                           "(e.g. tcp://10.0.0.5:8786; dask-cuda for one worker per GPU)")
-        task.add_argument("--worker-backend", choices=BACKENDS, help="the Dask workers' backend, if not --backend's "
-                          "(e.g. a CPU client with --backend numpy driving GPU workers with cupy)")
+        _add_dask_args(task)
         if task is not topic:
             task.add_argument("--layer", type=int, required=True, help="block whose resid_pre is steered")
             task.add_argument("--coeff", type=float, required=True)
@@ -383,6 +377,7 @@ def _add_eval_commands(sub):
         task.add_argument("--pad", choices=PADDINGS, default="space")
         task.add_argument("--no-progress", action="store_true")
         task.add_argument("--json", action="store_true", help="print the summary as JSON")
+        _add_dask_args(task)
     cost = tasks.add_parser("overhead", help="the time premium of steering: forward passes and generation")
     which = cost.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="local folder, shipped name (tiny-books) or hub id")
@@ -403,6 +398,16 @@ def _add_eval_commands(sub):
     cost.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _add_dask_args(task):
+    where = task.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="run the batches on a local Dask cluster of this many processes, "
+                       "each loading the model once (the dask extra); same records as one process")
+    where.add_argument("--scheduler", help="run them on the Dask cluster whose scheduler is at this address "
+                       "(e.g. tcp://10.0.0.5:8786; dask-cuda for one worker per GPU)")
+    task.add_argument("--worker-backend", choices=BACKENDS, help="the Dask workers' backend, if not --backend's "
+                      "(e.g. a CPU client with --backend numpy driving GPU workers with cupy)")
+
+
 def _add_paper_command(sub):
     p = sub.add_parser("paper", help="the paper's GPT-2 battery: topic, relevance, knowledge, overhead, REPORT.md",
                        description="Runs the paper's GPT-2 experiments with its settings (layers rescaled to the "
@@ -420,6 +425,7 @@ def _add_paper_command(sub):
     p.add_argument("--layers", help="topic layers, e.g. 0-47 (default every layer; --quick: 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    _add_dask_args(p)
 
 
 def _logprobs(parser, args):
@@ -556,7 +562,8 @@ def _eval_likelihood(parser, args):
         return 0
     model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     common = dict(plus=args.plus, minus=args.minus, layer=args.layer, coeff=args.coeff, padding=args.pad,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
+                  worker_backend=args.worker_backend)
     if args.task == "relevance":
         words = [w for w in args.words.split(",") if w.strip()]
         edges = _numbers(args.bins, float, "--bins") if args.bins else None
@@ -581,7 +588,8 @@ def _paper(parser, args):
     layers = _numbers(args.layers, int, "--layers") if args.layers else None
     report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
+                       worker_backend=args.worker_backend)
     print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
     return 0
 

@@ -100,10 +100,20 @@ class WorkerSpec:
                    ctx.relevance_model, ctx.max_new_tokens, tuple(sorted(ctx.sampling.items())), ctx.seed, ctx.topic)
 
 
-# On a worker: contexts by spec, each built once and kept for the worker's life.
+# On a worker: models by source and contexts by spec, each built once and kept for the worker's life.
+_MODELS: dict = {}
 _CONTEXTS: dict = {}
 _LOADS: list[dict] = []
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+
+
+def _model(source: ModelSource):
+    with _LOCK:
+        if source not in _MODELS:
+            start = time.perf_counter()
+            _MODELS[source] = source.load()
+            _LOADS.append({"pid": os.getpid(), "model": source.name_or_path, "seconds": time.perf_counter() - start})
+        return _MODELS[source]
 
 
 def _context(spec: WorkerSpec):
@@ -111,14 +121,11 @@ def _context(spec: WorkerSpec):
 
     with _LOCK:
         if spec not in _CONTEXTS:
-            start = time.perf_counter()
-            model, tokenizer = spec.model.load()
-            fluency = spec.fluency.load() if spec.fluency else None
+            model, tokenizer = _model(spec.model)
+            fluency = _model(spec.fluency) if spec.fluency else None
             relevance = _relevance(spec.relevance_model) if spec.relevance_model else None
             _CONTEXTS[spec] = Context(model, tokenizer, spec.max_new_tokens, dict(spec.sampling), spec.seed, fluency,
                                       relevance, spec.topic, spec.relevance_model)
-            _LOADS.append({"pid": os.getpid(), "model": spec.model.name_or_path,
-                           "seconds": time.perf_counter() - start})
         return _CONTEXTS[spec]
 
 
@@ -128,6 +135,15 @@ def run_unit(spec: WorkerSpec, unit) -> str:
     from .results import json_safe
 
     return json.dumps([json_safe(r) for r in sample_unit(_context(spec), unit)])
+
+
+def run_on_model(source: ModelSource, work, item) -> str:
+    """On a worker: work(model, tokenizer, item) -> records (a module-level function, such as
+    likelihood.relevance_batch), as JSON text."""
+    from .results import json_safe
+
+    model, tokenizer = _model(source)
+    return json.dumps([json_safe(r) for r in work(model, tokenizer, item)])
 
 
 def loads_on_worker() -> list[dict]:
@@ -179,10 +195,19 @@ class DaskRunner:
         return f"Dask, {n} workers at {self.client.scheduler.address}"
 
     def run(self, ctx, units: Sequence) -> Iterator[tuple[int, list[dict]]]:
-        """(index into units, its records) as each unit finishes, each index once."""
-        distributed = _import_distributed()
+        """(index into units, its records) as each sampling unit (evaluate.Unit) finishes, each once."""
         spec = WorkerSpec.of(ctx, self.backend)
-        futures = {self.client.submit(run_unit, spec, unit, pure=False): i for i, unit in enumerate(units)}
+        return self._gather({self.client.submit(run_unit, spec, unit, pure=False): i for i, unit in enumerate(units)})
+
+    def map(self, model, work, items: Sequence) -> Iterator[tuple[int, list[dict]]]:
+        """(index into items, records) as work(model, tokenizer, item) finishes on a worker, for
+        each item, each once: the likelihood tasks' batches."""
+        source = ModelSource.of(model, self.backend)
+        return self._gather({self.client.submit(run_on_model, source, work, item, pure=False): i
+                             for i, item in enumerate(items)})
+
+    def _gather(self, futures: dict) -> Iterator[tuple[int, list[dict]]]:
+        distributed = _import_distributed()
         seen = set()
         try:
             for future in distributed.as_completed(futures):

@@ -13,7 +13,9 @@ Both steer with " weddings" - "" at layer 16 of GPT-2-XL's 48 (the same fraction
 model's depth: `paper_layer`), coefficient 1, front, and mask as `actadd logprobs` does: the
 predictions made where the addition sits are left out (there the model reads the steering
 prompt's activations, not the text). Records go to OUT/results.jsonl as each batch finishes (a
-rerun with the same settings resumes), then OUT/summary.json, summary.csv and TASK.png.
+rerun with the same settings resumes), then OUT/summary.json, summary.csv and TASK.png. The
+batches are fixed by the settings (a resumed run batches as the first), so they can also run on
+Dask workers (`workers=` / `scheduler=`, actadd.distributed) with the same records.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from minigpt import Tokenizer, Transformer
 
 from . import stats
-from .evaluate import WEDDING_WORDS, _bar, _digest_records, _jsonl, _read
+from .evaluate import WEDDING_WORDS, _bar, _digest_records, _jsonl, _read, _runner
 from .measure import length_batches, log_softmax, picked_logprobs, steered_positions, topic_pattern
 from .results import ResultsFile, write_outputs
 from .steering import fingerprint, site, steering_vector, x_vector
@@ -73,6 +75,34 @@ def _steered_pass(model, tokens, mask, vector, layer, lengths):
     logits = model.run_with_hooks(tokens, vector.hooks(prompt_lengths=lengths), attention_mask=mask,
                                   start_at_layer=layer, resid_pre=cache[site(layer)])
     return plain, model.backend.to_host(picked_logprobs(logits, tokens))
+
+
+def _todo(results: ResultsFile, kind: str, batch_ids: list[list[int]]) -> tuple[list[int], int]:
+    """The batches (by index) not wholly in the results file, and how many items are. A batch a
+    stop cut short has its records dropped and is done again whole, so that no record depends
+    on where a run stopped."""
+    have = {r["id"] for r in results.records if r.get("kind") == kind}
+    complete = [all(i in have for i in ids) for ids in batch_ids]
+    kept = {i for ids, c in zip(batch_ids, complete) if c for i in ids}
+    results.keep(lambda r: r.get("kind") != kind or r["id"] in kept)
+    return [k for k, c in enumerate(complete) if not c], len(kept)
+
+
+def _run_batches(results: ResultsFile, todo: list, work, model, tokenizer, progress: bool, desc: str, unit: str,
+                 workers, scheduler, worker_backend, batch_ids: list[list[int]]) -> None:
+    """work(model, tokenizer, batch) for every batch of `todo`, here or on Dask workers, each
+    batch's records appended as it finishes; on Dask the file is then put in batch order."""
+    bar = _bar(sum(len(b) for b in todo), progress, desc, unit=unit)
+    with _runner(workers, scheduler, worker_backend) as runner:
+        finished = ((k, work(model, tokenizer, b)) for k, b in enumerate(todo)) if runner is None else \
+            runner.map(model, work, todo)
+        for _, records in finished:
+            results.append(records)
+            bar.update(len(records))
+    bar.close()
+    if runner is not None:                            # as one process writes it: batch by batch, by id within
+        batch_of = {i: k for k, ids in enumerate(batch_ids) for i in ids}
+        results.reorder(lambda r: (batch_of.get(r.get("id"), -1), r.get("id", -1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,11 +211,41 @@ def relevance_bins(relevances: Sequence[float], edges: Sequence[float] | None = 
     return bins, which
 
 
+@dataclass(frozen=True)
+class RelevanceBatch:
+    """Chunks scored in one pass: what a worker needs besides the model."""
+
+    vector: object                 # the SteeringVector
+    layer: int
+    masked: np.ndarray             # [chunk_tokens] predictions left out
+    chunks: tuple
+    tokens: np.ndarray             # [batch, pos] with BOS
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+def relevance_batch(model: Transformer, tokenizer: Tokenizer, batch: RelevanceBatch) -> list[dict]:
+    """One batch of chunks: the sum of each chunk's next-token log-probs, unsteered and steered,
+    over the predictions not masked. Sorted by chunk id."""
+    plain, steered = _steered_pass(model, batch.tokens, batch.mask, batch.vector, batch.layer,
+                                   [len(c.tokens) + 1 for c in batch.chunks])
+    records = []
+    for b, c in enumerate(batch.chunks):
+        u, s = plain[b][~batch.masked].astype(np.float64), steered[b][~batch.masked].astype(np.float64)
+        records.append({"kind": "chunk", "id": c.id, "source": c.source, "start": c.start, "words": c.words,
+                        "topic_words": c.topic_words, "relevance": c.relevance, "predictions": int(u.size),
+                        "unsteered_logprob": float(u.sum()), "steered_logprob": float(s.sum())})
+    return sorted(records, key=lambda r: r["id"])
+
+
 def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tuple[str, str]], out: str | Path | None = None, *,
               plus: str = " weddings", minus: str = "", layer: int | None = None, coeff: float = 1.0,
               words: Sequence[str] = WEDDING_WORDS, chunk_tokens: int = 100, edges: Sequence[float] | None = None,
               quantiles: int = 4, padding: str = "space", max_chunks: int | None = None, seed: int = 0,
-              batch_tokens: int = 1024, progress: bool = True) -> Result:
+              batch_tokens: int = 1024, progress: bool = True, workers: int | None = None,
+              scheduler: str | None = None, worker_backend: str | None = None) -> Result:
     """Perplexity by relevance. Every chunk (or `max_chunks` of them, chosen as the authors chose
     documents: the most relevant half, then chunks without a topic word drawn at random with
     `seed` to fill the rest) gets <|endoftext|> prepended and
@@ -210,28 +270,18 @@ def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tupl
                 "max_chunks": max_chunks, "seed": seed, "chunks_sha256": _digest_records([c.tokens for c in chunks]),
                 "model": fingerprint(model)}
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
-    done = {r["id"] for r in results.records if r.get("kind") == "chunk"}
-    todo = [c for c in chunks if c.id not in done]
     masked = steered_positions(vector, chunk_tokens + 1)[:-1]                  # [chunk_tokens] predictions
+    seqs = [[tokenizer.bos_token_id, *c.tokens] for c in chunks]
+    batches = [RelevanceBatch(vector, layer, masked, tuple(chunks[i] for i in rows), tokens, mask)
+               for rows, tokens, mask in length_batches(seqs, batch_tokens)]
+    todo, done = _todo(results, "chunk", [[c.id for c in b.chunks] for b in batches])
     if progress:
         print(f"actadd eval relevance: {len(chunks):,} chunks of {chunk_tokens} tokens from {len(documents)} documents"
-              + (f"; {len(done):,} already in {results.path}" if done else "")
+              + (f"; {done:,} already in {results.path}" if done else "")
               + f"; layer {layer}, coefficient {coeff:g}; {int(masked.sum())} predictions a chunk masked",
               file=sys.stderr)
-    bar = _bar(len(todo), progress, "eval relevance", unit="chunk")
-    seqs = [[tokenizer.bos_token_id, *c.tokens] for c in todo]
-    for rows, tokens, mask in length_batches(seqs, batch_tokens):
-        plain, steered = _steered_pass(model, tokens, mask, vector, layer, [len(seqs[i]) for i in rows])
-        records = []
-        for b, i in enumerate(rows):
-            c = todo[i]
-            u, s = plain[b][~masked].astype(np.float64), steered[b][~masked].astype(np.float64)
-            records.append({"kind": "chunk", "id": c.id, "source": c.source, "start": c.start, "words": c.words,
-                            "topic_words": c.topic_words, "relevance": c.relevance, "predictions": int(u.size),
-                            "unsteered_logprob": float(u.sum()), "steered_logprob": float(s.sum())})
-        results.append(sorted(records, key=lambda r: r["id"]))
-        bar.update(len(rows))
-    bar.close()
+    _run_batches(results, [batches[k] for k in todo], relevance_batch, model, tokenizer, progress, "eval relevance",
+                 "chunk", workers, scheduler, worker_backend, [[c.id for c in b.chunks] for b in batches])
     records = sorted((r for r in results.records if r.get("kind") == "chunk"), key=lambda r: r["id"])
     summary = summarize_relevance(records, edges, quantiles)
     summary["dropped"] = dropped
@@ -388,10 +438,42 @@ def ranks(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
     return ((logits > own) | ((logits == own) & (ids < t[:, None]))).sum(axis=1)
 
 
+@dataclass(frozen=True)
+class KnowledgeBatch:
+    vector: object                 # the SteeringVector
+    facts: tuple
+    tokens: np.ndarray             # [batch, pos] with BOS, left-padded
+    mask: np.ndarray
+    lengths: tuple                 # each prompt's tokens with BOS
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+
+def knowledge_batch(model: Transformer, tokenizer: Tokenizer, batch: KnowledgeBatch) -> list[dict]:
+    """One batch of facts: the object's rank and log-prob after each prompt, unsteered and
+    steered over the whole prompt. Sorted by fact id."""
+    targets = [f.target for f in batch.facts]
+    rows = np.arange(len(targets))
+    plain = model.backend.to_host(model.run_with_hooks(batch.tokens, (), attention_mask=batch.mask, last_only=True)[:, -1])
+    hooks = batch.vector.hooks(prompt_lengths=list(batch.lengths))
+    steered = model.backend.to_host(model.run_with_hooks(batch.tokens, hooks, attention_mask=batch.mask,
+                                                         last_only=True)[:, -1])
+    lp_plain = log_softmax(plain.astype(np.float64))[rows, targets]
+    lp_steered = log_softmax(steered.astype(np.float64))[rows, targets]
+    records = [{"kind": "fact", "id": f.id, "source": f.source, "prompt": f.prompt, "obj": f.obj, "target": f.target,
+                "rank_unsteered": int(ru), "rank_steered": int(rs), "logprob_unsteered": float(a),
+                "logprob_steered": float(b)}
+               for f, ru, rs, a, b in zip(batch.facts, ranks(plain, targets), ranks(steered, targets), lp_plain,
+                                          lp_steered)]
+    return sorted(records, key=lambda r: r["id"])
+
+
 def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], out: str | Path | None = None, *,
               plus: str = " weddings", minus: str = "", layer: int | None = None, coeff: float = 1.0,
               padding: str = "space", limit: int | None = None, skipped: Sequence[dict] = (),
-              batch_tokens: int = 1024, progress: bool = True) -> Result:
+              batch_tokens: int = 1024, progress: bool = True, workers: int | None = None,
+              scheduler: str | None = None, worker_backend: str | None = None) -> Result:
     """P@K for K = 1..10: the fraction of facts whose object is among the K most likely next
     tokens after the prompt (with BOS first), unsteered and steered with plus - minus
     at `layer` (default the paper's 16 of 48, rescaled) x `coeff` over the whole prompt; each
@@ -416,28 +498,16 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
                 "padding": padding, "facts": len(kept), "facts_sha256": _digest_records(
                     [[f.prompt, f.obj, f.target] for f in kept]), "model": fingerprint(model)}
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
-    done = {r["id"] for r in results.records if r.get("kind") == "fact"}
-    todo = [f for f in kept if f.id not in done]
+    seqs = [[tokenizer.bos_token_id] + tokenizer.encode(f.prompt, disallowed_special=()) for f in kept]
+    batches = [KnowledgeBatch(vector, tuple(kept[i] for i in rows), tokens, mask, tuple(len(seqs[i]) for i in rows))
+               for rows, tokens, mask in length_batches(seqs, batch_tokens)]
+    todo, done = _todo(results, "fact", [[f.id for f in b.facts] for b in batches])
     if progress:
         print(f"actadd eval knowledge: {len(kept):,} facts ({len(skipped)} skipped)"
-              + (f"; {len(done):,} already in {results.path}" if done else "") + f"; layer {layer}, coefficient {coeff:g}",
+              + (f"; {done:,} already in {results.path}" if done else "") + f"; layer {layer}, coefficient {coeff:g}",
               file=sys.stderr)
-    bar = _bar(len(todo), progress, "eval knowledge", unit="fact")
-    seqs = [[tokenizer.bos_token_id] + tokenizer.encode(f.prompt, disallowed_special=()) for f in todo]
-    for rows, tokens, mask in length_batches(seqs, batch_tokens):
-        targets = [todo[i].target for i in rows]
-        plain = model.backend.to_host(model.run_with_hooks(tokens, (), attention_mask=mask, last_only=True)[:, -1])
-        hooks = vector.hooks(prompt_lengths=[len(seqs[i]) for i in rows])
-        steered = model.backend.to_host(model.run_with_hooks(tokens, hooks, attention_mask=mask, last_only=True)[:, -1])
-        lp_plain = log_softmax(plain.astype(np.float64))[np.arange(len(rows)), targets]
-        lp_steered = log_softmax(steered.astype(np.float64))[np.arange(len(rows)), targets]
-        records = [{"kind": "fact", "id": todo[i].id, "source": todo[i].source, "prompt": todo[i].prompt,
-                    "obj": todo[i].obj, "target": todo[i].target, "rank_unsteered": int(ru), "rank_steered": int(rs),
-                    "logprob_unsteered": float(a), "logprob_steered": float(b)}
-                   for i, ru, rs, a, b in zip(rows, ranks(plain, targets), ranks(steered, targets), lp_plain, lp_steered)]
-        results.append(sorted(records, key=lambda r: r["id"]))
-        bar.update(len(rows))
-    bar.close()
+    _run_batches(results, [batches[k] for k in todo], knowledge_batch, model, tokenizer, progress, "eval knowledge",
+                 "fact", workers, scheduler, worker_backend, [[f.id for f in b.facts] for b in batches])
     records = sorted((r for r in results.records if r.get("kind") == "fact"), key=lambda r: r["id"])
     summary = summarize_knowledge(records)
     summary["skipped"] = {"count": len(skipped), "reasons": _count_reasons(skipped)}

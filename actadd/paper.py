@@ -59,11 +59,14 @@ def spread_layers(n_layer: int, count: int, must: int) -> list[int]:
 
 def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name: str = "", quick: bool = False,
         relevance_data: str | Path | None = None, lama: str | Path | None = None, layers=None, seed: int = 0,
-        progress: bool = True) -> dict:
+        progress: bool = True, workers: int | None = None, scheduler: str | None = None,
+        worker_backend: str | None = None) -> dict:
     """The battery; returns paper.json's content. Topic uses the paper's prompt, vector and
     words at every layer (the quick preset: 4 layers, 32 samples); relevance and knowledge the
-    paper's layer rescaled to this depth; overhead the paper's batch 32 x 64 at the middle block."""
+    paper's layer rescaled to this depth; overhead the paper's batch 32 x 64 at the middle block.
+    `workers` / `scheduler`: topic, relevance and knowledge on Dask (overhead is timed here)."""
     out = Path(out)
+    dask = {"workers": workers, "scheduler": scheduler, "worker_backend": worker_backend}
     preset = PRESETS["quick" if quick else "full"]
     n_layer = model.config.n_layer
     layer = likelihood.paper_layer(n_layer)
@@ -79,7 +82,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
 
     say("topic")
     run_ = evaluate.topic(model, tokenizer, out / "topic", layers=layers, samples=preset["topic_samples"], seed=seed,
-                          progress=progress)
+                          progress=progress, **dask)
     report["experiments"]["topic"] = _topic_headline(run_.summary)
 
     if relevance_data is None:
@@ -89,7 +92,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
         say("relevance")
         docs = likelihood.read_documents(relevance_data)
         result = likelihood.relevance(model, tokenizer, docs, out / "relevance", layer=layer,
-                                      max_chunks=preset["max_chunks"], seed=seed, progress=progress)
+                                      max_chunks=preset["max_chunks"], seed=seed, progress=progress, **dask)
         report["experiments"]["relevance"] = _relevance_headline(result.summary, str(relevance_data))
 
     if lama is None:
@@ -100,7 +103,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
         facts, skipped = likelihood.read_lama(lama, tokenizer)
         limit = preset["facts"]
         result = likelihood.knowledge(model, tokenizer, facts, out / "knowledge", layer=layer, limit=limit,
-                                      skipped=skipped, progress=progress)
+                                      skipped=skipped, progress=progress, **dask)
         report["experiments"]["knowledge"] = _knowledge_headline(result.summary, str(lama))
 
     say("overhead")

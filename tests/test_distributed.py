@@ -187,3 +187,68 @@ def test_a_batch_that_kills_every_worker_it_meets_is_an_error_not_a_hang(books, 
         bounded(evaluate.topic, model, tok, tmp_path / "x", scheduler=c.scheduler_address,
                 **{**TOPIC, "layers": [0], "coeffs": [1.0]})
     client.wait_for_workers(2, timeout=60)         # the nannies bring the workers back
+
+
+def test_relevance_and_knowledge_on_two_workers_write_what_one_process_writes(books, cluster, tmp_path):
+    """The likelihood tasks' batches (fixed by the settings) on Dask: the same files."""
+    from actadd import likelihood
+
+    model, tok = books
+    c, client = cluster
+    text = " ".join(["The whale rose from the sea beside the ship and the boat."] * 6 + ["She walked to the house."] * 40)
+    documents = [("a", text), ("b", text[::-1]), ("c", text.upper())]
+    common = dict(plus="whale", minus="", layer=1, coeff=2.0, words=SEA, chunk_tokens=24, batch_tokens=100,
+                  progress=False)
+    likelihood.relevance(model, tok, documents, tmp_path / "one", **common)
+    bounded(likelihood.relevance, model, tok, documents, tmp_path / "two", scheduler=c.scheduler_address, **common)
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    facts_file = tmp_path / "facts.jsonl"
+    facts_file.write_text("".join(json.dumps({"masked_sentences": [f"{s} [MASK] ."], "obj_label": o}) + "\n"
+                                  for s, o in [("The whale swam in the", "sea"), ("He rowed the", "boat"),
+                                               ("They lived in a small", "house"), ("The captain stood on the", "deck"),
+                                               ("A man and his", "wife")] * 3), encoding="utf-8")
+    facts, skipped = likelihood.read_lama(facts_file, tok)
+    common = dict(plus="whale", minus="", layer=1, coeff=2.0, batch_tokens=40, progress=False, skipped=skipped)
+    likelihood.knowledge(model, tok, facts, tmp_path / "k1", **common)
+    bounded(likelihood.knowledge, model, tok, facts, tmp_path / "k2", scheduler=c.scheduler_address, **common)
+    assert files(tmp_path / "k2") == files(tmp_path / "k1")
+    lines = (tmp_path / "k2" / "results.jsonl").read_text().splitlines()
+    assert len(lines) - 1 == len(facts) > 8                               # several batches of facts
+
+
+def test_actadd_paper_sends_topic_relevance_and_knowledge_to_the_cluster_and_times_overhead_here(monkeypatch, tmp_path):
+    from actadd import likelihood, overhead, paper
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(name):
+        def fn(*args, **kwargs):
+            seen[name] = {k: kwargs.get(k) for k in ("workers", "scheduler", "worker_backend")}
+            raise Stop
+        return fn
+    monkeypatch.setattr(evaluate, "topic", record("topic"))
+    with pytest.raises(Stop):
+        paper.run(*minigpt.load("tiny-books"), tmp_path, quick=True, scheduler="tcp://h:1", worker_backend="cupy",
+                  progress=False)
+    assert seen["topic"] == {"workers": None, "scheduler": "tcp://h:1", "worker_backend": "cupy"}
+    monkeypatch.setattr(evaluate, "topic", lambda *a, **k: type("R", (), {"summary": {}})())
+    monkeypatch.setattr(paper, "_topic_headline", lambda summary: {})
+    monkeypatch.setattr(likelihood, "read_documents", lambda path: [])
+    monkeypatch.setattr(likelihood, "relevance", record("relevance"))
+    with pytest.raises(Stop):
+        paper.run(*minigpt.load("tiny-books"), tmp_path, quick=True, workers=3, relevance_data="x", progress=False)
+    assert seen["relevance"] == {"workers": 3, "scheduler": None, "worker_backend": None}
+    monkeypatch.setattr(likelihood, "relevance", lambda *a, **k: type("R", (), {"summary": {}})())
+    monkeypatch.setattr(paper, "_relevance_headline", lambda summary, data: {})
+    monkeypatch.setattr(likelihood, "read_lama", lambda path, tok: ([], []))
+    monkeypatch.setattr(likelihood, "knowledge", record("knowledge"))
+    with pytest.raises(Stop):
+        paper.run(*minigpt.load("tiny-books"), tmp_path, quick=True, workers=3, relevance_data="x", lama="y",
+                  progress=False)
+    assert seen["knowledge"] == {"workers": 3, "scheduler": None, "worker_backend": None}
+    import inspect
+
+    assert "workers" not in inspect.signature(overhead.overhead).parameters      # timing stays in this process
