@@ -88,8 +88,7 @@ def calibrate(model: Transformer, tokenizer: Tokenizer, prompt: str, pairs, laye
         raise ValueError("the prompt is empty: its residual stream after BOS has no positions to size the vector by")
     out = Calibration(prompt, reading, ratios)
     for L in layers:
-        mean = np.sum([cp.difference(i, L).astype(np.float64) for i in range(len(cp))], axis=0) / len(cp)
-        resid, vec = residual_norm(model, [ids], L), rms_norm(mean)
+        resid, vec = residual_norm(model, [ids], L), rms_norm(cp.mean_difference(L))
         row = {"layer": L, "hook_name": residual_site(L, model.config.n_layer), "residual_norm": resid,
                "vector_norm": vec, "ratio_at_coeff_1": vec / resid}
         row.update({_key(r): (r * resid / vec if vec > 0 else float("inf")) for r in ratios})

@@ -296,6 +296,15 @@ class ContrastPairs:
         out[:len(b)] -= b
         return out
 
+    def mean_difference(self, layer: int, indices: Sequence[int] | None = None) -> np.ndarray:
+        """float64: the mean of pairs `indices`' differences at `layer` (coefficient 1), summed
+        in their order."""
+        indices = list(range(len(self.pairs)) if indices is None else indices)
+        total = np.zeros_like(self.difference(indices[0], layer), np.float64)
+        for i in indices:
+            total += self.difference(i, layer)
+        return total / len(indices)
+
     def vector(self, coeff: float, indices: Sequence[int] | None = None,
                positions: str | tuple[int, ...] = "prompt") -> SteeringVector | DirectionVector:
         """coeff x the mean over pairs `indices` (default all, in order) of their differences."""
@@ -315,12 +324,7 @@ class ContrastPairs:
                         additions.append(a)
                         activations.append(a.coeff * self.resid[tokens, L])  # as steering_vector: coeff * resid_pre
             return SteeringVector(tuple(additions), tuple(activations), "front", self.padding, self.fingerprint)
-        directions = []
-        for L in self.layers:
-            total = np.zeros(self.resid[self.plus_tokens[0], L].shape[1], np.float64)
-            for i in indices:
-                total += self.difference(i, L)
-            directions.append((coeff * total / n).astype(np.float32))
+        directions = [(coeff * self.mean_difference(L, indices)).astype(np.float32) for L in self.layers]
         return DirectionVector(tuple(self.layers), tuple(directions), self.n_layer, float(coeff), self.reading,
                                positions, tuple(self.pairs[i] for i in indices), self.fingerprint)
 
@@ -554,7 +558,7 @@ def pair_report(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, coe
     cp = ContrastPairs.compute(model, tokenizer, pairs, [layer], reading, padding)
     n = len(cp)
     diffs = [cp.difference(i, layer) for i in range(n)]
-    total = np.sum(np.stack(diffs).astype(np.float64), axis=0)
+    total = n * cp.mean_difference(layer)
     cosine = np.array([[_cos(a, b) for b in diffs] for a in diffs])
     cos_mean = [_cos(d, total) for d in diffs]
     cos_others = [_cos(d, total - d) if n > 1 else float("nan") for d in diffs]
@@ -581,7 +585,7 @@ def pair_report(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, coe
     return PairReport(
         cp.pairs, layer, float(coeff), reading, metric.name, cp.padding_report(tokenizer),
         residual_norm(model, metric.sequences, layer), [abs(coeff) * rms_norm(d) for d in diffs],
-        abs(coeff) * rms_norm(total / n), cosine, cos_mean, cos_others, effects["mean", None],
+        abs(coeff) * rms_norm(cp.mean_difference(layer)), cosine, cos_mean, cos_others, effects["mean", None],
         [effects["alone", i] for i in range(n)], [effects.get(("without", i), float("nan")) for i in range(n)],
         min_cosine, [effects["control", k] for k in range(controls)])
 

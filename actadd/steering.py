@@ -266,10 +266,7 @@ def residual_streams(model: Transformer, wanted: dict) -> dict[tuple[tuple[int, 
 def fingerprint(model: Transformer) -> dict:
     from .vector_io import weights_hash
 
-    import minigpt
-
-    family = next((name for name, cls in minigpt.FAMILIES.items() if isinstance(model, cls)), None)
-    return {"model_type": family, "config": model_config_dict(model), "weights_sha256": weights_hash(model)}
+    return {"model_type": model.model_type, "config": model_config_dict(model), "weights_sha256": weights_hash(model)}
 
 
 def model_config_dict(model: Transformer) -> dict:
@@ -349,7 +346,8 @@ def norm_report(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector
     reports = []
     for L in vector.layers:
         resid = model.backend.to_host(cache[vector.hook_name(L)])[0]          # [pos, d_model]
-        reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(vector.delta(L, len(ids), alignment), axis=-1),
+        delta = vector.delta(L, len(ids), alignment)                           # [pos, d_model]
+        reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(delta, axis=-1),
                                   np.linalg.norm(resid, axis=-1), vector.hook_name(L)))
     return reports
 

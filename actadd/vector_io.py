@@ -261,8 +261,6 @@ def import_gguf(path: str | os.PathLike, model: Transformer, allow_other_weights
     i + 1. One written by export_gguf comes back with its reading, coefficient, positions and
     pairs, checked against the model it was made on; any other applies at every token, as in
     llama.cpp, with its model hint checked against `model`'s family."""
-    import minigpt
-
     gguf = _gguf()
     path = Path(path)
     if not path.is_file():
@@ -292,7 +290,7 @@ def import_gguf(path: str | os.PathLike, model: Transformer, allow_other_weights
         raise VectorFileError(f"{path}: no direction.{{i}} tensors")
     order = np.argsort(layers)
     layers, directions = [layers[i] for i in order], [directions[i] for i in order]
-    family = next((name for name, cls in minigpt.FAMILIES.items() if isinstance(model, cls)), None)
+    family = model.model_type
     if _field(reader, "actadd.format") == DIRECTION_FORMAT:
         made_on = json.loads(_field(reader, "actadd.model"))
         positions = json.loads(_field(reader, "actadd.positions"))

@@ -16,7 +16,7 @@ from .opt import OPT, OPTConfig
 from .sources import CheckpointError, locate
 from .tokenizer import Tokenizer, TokenizerError
 
-FAMILIES = {"gpt2": GPT2, "opt": OPT, "llama": Llama}     # config.json's model_type -> the family's class
+FAMILIES = {cls.model_type: cls for cls in (GPT2, OPT, Llama)}     # config.json's model_type -> the family's class
 
 __all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Llama", "LlamaConfig", "Transformer", "from_pretrained", "FAMILIES", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
            "HookPoint", "KVCache", "Backend", "ConfigError", "CheckpointError", "TokenizerError",

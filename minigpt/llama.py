@@ -250,6 +250,7 @@ class Llama(Transformer):
     """
 
     config_class = LlamaConfig
+    model_type = "llama"          # config.json's model_type
     repr_fields = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "vocab_size")
     hook_name_help = HOOK_NAME_HELP
 

@@ -263,6 +263,7 @@ class Transformer:
 
     config: object
     config_class: type        # the family's config, with from_json
+    model_type: str           # the family's name in config.json ("gpt2", "opt", "llama")
     repr_fields: tuple        # the config fields repr() shows
     hook_names: list[str]
 

@@ -144,6 +144,7 @@ class OPT(Transformer):
     """
 
     config_class = OPTConfig
+    model_type = "opt"          # config.json's model_type
     repr_fields = ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
 
     def __init__(self, config: OPTConfig, state_dict: dict, source: str = "state_dict",
