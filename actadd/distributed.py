@@ -5,8 +5,9 @@
                                                        dask-cuda: one worker per GPU)
 
 A run is cut into units of work exactly as a single process cuts it (actadd.evaluate.units:
-(condition, prompt, samples) shards, or grid cells sharing a batch), so each unit's records do
-not depend on where it runs: seeds belong to (prompt, sample), never to a worker. Each worker
+(condition, prompt, samples) shards, or grid cells sharing a batch; the likelihood tasks' batches
+of chunks or facts, fixed by the settings), so each unit's records do not depend on where it
+runs: seeds belong to (prompt, sample), never to a worker. Each worker
 loads the model once, from the name, revision and options it was loaded with here, checks its
 weights' SHA-256 against the client's, and keeps it for every later unit. Units are submitted
 together; records come back as JSON text as each unit finishes, and the client appends them to
