@@ -5,7 +5,7 @@ with the genuine GPT-2 tokenizer, in both readings:
 
 Reported: the whole command (`actadd pairs ...`, a fresh process: loading included), and in one
 process its stages: the 32 prompts' residual streams (one unsteered pass each), and the report
-(1 + 16 + 16 + controls steered next-token passes on the metric's prompt, plus the cosines). The
+(the effects of 1 + 16 + 16 + controls vectors on the metric's prompt, 8 a pass, and the cosines). The
 residual-stream stage is timed in the same run against transformers reading the same
 hidden_states (output_hidden_states=True, one pass per prompt, the whole model), as a ratio; ours
 stop at the layer read (stop_at_layer). Both give the same streams: the largest difference is
