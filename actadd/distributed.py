@@ -178,7 +178,7 @@ class DaskRunner:
                 self.client = distributed.Client(scheduler, timeout=timeout)
             except OSError as e:
                 raise DistributedError(f"--scheduler {scheduler}: no Dask scheduler answered within {timeout:g} s ({e})") from None
-        self.workers, self.backend = workers, backend
+        self.backend = backend
 
     def __enter__(self) -> DaskRunner:
         return self

@@ -341,14 +341,14 @@ def mean_of_pairs(model: Transformer, tokenizer: Tokenizer, pairs, coeff: float,
 # Which pairs carry the effect
 
 
-def rms_norm(rows: np.ndarray) -> float:
+def rms_norm(rows: np.ndarray, after_bos: bool = True) -> float:
     """The size of an addition or of a residual stream, one number: sqrt(mean over positions of
     |row|^2), over the positions after BOS ([d_model] alone: its norm). BOS is left out because
     a difference is zero there and GPT-2's BOS residual is an outlier many times the others'."""
     rows = np.asarray(rows, np.float64)
     if rows.ndim == 1:
         return float(np.sqrt((rows ** 2).sum()))
-    rows = rows[1:] if len(rows) > 1 else rows
+    rows = rows[1:] if after_bos and len(rows) > 1 else rows
     return float(np.sqrt((rows ** 2).sum(axis=-1).mean()))
 
 
@@ -356,9 +356,8 @@ def residual_norm(model: Transformer, sequences: Sequence[Sequence[int]], layer:
     """rms_norm of the unsteered residual stream at `layer`, over every sequence's positions
     after BOS together."""
     streams = residual_streams(model, {tuple(s): [layer] for s in sequences})
-    rows = np.concatenate([streams[tuple(s), layer][1:] if len(s) > 1 else streams[tuple(s), layer]
-                           for s in sequences]).astype(np.float64)
-    return float(np.sqrt((rows ** 2).sum(axis=-1).mean()))
+    after_bos = [streams[tuple(s), layer][1:] if len(s) > 1 else streams[tuple(s), layer] for s in sequences]
+    return rms_norm(np.concatenate(after_bos), after_bos=False)
 
 
 @dataclass
