@@ -13,18 +13,16 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
 from minigpt.cli import BACKEND_HELP
 
-from . import evaluate, interpret, likelihood, measure, overhead, pairs, paper
+from . import interpret, measure, pairs
+from .experiments import data, generation, likelihood, overhead, paper
+from .output import json_safe, write_outputs
 from .pairs import READINGS
-from .pairs import DirectionVector
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
-from .results import json_safe, write_outputs
 from .vector_io import VectorFileError, load, save
 
 ERRORS = (ConfigError, CheckpointError, BackendError, VectorFileError, ValueError, TypeError)
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "model": args.model, "prompt": args.prompt, "prompt_tokens": result.prompt_tokens, "seed": args.seed,
             "alignment": args.align,
-            **_vector_json(vector),
+            **vector.summary(),
             "sampling": {"temperature": args.temperature, "top_p": args.top_p, "freq_penalty": args.freq_penalty,
                          "max_new_tokens": args.max_new_tokens},
             "norms": [{"layer": r.layer, "tokens": r.tokens, "steering": r.steering.tolist(),
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             "unsteered": result.unsteered, "steered": result.steered,
         }, indent=2))
         return 0
-    print(f"{model} from {args.model}\nsteering: {_describe(vector, args.align)}\n")
+    print(f"{model} from {args.model}\nsteering: {vector.describe(args.align)}\n")
     for report in reports:
         print(report.format() + "\n")
     width = max(30, (shutil.get_terminal_size((120, 24)).columns - 3) // 2)
@@ -179,28 +177,6 @@ def _vector(parser, args, model, tok):
         return vector if args.reading != "actadd" else replace(vector, alignment=args.align or "front")
     additions = [a for L in layers for a in x_vector(tok, args.plus, args.minus, args.coeff, L, args.pad)]
     return steering_vector(model, additions, alignment=args.align or "front", padding=args.pad)
-
-
-def _describe(vector, alignment: str | None = None, most: int = 6) -> str:
-    """One line for people: the additions (at most `most`, then a count), or the direction."""
-    if isinstance(vector, DirectionVector):
-        made = {"last": f"of {len(vector.pairs)} pairs at their last token",
-                "mean": f"of {len(vector.pairs)} pairs over their tokens"}.get(vector.reading, "of a control vector")
-        return (f"the mean-difference direction {made} x {vector.coeff:g} at layer(s) {list(vector.layers)}, "
-                f"positions {vector.positions!r}")
-    terms = [f"{'+' if a.coeff >= 0 else '-'} {abs(a.coeff):g} x {a.prompt!r} @ layer {a.layer}" for a in vector.additions]
-    more = f" ... ({len(terms) - most} more)" if len(terms) > most else ""
-    return " ".join(terms[:most]) + more + f", {alignment or vector.alignment} alignment"
-
-
-def _vector_json(vector) -> dict:
-    if isinstance(vector, DirectionVector):
-        return {"direction": {"layers": list(vector.layers), "hook_names": [vector.hook_name(L) for L in vector.layers],
-                              "coeff": vector.coeff, "reading": vector.reading, "positions": vector.positions,
-                              "pairs": [list(p) for p in vector.pairs],
-                              "norms": [float(np.linalg.norm(d)) for d in vector.directions]}}
-    return {"additions": [{"prompt": a.prompt, "tokens": list(a.tokens), "coeff": a.coeff, "layer": a.layer}
-                          for a in vector.additions]}
 
 
 def _corpus_args(p, required=True):
@@ -298,19 +274,19 @@ def _add_eval_commands(sub):
                                    "the same command resumes it), OUT/summary.json, OUT/summary.csv and OUT/TASK.png.")
     tasks = p.add_subparsers(dest="task", required=True)
     topic = tasks.add_parser("topic", help="topic words in completions, over layers x coefficients (the wedding study)")
-    topic.add_argument("--prompt", default=evaluate.TOPIC_PROMPT, help=f"default {evaluate.TOPIC_PROMPT!r}")
+    topic.add_argument("--prompt", default=generation.TOPIC_PROMPT, help=f"default {generation.TOPIC_PROMPT!r}")
     topic.add_argument("--plus", default=" weddings", help="default ' weddings'")
     topic.add_argument("--minus", default="", help="default ''")
     topic.add_argument("--layers", help="e.g. 0-47 or 0,6,16 (default: every layer)")
     topic.add_argument("--coeffs", default="1", help="e.g. --coeffs=-1,1,4 (default 1)")
-    topic.add_argument("--words", default=",".join(evaluate.WEDDING_WORDS),
+    topic.add_argument("--words", default=",".join(data.WEDDING_WORDS),
                        help="comma-separated topic words, whole words, any case (default the paper's wedding words)")
     sentiment = tasks.add_parser("sentiment", help="NegToPos / PosToNeg: success rate by a sentiment scorer")
     sentiment.add_argument("--data", required=True, help="'text<TAB>label' lines, JSONL, or a folder (pos/ and neg/ "
                            "subfolders, or such files)")
     sentiment.add_argument("--text-field", default="text", help="JSONL: the text's field (dotted for nested)")
     sentiment.add_argument("--label-field", default="label", help="JSONL: the label's field (0/1, neg/pos)")
-    sentiment.add_argument("--direction", choices=list(evaluate.DIRECTIONS), default="neg-to-pos")
+    sentiment.add_argument("--direction", choices=list(generation.DIRECTIONS), default="neg-to-pos")
     sentiment.add_argument("--plus", help="default Love (neg-to-pos) or Hate (pos-to-neg)")
     sentiment.add_argument("--minus", help="default Hate (neg-to-pos) or Love (pos-to-neg)")
     sentiment.add_argument("--prefix", help="the prompting baseline's text before the prompt (default: PLUS and a space)")
@@ -353,7 +329,7 @@ def _add_eval_commands(sub):
     relevance.add_argument("--data", required=True, help="JSONL documents (text at --field), a .txt file, or a folder "
                            "of .txt files (the paper: OpenWebText)")
     relevance.add_argument("--field", default="text", help="JSONL: the text's field (default text)")
-    relevance.add_argument("--words", default=",".join(evaluate.WEDDING_WORDS),
+    relevance.add_argument("--words", default=",".join(data.WEDDING_WORDS),
                            help="comma-separated topic words (default the paper's wedding words)")
     relevance.add_argument("--chunk-tokens", type=int, default=100, help="tokens a chunk (default 100, as the paper)")
     relevance.add_argument("--bins", help="relevance bin edges for chunks with a topic word, e.g. 0,0.01,0.02,1 "
@@ -524,22 +500,22 @@ def _eval(parser, args):
     if args.task == "topic":
         layers = _numbers(args.layers, int, "--layers") if args.layers else None
         words = [w for w in args.words.split(",") if w.strip()]
-        run = evaluate.topic(model, tok, args.out, prompt=args.prompt, plus=args.plus, minus=args.minus, layers=layers,
-                             coeffs=_numbers(args.coeffs, float, "--coeffs"), words=words, **common)
+        run = generation.topic(model, tok, args.out, prompt=args.prompt, plus=args.plus, minus=args.minus, layers=layers,
+                               coeffs=_numbers(args.coeffs, float, "--coeffs"), words=words, **common)
     else:
         scoring = dict(layer=args.layer, coeff=args.coeff, limit=args.limit, scorer=args.scorer,
                        scorer_label=args.scorer_label, device=args.device)
         if args.task == "sentiment":
-            texts = evaluate.read_labelled(args.data, args.text_field, args.label_field)
-            run = evaluate.sentiment(model, tok, texts, args.out, direction=args.direction, plus=args.plus,
-                                     minus=args.minus, prefix=args.prefix, truncate=args.truncate, **scoring, **common)
+            texts = data.read_labelled(args.data, args.text_field, args.label_field)
+            run = generation.sentiment(model, tok, texts, args.out, direction=args.direction, plus=args.plus,
+                                       minus=args.minus, prefix=args.prefix, truncate=args.truncate, **scoring, **common)
         else:
-            prompts = evaluate.read_prompts(args.data, args.field)
-            run = evaluate.toxicity(model, tok, prompts, args.out, plus=args.plus, minus=args.minus, **scoring, **common)
+            prompts = data.read_prompts(args.data, args.field)
+            run = generation.toxicity(model, tok, prompts, args.out, plus=args.plus, minus=args.minus, **scoring, **common)
     if args.json:
         print(json.dumps(json_safe(run.summary), indent=2))
     else:
-        print(evaluate.table(run.summary))
+        print(generation.table(run.summary))
         print("wrote " + ", ".join(str(p) for p in [Path(args.out) / "results.jsonl", *run.written]))
     return 0
 
@@ -567,12 +543,12 @@ def _eval_likelihood(parser, args):
     if args.task == "relevance":
         words = [w for w in args.words.split(",") if w.strip()]
         edges = _numbers(args.bins, float, "--bins") if args.bins else None
-        result = likelihood.relevance(model, tok, likelihood.read_documents(args.data, args.field), args.out,
+        result = likelihood.relevance(model, tok, data.read_documents(args.data, args.field), args.out,
                                       words=words, chunk_tokens=args.chunk_tokens, edges=edges, quantiles=args.quantiles,
                                       max_chunks=args.max_chunks, seed=args.seed, **common)
         text = likelihood.relevance_table(result.summary)
     else:
-        facts, skipped = likelihood.read_lama(args.data, tok)
+        facts, skipped = data.read_lama(args.data, tok)
         result = likelihood.knowledge(model, tok, facts, args.out, limit=args.limit, skipped=skipped, **common)
         text = likelihood.knowledge_table(result.summary)
     if args.json:

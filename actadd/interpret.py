@@ -22,8 +22,7 @@ from minigpt import Tokenizer, Transformer
 
 from .measure import log_softmax
 from .pairs import ContrastPairs, residual_norm, rms_norm
-from .pairs import DirectionVector
-from .steering import SteeringVector, residual_site, residual_streams, tokens_with_bos
+from .steering import Steering, residual_site, residual_streams, tokens_with_bos
 
 # ---------------------------------------------------------------------------------------------
 # Calibrate: the coefficient that makes the addition a chosen fraction of the residual stream
@@ -157,16 +156,7 @@ def _extremes(tokenizer: Tokenizer, values: np.ndarray, k: int, signed: bool = F
     return top, bottom
 
 
-def vector_rows(vector: SteeringVector | DirectionVector, layer: int) -> tuple[np.ndarray, list]:
-    """The residual-stream vectors a steering vector adds at `layer` and their positions: a
-    direction (position None), or an ActAdd matrix's rows after BOS (where a difference is 0)."""
-    if isinstance(vector, DirectionVector):
-        return vector.direction(layer)[None], [None]
-    m = vector.matrix(layer)
-    return (m[1:], list(range(1, len(m)))) if len(m) > 1 else (m, [0])
-
-
-def lens(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector | DirectionVector, prompt: str | None = None,
+def lens(model: Transformer, tokenizer: Tokenizer, vector: Steering, prompt: str | None = None,
          k: int = 10) -> LensReport:
     """The vector at each of its layers through the model's final norm and unembedding (the
     tokens it promotes and demotes by itself), and, with `prompt`, the change (steered -
@@ -177,7 +167,7 @@ def lens(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector | Dire
         raise ValueError(f"k={k!r}: expected a positive number of tokens")
     report = LensReport(k, [])
     for L in vector.layers:
-        rows, positions = vector_rows(vector, L)
+        rows, positions = vector.rows_at(L)         # a direction (position None), or a matrix's rows after BOS
         logits = model.backend.to_host(model.logit_lens(rows[None]))[0]                 # [rows, vocab]
         for p, row in zip(positions, logits):
             top, bottom = _extremes(tokenizer, row.astype(np.float64), k)

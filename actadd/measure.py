@@ -1,14 +1,16 @@
 """Measuring ActAdd as the paper and the original code do: log-prob shifts on text, next-token
 KL, effectiveness and disruption, topic counts in samples, prompting vs injection, and sweeps
-over layers x coefficients (x alignments)."""
+over layers x coefficients (x alignments). Every function takes any steering vector (an ActAdd
+matrix or a direction: actadd.steering.Steering)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -16,9 +18,9 @@ from minigpt import Tokenizer, Transformer
 from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
 
-from .results import atomic_write
-from .pairs import DirectionVector
-from .steering import (ALIGNMENTS, SteeringVector, _check_lengths, _place, generate, row_hooks, site, steering_vector,
+from .output import atomic_write, csv_text, matplotlib_ready
+from .output import progress as progress_bar
+from .steering import (ALIGNMENTS, Steering, check_lengths, generate, row_hooks, site, steering_vector,
                        tokens_with_bos, x_vector)
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def next_token_logprobs(model: Transformer, sequences: Sequence[Sequence[int]], vector: SteeringVector | None = None,
+def next_token_logprobs(model: Transformer, sequences: Sequence[Sequence[int]], vector: Steering | None = None,
                         batch_tokens: int = 1024) -> list[np.ndarray]:
     """For each sequence, log P(token t+1 | tokens 0..t) for every t: float32 [len - 1]. With a
     vector, each sequence is the prompt it steers (added at its own front/mid/back). Sequences
@@ -124,15 +126,6 @@ def _scatter(out: list, rows, picked, sequences) -> None:
         out[i] = picked[row, picked.shape[1] + 1 - len(sequences[i]):]
 
 
-def steered_positions(vector: SteeringVector, length: int, alignment: str | None = None) -> np.ndarray:
-    """bool [length]: the positions of a `length`-token prompt that the vector adds to."""
-    delta = np.zeros((1, length, 1), np.float32)
-    for m in vector.activations:
-        _place(delta, np.ones((len(m), 1), np.float32), np.arange(length)[None], np.array([length]),
-               alignment or vector.alignment)
-    return delta[0, :, 0] > 0
-
-
 @dataclass
 class LogprobShift:
     """Per text: log-probs of its actual next tokens, unsteered and steered, and which
@@ -158,7 +151,7 @@ class LogprobShift:
         return result
 
 
-def _check_texts(model: Transformer, texts, vector: SteeringVector, skip_short: bool):
+def _check_texts(model: Transformer, texts, vector: Steering, skip_short: bool):
     """Texts that fit the context, and are not shorter than the steering matrix (or, with
     `skip_short`, without those that are)."""
     if not texts:
@@ -181,13 +174,14 @@ def _check_texts(model: Transformer, texts, vector: SteeringVector, skip_short: 
     return kept
 
 
-def logprob_shift(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], vector: SteeringVector, mask: bool = True,
+def logprob_shift(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], vector: Steering, mask: bool = True,
                   skip_short: bool = False, unsteered: list[np.ndarray] | None = None,
                   batch_tokens: int = 1024) -> LogprobShift:
     """Log-probs of each text's tokens unsteered and steered. As the original, the predictions
     made at the positions the addition sits on (the first len(matrix) with front alignment) are
-    masked by default: there the model reads the steering prompt's activations, not the text.
-    `unsteered` reuses log-probs already computed for the same texts (as sweeps do)."""
+    masked by default: there the model reads the steering prompt's activations, not the text
+    (vector.masked_positions; a direction masks none). `unsteered` reuses log-probs already
+    computed for the same texts (as sweeps do)."""
     texts = _check_texts(model, list(texts), vector, skip_short)
     seqs = [ids for _, ids in texts]
     base = unsteered if unsteered is not None else next_token_logprobs(model, seqs, batch_tokens=batch_tokens)
@@ -195,10 +189,9 @@ def logprob_shift(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]]
     return LogprobShift([g for g, _ in texts], base, steered, _masked(vector, seqs, mask))
 
 
-def _masked(vector: SteeringVector | DirectionVector, seqs, mask: bool) -> list[np.ndarray]:
-    if isinstance(vector, DirectionVector):  # it adds to the text's activations, replaces none: nothing to mask
-        mask = False
-    return [steered_positions(vector, len(ids))[:-1] if mask else np.zeros(len(ids) - 1, bool) for ids in seqs]
+def _masked(vector: Steering, seqs, mask: bool) -> list[np.ndarray]:
+    """Per text, bool [len - 1]: its predictions left out (made at the vector's masked positions)."""
+    return [vector.masked_positions(len(ids))[:-1] if mask else np.zeros(len(ids) - 1, bool) for ids in seqs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,13 +223,13 @@ class NextToken:
 
     def effectiveness(self, tokens: Iterable[int]) -> float:
         """log P_steered(A) - log P_unsteered(A) for the token set A (the original's logits.py)."""
-        a = _token_set(tokens, len(self.steered))
+        a = token_set(tokens, len(self.steered))
         return float(np.log(self.steered[a].sum()) - np.log(self.unsteered[a].sum()))
 
     def disruption(self, tokens: Iterable[int]) -> float:
         """The original's disruption: the KL within A and within the rest, each between the
         distributions renormalised to that set, weighted by the steered mass of the set."""
-        a = _token_set(tokens, len(self.steered))
+        a = token_set(tokens, len(self.steered))
         total = 0.0
         for part in (a, ~a):
             q, p = self.steered[part], self.unsteered[part]
@@ -248,7 +241,8 @@ class NextToken:
         return total
 
 
-def _token_set(tokens, vocab: int) -> np.ndarray:
+def token_set(tokens, vocab: int) -> np.ndarray:
+    """bool [vocab]: the set A of token ids, checked to be ids of this vocabulary."""
     ids = np.asarray(list(tokens), dtype=np.int64)
     if ids.size == 0 or ids.min() < 0 or ids.max() >= vocab:
         raise ValueError(f"token set {ids.tolist()[:10]} must be non-empty ids in [0, {vocab})")
@@ -257,13 +251,13 @@ def _token_set(tokens, vocab: int) -> np.ndarray:
     return a
 
 
-def next_token(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: SteeringVector) -> NextToken:
+def next_token(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: Steering) -> NextToken:
     """The next-token distributions after `prompt` (with BOS), unsteered and steered."""
     ids = tokens_with_bos(tokenizer, prompt)
-    return NextToken(_next_distribution(model, ids), _next_distribution(model, ids, vector))
+    return NextToken(next_distribution(model, ids), next_distribution(model, ids, vector))
 
 
-def _next_distribution(model: Transformer, ids: list[int], vector: SteeringVector | None = None) -> np.ndarray:
+def next_distribution(model: Transformer, ids: list[int], vector: Steering | None = None) -> np.ndarray:
     """float64 [vocab]: P(next token | ids), steered by `vector` over the whole of `ids` if given."""
     hooks = vector.hooks(prompt_lengths=len(ids)) if vector is not None else ()
     logits = model.backend.to_host(model.run_with_hooks(ids, hooks, last_only=True)[0, -1])  # [vocab]
@@ -283,7 +277,7 @@ def topic_pattern(words: Sequence[str]) -> re.Pattern:
     return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
 
-def topic_counts(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, words: Sequence[str],
+def topic_counts(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: Steering, words: Sequence[str],
                  seeds: Sequence[int] = range(5), n: int = 10, max_new_tokens: int = 40, **sampling) -> dict:
     """How often words of `words` (whole words, any case) occur in completions sampled as in the
     paper, unsteered and steered, over several seeds (the paper's wedding-word count)."""
@@ -314,7 +308,7 @@ def prompting_vs_injection(model: Transformer, tokenizer: Tokenizer, phrase: str
     out = {}
     for group in dict.fromkeys(g for g, _ in texts):
         rows = [i for i, (g, _) in enumerate(texts) if g == group]
-        keep = [~steered_positions(vector, len(seqs[i]))[:-1] for i in rows]
+        keep = [~vector.masked_positions(len(seqs[i]))[:-1] for i in rows]
         base = np.concatenate([plain[i][k] for i, k in zip(rows, keep)]).astype(np.float64)
         # In the prompted sequence the text's predictions come after the phrase.
         pro = np.concatenate([prompted[i][len(phrase_ids):][k] for i, k in zip(rows, keep)]).astype(np.float64)
@@ -328,20 +322,26 @@ def prompting_vs_injection(model: Transformer, tokenizer: Tokenizer, phrase: str
 # Sweeps
 
 
-def scaled(vector: SteeringVector, coeff: float) -> SteeringVector:
-    """The same additions with coefficients multiplied by `coeff` (activations too: exact)."""
-    return replace(vector, additions=tuple(replace(a, coeff=a.coeff * coeff) for a in vector.additions),
-                   activations=tuple(coeff * m for m in vector.activations))
+def scaled(vector: Steering, coeff: float) -> Steering:
+    """The same vector with its coefficient multiplied by `coeff` (vector.scaled; an ActAdd
+    matrix exactly: its activations are multiplied too)."""
+    return vector.scaled(coeff)
 
 
-def sweep(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, layers: Sequence[int], coeffs: Sequence[float],
-          alignments: Sequence[str] = ("front",), padding: str = "space", texts=None, prompt: str | None = None,
-          topic_tokens: Sequence[int] = (), mask: bool = True, skip_short: bool = False, progress: bool = True,
-          batch_tokens: int = 1024) -> list[dict]:
+def sweep(model: Transformer, tokenizer: Tokenizer, plus: str | None, minus: str | None, layers: Sequence[int],
+          coeffs: Sequence[float], alignments: Sequence[str] = ("front",), padding: str = "space", texts=None,
+          prompt: str | None = None, topic_tokens: Sequence[int] = (), mask: bool = True, skip_short: bool = False,
+          progress: bool = True, batch_tokens: int = 1024,
+          unit_vector: Callable[[int], Steering] | None = None) -> list[dict]:
     """One row per (layer, coeff, alignment) cell: the log-prob shift on `texts`, and/or the
     next-token KL (and effectiveness/disruption over `topic_tokens`) after `prompt`. The
     unsteered pass is computed once for all cells; each layer's vector once (at coefficient 1,
-    then scaled); every cell is what the single-run functions would give."""
+    then scaled); every cell is what the single-run functions would give.
+
+    The vector is the x-vector plus - minus, or `unit_vector(layer)`: any steering vector at
+    coefficient 1 that steers that layer only (e.g. a mean of contrast pairs, either reading;
+    plus and minus are then None). Texts shorter than the longest layer's vector are errors (or
+    with `skip_short`, left out of every cell)."""
     for L in layers:
         if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= L < model.config.n_layer:
             raise ValueError(f"layer {L!r} in the grid: this model has blocks 0 to {model.config.n_layer - 1}")
@@ -355,15 +355,26 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, layer
     for a in alignments:
         if a not in ALIGNMENTS:
             raise ValueError(f"alignment {a!r} in the grid: expected one of {ALIGNMENTS}")
+    given = [plus is not None, minus is not None]
+    if given != [unit_vector is None] * 2:
+        raise ValueError("give the steering prompts plus and minus, or unit_vector (a vector per layer), not both")
     cells = [(L, c, a) for L in layers for c in coeffs for a in alignments]
-    unit = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding) for L in layers}
-    vectors = [replace(scaled(unit[L], c), alignment=a) for L, c, a in cells]
+    unit = {L: unit_vector(L) if unit_vector is not None else
+            steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding) for L in layers}
+    for L, v in unit.items():
+        if not isinstance(v, Steering) or list(v.layers) != [L]:
+            raise ValueError(f"unit_vector({L}) gave {getattr(v, 'layers', type(v).__name__)}; expected a steering "
+                             f"vector of layer {L} only")
+        for a in alignments:
+            v.placement(a)                                                    # a direction takes front only
+    vectors = [replace(unit[L].scaled(c), alignment=a) for L, c, a in cells]
     rows = [{"layer": L, "coeff": c, "alignment": a} for L, c, a in cells]
+    longest = max(unit.values(), key=lambda v: v.length)                      # every cell on the same texts
     if prompt is not None:  # checked before the long passes over the texts
         ids = tokens_with_bos(tokenizer, prompt)
-        _check_lengths(np.array([len(ids)]), unit[layers[0]].length, "front")
+        check_lengths(np.array([len(ids)]), longest.length, longest.placement())
     if texts is not None:
-        texts = _check_texts(model, list(texts), unit[layers[0]], skip_short)
+        texts = _check_texts(model, list(texts), longest, skip_short)
         seqs = [ids for _, ids in texts]
         base = [None] * len(seqs)
         steered = [[None] * len(seqs) for _ in cells]
@@ -372,7 +383,9 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, layer
         # batch's texts repeated once per cell and each copy steered by its cell's vector
         # (row_hooks). A pass starts at its lowest layer: the blocks before are unsteered.
         by_layer = sorted(range(len(cells)), key=lambda i: cells[i][0])
-        for batch, tokens, padding_mask in _progress(list(length_batches(seqs, batch_tokens)), progress):
+        batches = list(length_batches(seqs, batch_tokens))
+        bar = progress_bar(len(batches), progress, "sweep", "batch")
+        for batch, tokens, padding_mask in batches:
             logits, resid = model.run_with_cache(tokens, names=[site(L) for L in layers], attention_mask=padding_mask)
             _scatter(base, batch, model.backend.to_host(picked_logprobs(logits, tokens)), seqs)
             lengths = [len(seqs[i]) for i in batch]
@@ -387,11 +400,13 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, layer
                 picked = model.backend.to_host(picked_logprobs(logits, np.tile(tokens, (k, 1))))
                 for j, i in enumerate(chunk):
                     _scatter(steered[i], batch, picked[j * len(batch):(j + 1) * len(batch)], seqs)
+            bar.update(1)
+        bar.close()
         groups = [g for g, _ in texts]
         for row, vector, out in zip(rows, vectors, steered):
             row.update(LogprobShift(groups, base, out, _masked(vector, seqs, mask)).summary()["all"])
     if prompt is not None:
-        plain_next = _next_distribution(model, ids)
+        plain_next = next_distribution(model, ids)
         per_pass = max(1, batch_tokens // len(ids))
         for start in range(0, len(cells), per_pass):                          # every cell a row of one pass
             chunk = vectors[start:start + per_pass]
@@ -404,37 +419,15 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, layer
     return rows
 
 
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm  # installed with huggingface-hub
-
-    return tqdm(items, desc="sweep", unit="batch")
-
-
 def write_sweep(rows: list[dict], prefix: str | Path, plot: bool = True) -> list[Path]:
     """PREFIX.csv and PREFIX.json (and PREFIX.png with matplotlib, a layer x coefficient map per
     alignment), each written to a temporary file and renamed: never a half-written file."""
-    import csv
-    import io
-    import json
-
     prefix = Path(prefix)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    written = [atomic_write(prefix.with_suffix(".csv"), lambda p: Path(p).write_text(buffer.getvalue())),
+    text = csv_text(rows)
+    written = [atomic_write(prefix.with_suffix(".csv"), lambda p: Path(p).write_text(text)),
                atomic_write(prefix.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(rows, indent=2)))]
-    if plot:
-        try:
-            import matplotlib
-        except ImportError:
-            print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')")
-        else:
-            matplotlib.use("Agg")
-            written.append(atomic_write(prefix.with_suffix(".png"), lambda p: _plot(rows, p)))
+    if plot and matplotlib_ready():
+        written.append(atomic_write(prefix.with_suffix(".png"), lambda p: _plot(rows, p)))
     return written
 
 

@@ -14,8 +14,8 @@ the vector is the mean of the pairs' differences, in one of two readings:
                  d_model vector, coeff x mean_i [r(plus_i) - r(minus_i)], r the residual stream at
                  the prompt's last token ("last") or its mean over the tokens after BOS ("mean";
                  BOS is the same in both prompts and, in GPT-2, far larger than the rest). No
-                 padding. A DirectionVector, added at every prompt position (or chosen ones, or
-                 every position as llama.cpp's control vectors are).
+                 padding. A DirectionVector (actadd.direction), added at every prompt position (or
+                 chosen ones, or every position as llama.cpp's control vectors are).
 
 Deterministic: the residual streams come from one unsteered pass per prompt, the mean is summed
 in float64 in the pairs' order and rounded once to float32; no randomized solver anywhere.
@@ -31,10 +31,13 @@ from typing import Sequence
 import numpy as np
 
 from minigpt import Tokenizer, Transformer
-from minigpt.backend import array_namespace
 
-from .steering import (ActivationAddition, SteeringVector, _check_lengths, fingerprint, pad_token_id, residual_site,
-                       residual_streams, row_hooks, tokens_with_bos)
+from .direction import DirectionVector
+from .measure import NextToken, log_softmax, logprob_shift, next_distribution, next_token_logprobs, token_set
+from .output import progress as progress_bar
+from .provenance import fingerprint
+from .steering import (ActivationAddition, Steering, SteeringVector, pad_token_id, residual_streams, row_hooks,
+                       tokens_with_bos)
 
 READINGS = ("actadd", "last", "mean")
 Pair = tuple[str, str]
@@ -78,142 +81,6 @@ def check_pairs(pairs) -> list[Pair]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise ValueError(f"pair {i} is {pair!r}; expected (plus, minus), two strings")
     return [tuple(p) for p in pairs]
-
-
-# ---------------------------------------------------------------------------------------------
-# The direction reading: one d_model vector per layer (contrastive activation addition)
-
-POSITIONS = ("prompt", "all")
-
-
-@dataclass
-class DirectionVector:
-    """A direction per layer, float32 [d_model] with the coefficient applied, added to the
-    residual stream at positions that do not depend on the vector's own prompts:
-
-        "prompt"       every position of the prompt (not the generated tokens), as ActAdd does
-        "all"          every position, generated tokens included: llama.cpp's control vectors
-        (p0, p1, ...)  those positions of the prompt only (0 = BOS)
-
-    Layer L is the residual stream entering block L (blocks.{L}.hook_resid_pre), as for
-    SteeringVector; L = n_layer is the stream after the last block (its hook_resid_post),
-    where a llama.cpp control vector's last direction goes. Made from contrast pairs by
-    actadd.pairs.mean_of_pairs, or read from a control vector (actadd.vector_io)."""
-
-    layers: tuple[int, ...]
-    directions: tuple[np.ndarray, ...]
-    n_layer: int
-    coeff: float = 1.0
-    reading: str = "last"           # how it was made: "last" / "mean" token of each pair, or "gguf"
-    positions: str | tuple[int, ...] = "prompt"
-    pairs: tuple[tuple[str, str], ...] = ()
-    fingerprint: dict = field(default_factory=dict)
-    alignment: str = "front"        # for the callers of SteeringVector: positions count from the front
-
-    def __post_init__(self):
-        self.layers = tuple(int(L) for L in self.layers)
-        self.directions = tuple(self.directions)
-        if not self.layers or len(self.layers) != len(self.directions):
-            raise ValueError("a direction vector needs one direction per layer, and at least one layer")
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers {list(self.layers)} repeat a layer")
-        for L, d in zip(self.layers, self.directions):
-            if not 0 <= L <= self.n_layer:
-                raise ValueError(f"layer {L}: the residual stream has layers 0 to {self.n_layer} (n_layer = after "
-                                 "the last block)")
-            if not isinstance(d, np.ndarray) or d.dtype != np.float32 or d.ndim != 1:
-                raise ValueError(f"direction at layer {L} is {getattr(d, 'dtype', type(d).__name__)} "
-                                 f"{getattr(d, 'shape', '')}; expected float32 [d_model]")
-        if isinstance(self.positions, str):
-            if self.positions not in POSITIONS:
-                raise ValueError(f"positions={self.positions!r}: expected one of {POSITIONS} or prompt positions")
-        else:
-            self.positions = tuple(int(p) for p in self.positions)
-            if not self.positions or min(self.positions) < 0:
-                raise ValueError(f"positions={list(self.positions)}: expected positions >= 0, at least one")
-
-    @property
-    def length(self) -> int:
-        """The shortest prompt it can steer: 1, or past the last chosen position."""
-        return 1 if isinstance(self.positions, str) else max(self.positions) + 1
-
-    def hook_name(self, layer: int) -> str:
-        return residual_site(layer, self.n_layer)
-
-    def direction(self, layer: int) -> np.ndarray:
-        if layer not in self.layers:
-            raise ValueError(f"no direction at layer {layer}; this vector has layers {list(self.layers)}")
-        return self.directions[self.layers.index(layer)]
-
-    def where(self, positions: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-        """bool [batch, pos]: where the direction is added, for position ids `positions` (-1 =
-        padding) of rows whose prompts have `lengths` tokens (None: every position is prompt)."""
-        inside = positions >= 0
-        if self.positions == "all" or lengths is None:
-            return inside
-        inside &= positions < lengths[:, None]
-        return inside if self.positions == "prompt" else inside & np.isin(positions, self.positions)
-
-    def delta(self, layer: int, length: int, alignment=None) -> np.ndarray:
-        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt."""
-        where = self.where(np.arange(length)[None], np.array([length]))[0]
-        return np.where(where[:, None], self.direction(layer)[None], np.float32(0))
-
-    def hooks(self, prompt_lengths: Sequence[int] | int | None = None, alignment=None) -> list[tuple[str, object]]:
-        """`fwd_hooks`: one per layer. Passes are told apart as SteeringVector.hooks does: with
-        `prompt_lengths` the prompt is each row's first tokens on every pass; without, a pass
-        that starts at 0 is the prompt and later (cached) passes are not, except with "all"."""
-        if alignment not in (None, "front"):
-            raise ValueError(f"alignment={alignment!r}: a direction vector is placed by its positions "
-                             f"({self.positions!r}), not front/mid/back")
-        return [(self.hook_name(L), _direction_hook(self, d, prompt_lengths)) for L, d in zip(self.layers, self.directions)]
-
-
-def direction_row_hooks(vectors: Sequence[DirectionVector], prompt_lengths: Sequence[int] | int | None = None):
-    """`fwd_hooks` that steer batch row b with vectors[b] (all placed at the same positions), as
-    actadd.row_hooks does for ActAdd matrices: many vectors' effects in one pass."""
-    vectors = list(vectors)
-    if not vectors or not all(isinstance(v, DirectionVector) for v in vectors):
-        raise TypeError("direction_row_hooks takes one DirectionVector per batch row")
-    if len({(v.positions, v.n_layer) for v in vectors}) != 1:
-        raise ValueError("direction_row_hooks needs vectors placed at the same positions of the same model")
-    layers = sorted({L for v in vectors for L in v.layers})
-    hooks = []
-    for L in layers:
-        rows = np.stack([v.direction(L) if L in v.layers else np.zeros_like(v.directions[0]) for v in vectors])
-        hooks.append((vectors[0].hook_name(L), _direction_hook(vectors[0], rows[:, None, :], prompt_lengths)))
-    return hooks
-
-
-def _direction_hook(vector: DirectionVector, direction: np.ndarray, prompt_lengths):
-    """A hook adding `direction` ([d_model], or [batch, 1, d_model]: one per row) where `vector`
-    places it."""
-    on_device: dict = {}
-
-    def steer(resid, hook):                                                   # [batch, pos, d_model]
-        positions = hook.positions                                            # host [batch, pos]; -1 = padding
-        if direction.ndim == 3 and direction.shape[0] != positions.shape[0]:
-            raise ValueError(f"row steering was built for {direction.shape[0]} rows, but this pass of {hook.name} "
-                             f"has {positions.shape[0]}")
-        if prompt_lengths is not None:
-            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
-        elif hook.start == 0:
-            lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
-        elif vector.positions == "all":
-            lengths = None
-        else:
-            return None                                                       # a decode step: not the prompt
-        if lengths is not None:
-            _check_lengths(lengths, vector.length, f"positions {vector.positions!r}")
-        where = vector.where(positions, lengths)
-        if not where.any():
-            return None
-        xp = array_namespace(resid)
-        if xp not in on_device:
-            on_device[xp] = xp.asarray(direction)
-        weight = xp.asarray(where[..., None].astype(np.float32))              # [batch, pos, 1]: 1 where it goes
-        return resid + weight * on_device[xp]                                 # + 0 elsewhere: exactly unchanged
-    return steer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +173,7 @@ class ContrastPairs:
         return total / len(indices)
 
     def vector(self, coeff: float, indices: Sequence[int] | None = None,
-               positions: str | tuple[int, ...] = "prompt") -> SteeringVector | DirectionVector:
+               positions: str | tuple[int, ...] = "prompt") -> Steering:
         """coeff x the mean over pairs `indices` (default all, in order) of their differences."""
         indices = list(range(len(self.pairs)) if indices is None else indices)
         if not indices:
@@ -331,7 +198,7 @@ class ContrastPairs:
 
 def mean_of_pairs(model: Transformer, tokenizer: Tokenizer, pairs, coeff: float, layers: int | Sequence[int],
                   reading: str = "actadd", padding: str = "space",
-                  positions: str | tuple[int, ...] = "prompt") -> SteeringVector | DirectionVector:
+                  positions: str | tuple[int, ...] = "prompt") -> Steering:
     """One steering vector from contrast pairs: coeff x the mean of their differences at each of
     `layers`, in the reading named (see the module's docstring)."""
     return ContrastPairs.compute(model, tokenizer, pairs, layers, reading, padding).vector(coeff, positions=positions)
@@ -378,11 +245,9 @@ class Metric:
 
 
 def effectiveness_metric(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: Sequence[int]) -> Metric:
-    from .measure import NextToken, _next_distribution, _token_set, log_softmax
-
     ids = tokens_with_bos(tokenizer, prompt)
-    _token_set(tokens, model.config.vocab_size)                                  # checked before any pass
-    plain = _next_distribution(model, ids)
+    token_set(tokens, model.config.vocab_size)                                   # checked before any pass
+    plain = next_distribution(model, ids)
     names = ", ".join(repr(tokenizer.token_str(t)) for t in tokens)
 
     def effects(vectors, batch_tokens=2048):
@@ -392,25 +257,17 @@ def effectiveness_metric(model: Transformer, tokenizer: Tokenizer, prompt: str, 
         per_pass = max(1, batch_tokens // len(ids))
         for start in range(0, len(vectors), per_pass):
             chunk = vectors[start:start + per_pass]
-            logits = model.run_with_hooks([ids] * len(chunk), _row_hooks(chunk, len(ids)), last_only=True)
+            logits = model.run_with_hooks([ids] * len(chunk), row_hooks(chunk, prompt_lengths=len(ids)), last_only=True)
             for row in model.backend.to_host(logits[:, -1]):
                 out.append(NextToken(plain, np.exp(log_softmax(row.astype(np.float64)))).effectiveness(tokens))
         return out
     return Metric(f"effectiveness of {{{names}}} after {prompt!r}", [ids],
-                  lambda v: NextToken(plain, _next_distribution(model, ids, v)).effectiveness(tokens), effects)
-
-
-def _row_hooks(vectors, prompt_length: int):
-    if all(isinstance(v, DirectionVector) for v in vectors):
-        return direction_row_hooks(vectors, prompt_length)
-    return row_hooks(vectors, prompt_lengths=prompt_length)
+                  lambda v: NextToken(plain, next_distribution(model, ids, v)).effectiveness(tokens), effects)
 
 
 def logprob_metric(model: Transformer, texts: Sequence[tuple[str, Sequence[int]]], name: str = "texts",
                    mask: bool = True, skip_short: bool = False) -> Metric:
     """`mask` and `skip_short` as in measure.logprob_shift (a report's vectors share one length)."""
-    from .measure import logprob_shift, next_token_logprobs
-
     texts = [(g, list(ids)) for g, ids in texts]
     if not texts:
         raise ValueError("no texts to measure the log-prob shift on")
@@ -569,47 +426,19 @@ def pair_report(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, coe
     vectors = []
     for kind, i in jobs:
         if kind == "control":
-            vectors.append(random_like(mean, layer, np.random.default_rng([seed, i])))
+            vectors.append(mean.random_like(layer, np.random.default_rng([seed, i])))
         else:
             vectors.append(mean if kind == "mean" else cp.vector(coeff, [i] if kind == "alone" else [j for j in range(n) if j != i]))
     effects = {}
-    bar = _progress(len(jobs), progress)
+    bar = progress_bar(len(jobs), progress, "pairs", "vector")
     for start in range(0, len(jobs), 8):                                      # a bar that moves, batches that pay
         for job, value in zip(jobs[start:start + 8], metric.effects(vectors[start:start + 8])):
             effects[job] = float(value)
-        if bar is not None:
-            bar.update(len(jobs[start:start + 8]))
-    if bar is not None:
-        bar.close()
+        bar.update(len(jobs[start:start + 8]))
+    bar.close()
     return PairReport(
         cp.pairs, layer, float(coeff), reading, metric.name, cp.padding_report(tokenizer),
         residual_norm(model, metric.sequences, layer), [abs(coeff) * rms_norm(d) for d in diffs],
         abs(coeff) * rms_norm(cp.mean_difference(layer)), cosine, cos_mean, cos_others, effects["mean", None],
         [effects["alone", i] for i in range(n)], [effects.get(("without", i), float("nan")) for i in range(n)],
         min_cosine, [effects["control", k] for k in range(controls)])
-
-
-def random_like(vector: SteeringVector | DirectionVector, layer: int, rng: np.random.Generator):
-    """A control: a vector placed as `vector` is at `layer`, each of its rows replaced by a
-    random direction (Gaussian, then scaled) of that row's norm. Its effect is what any
-    addition of that size does."""
-    if isinstance(vector, DirectionVector):
-        d = vector.direction(layer)
-        r = rng.standard_normal(d.shape)
-        r *= np.linalg.norm(d.astype(np.float64)) / np.linalg.norm(r)
-        return DirectionVector((layer,), (r.astype(np.float32),), vector.n_layer, vector.coeff, "random control",
-                               vector.positions, (), vector.fingerprint)
-    m = vector.matrix(layer).astype(np.float64)
-    r = rng.standard_normal(m.shape)
-    r *= np.linalg.norm(m, axis=-1, keepdims=True) / np.linalg.norm(r, axis=-1, keepdims=True)
-    tokens = vector.additions[0].tokens[:len(m)] + (0,) * max(0, len(m) - len(vector.additions[0].tokens))
-    return SteeringVector((ActivationAddition(tokens, 1.0, layer, "random control"),), (r.astype(np.float32),),
-                          vector.alignment, vector.padding, vector.fingerprint)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm  # installed with huggingface-hub
-
-    return tqdm(total=total, desc="pairs", unit="vector")

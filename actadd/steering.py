@@ -6,24 +6,33 @@
     Step 3  an addition contributes coeff * resid_pre_L(prompt); an x-vector is (plus, +c)
             and (minus, -c), the shorter right-padded with " " ................ x_vector
     Step 4  every activation comes from the unsteered model, no hook attached .. steering_vector
-    Step 5  the matrix is added at the prompt's first positions (or mid, back), every row .. _place
-    Step 6  only on the prompt's positions: generated tokens are never modified .. SteeringVector.hooks
-    Step 7  a prompt shorter than the matrix is an error ..................... _check_lengths
-    Step 8  additions at one layer sum, each over its own span; layers are independent .. SteeringVector.hooks
+    Step 5  the matrix goes at the prompt's first positions (or mid, back), every row .. _placement
+    Step 6  only on the prompt's positions: generated tokens are never modified .. _steering_hook
+    Step 7  a prompt shorter than the matrix is an error ...................... check_lengths
+    Step 8  additions at one layer sum, each over its own span; layers are independent .. _add
     Step 9  sampling as the paper, steered and unsteered from the same seed .... actadd.generate
+
+Everything that applies a vector (its hooks, a batch steered row by row, sweeps, evals, the
+measurements, the pair report) goes through one interface, `Steering`: where a vector adds what
+(`placements`), and one hook that adds it. ActAdd's matrix (`SteeringVector`, here) and the
+mean-difference direction (`actadd.direction.DirectionVector`) implement it.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
+import minigpt
 from minigpt import Tokenizer, Transformer
 from minigpt.backend import array_namespace
+
+from .provenance import fingerprint
 
 Alignment = Literal["front", "mid", "back"]
 ALIGNMENTS = ("front", "mid", "back")
@@ -34,6 +43,11 @@ def site(layer: int) -> str:
     """Step 2: where ActAdd reads and writes: the residual stream entering block `layer`
     (layer 0: embeddings + positions), the TransformerLens hook blocks.{L}.hook_resid_pre."""
     return f"blocks.{layer}.hook_resid_pre"
+
+
+def residual_site(layer: int, n_layer: int) -> str:
+    """The residual stream at `layer`: entering block `layer`, or for layer = n_layer leaving the last one."""
+    return site(layer) if layer < n_layer else f"blocks.{n_layer - 1}.hook_resid_post"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,11 +113,106 @@ def x_vector(tokenizer: Tokenizer, plus: str, minus: str, coeff: float, layer: i
 
 
 # ---------------------------------------------------------------------------------------------
-# The steering vector
+# Something that steers
+
+
+class Placement(NamedTuple):
+    """Where one array goes in a pass: delta[batch[i], pos[i]] += source[index[i]] (index None:
+    source itself, one [d_model] row, at every place). Host arrays; source stays the vector's."""
+
+    batch: np.ndarray        # [places] batch rows
+    pos: np.ndarray          # [places] places in the pass
+    source: np.ndarray       # float32 [n, d_model] (a matrix) or [d_model] (a direction)
+    index: np.ndarray | None  # [places] rows of source
+
+
+class Steering(abc.ABC):
+    """Something that steers. Hooks, row_hooks, sweeps, evals, measurements and pair reports use
+    only this, whichever vector they are given. Implemented by SteeringVector (ActAdd's
+    per-position matrices, below) and actadd.direction.DirectionVector (a direction per layer).
+
+    Besides the methods: `layers` (where it adds, sorted), `alignment`, `fingerprint` (the
+    model it was made on) and `beyond_prompt` (whether it adds to generated tokens too)."""
+
+    beyond_prompt = False
+
+    @property
+    @abc.abstractmethod
+    def length(self) -> int:
+        """The shortest prompt it can steer (with BOS)."""
+
+    @property
+    @abc.abstractmethod
+    def d_model(self) -> int:
+        """The width of what it adds."""
+
+    @abc.abstractmethod
+    def hook_name(self, layer: int) -> str:
+        """The hook point of `layer`."""
+
+    @abc.abstractmethod
+    def placement(self, alignment: str | None = None) -> str:
+        """Where it goes, in words ("front alignment"); an alignment it cannot take is an error."""
+
+    @abc.abstractmethod
+    def placements(self, layer: int, positions: np.ndarray, lengths: np.ndarray | None,
+                   rows: np.ndarray | None = None, alignment: str | None = None) -> list[Placement]:
+        """What it adds at `layer` to a pass whose places have token positions `positions`
+        (host [batch, pos], -1 = padding) and whose rows' prompts have `lengths` tokens (None:
+        a decode step, past every prompt); only batch rows `rows` (default all)."""
+
+    @abc.abstractmethod
+    def masked_positions(self, length: int, alignment: str | None = None) -> np.ndarray:
+        """bool [length]: the positions of a `length`-token text whose next-token predictions a
+        measurement leaves out (the original's masking): where the model reads what was added
+        rather than the text."""
+
+    @abc.abstractmethod
+    def scaled(self, factor: float) -> Steering:
+        """The same vector with its coefficient multiplied by `factor`."""
+
+    @abc.abstractmethod
+    def random_like(self, layer: int, rng: np.random.Generator) -> Steering:
+        """A control: placed as this vector is at `layer`, each row it adds replaced by a random
+        direction of that row's norm. Its effect is what any addition of that size does."""
+
+    @abc.abstractmethod
+    def rows_at(self, layer: int) -> tuple[np.ndarray, list]:
+        """The residual-stream vectors it adds at `layer` ([n, d_model]) and their positions
+        (None: wherever it is placed), for reading through the unembedding."""
+
+    @abc.abstractmethod
+    def describe(self, alignment: str | None = None) -> str:
+        """One line for people."""
+
+    @abc.abstractmethod
+    def summary(self) -> dict:
+        """What it is, for JSON output."""
+
+    def hooks(self, prompt_lengths: Sequence[int] | int | None = None,
+              alignment: str | None = None) -> list[tuple[str, object]]:
+        """`fwd_hooks` that steer every row of a pass: one hook per layer (Step 8: layers are
+        independent). With `prompt_lengths` (one per batch row, or one for all) the prompt is
+        those first real tokens of each row, on every pass: the result is the same whether a
+        sequence is recomputed in full each step or decoded from a KV cache. Without it, a pass
+        that starts at position 0 is taken as the whole prompt and later passes (cached decode
+        steps) are not prompt, as the original code does (it returns early when a pass has one
+        position)."""
+        return steering_hooks([(None, self)], prompt_lengths, alignment)
+
+    def delta(self, layer: int, length: int, alignment: str | None = None) -> np.ndarray:
+        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt."""
+        out = np.zeros((1, length, self.d_model), np.float32)
+        _add(out, self.placements(layer, np.arange(length)[None], np.array([length]), None, alignment))
+        return out[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# ActAdd's steering vector
 
 
 @dataclass
-class SteeringVector:
+class SteeringVector(Steering):
     """The additions and their activations, coeff * resid_pre_L(tokens), each [pos, d_model]
     float32, computed on the unsteered model. Applied with `hooks()`: at inference each layer's
     additions are placed (front, mid or back of the prompt) and summed into one delta.
@@ -135,6 +244,10 @@ class SteeringVector:
         """The shortest prompt this vector can steer: its longest addition."""
         return max(len(a.tokens) for a in self.additions)
 
+    @property
+    def d_model(self) -> int:
+        return self.activations[0].shape[1]
+
     def matrix(self, layer: int) -> np.ndarray:
         """The summed matrix at `layer`, additions right-padded with zeros to the longest (as the
         original's norm report sums them; with x-vectors the spans coincide)."""
@@ -146,84 +259,69 @@ class SteeringVector:
             out[:len(m)] += m
         return out
 
-    def delta(self, layer: int, length: int, alignment: Alignment | None = None) -> np.ndarray:
-        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt."""
-        out = np.zeros((1, length, self.activations[0].shape[1]), np.float32)
-        for a, m in zip(self.additions, self.activations):
-            if a.layer == layer:
-                _place(out, m, np.arange(length)[None], np.array([length]), alignment or self.alignment)
-        return out[0]
-
-    def hooks(self, prompt_lengths: Sequence[int] | int | None = None,
-              alignment: Alignment | None = None) -> list[tuple[str, object]]:
-        """`fwd_hooks` that steer: one hook per layer (Step 8: layers are independent), adding
-        the sum of that layer's additions, each placed over its own span (Step 5).
-
-        Step 6: only prompt positions are changed. With `prompt_lengths` (one per batch row, or
-        one for all) the prompt is those first real tokens of each row, on every pass: the
-        result is the same whether a sequence is recomputed in full each step or decoded from a
-        KV cache, for every alignment. Without it, a pass that starts at position 0 is taken as
-        the whole prompt and later passes (cached decode steps) are left alone, as the original
-        code does (it returns early when a pass has one position)."""
+    def placement(self, alignment: Alignment | None = None) -> str:
         alignment = alignment or self.alignment
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment={alignment!r}: expected one of {ALIGNMENTS}")
-        by_layer: dict[int, list[np.ndarray]] = defaultdict(list)
-        for a, m in zip(self.additions, self.activations):
-            by_layer[a.layer].append(m)
-        return [(site(layer), _steering_hook(mats, alignment, prompt_lengths)) for layer, mats in sorted(by_layer.items())]
+        return f"{alignment} alignment"
+
+    def placements(self, layer, positions, lengths, rows=None, alignment=None) -> list[Placement]:
+        if lengths is None:
+            return []                                                         # Step 6: past the prompt
+        return [_placement(m, positions, lengths, alignment or self.alignment, rows)
+                for a, m in zip(self.additions, self.activations) if a.layer == layer]
+
+    def masked_positions(self, length: int, alignment: Alignment | None = None) -> np.ndarray:
+        """Where the matrices sit: there the model reads the steering prompt's activations
+        added to the text's (the first len(matrix) positions with front alignment)."""
+        covered = np.zeros(length, bool)
+        for layer in self.layers:
+            for place in self.placements(layer, np.arange(length)[None], np.array([length]), None, alignment):
+                covered[place.pos] = True
+        return covered
+
+    def scaled(self, factor: float) -> SteeringVector:
+        """The same additions with coefficients multiplied by `factor` (activations too: exact)."""
+        return replace(self, additions=tuple(replace(a, coeff=a.coeff * factor) for a in self.additions),
+                       activations=tuple(factor * m for m in self.activations))
+
+    def random_like(self, layer: int, rng: np.random.Generator) -> SteeringVector:
+        m = self.matrix(layer).astype(np.float64)
+        r = rng.standard_normal(m.shape)
+        r *= np.linalg.norm(m, axis=-1, keepdims=True) / np.linalg.norm(r, axis=-1, keepdims=True)
+        tokens = self.additions[0].tokens[:len(m)] + (0,) * max(0, len(m) - len(self.additions[0].tokens))
+        return SteeringVector((ActivationAddition(tokens, 1.0, layer, "random control"),), (r.astype(np.float32),),
+                              self.alignment, self.padding, self.fingerprint)
+
+    def rows_at(self, layer: int) -> tuple[np.ndarray, list]:
+        """The summed matrix's rows after BOS (where an x-vector's difference is 0)."""
+        m = self.matrix(layer)
+        return (m[1:], list(range(1, len(m)))) if len(m) > 1 else (m, [0])
+
+    def describe(self, alignment: Alignment | None = None, most: int = 6) -> str:
+        """The additions (at most `most`, then a count) and the alignment."""
+        terms = [f"{'+' if a.coeff >= 0 else '-'} {abs(a.coeff):g} x {a.prompt!r} @ layer {a.layer}"
+                 for a in self.additions]
+        more = f" ... ({len(terms) - most} more)" if len(terms) > most else ""
+        return " ".join(terms[:most]) + more + f", {alignment or self.alignment} alignment"
+
+    def summary(self) -> dict:
+        return {"additions": [{"prompt": a.prompt, "tokens": list(a.tokens), "coeff": a.coeff, "layer": a.layer}
+                              for a in self.additions]}
 
 
-def _steering_hook(matrices: list[np.ndarray], alignment: Alignment, prompt_lengths):
-    on_device: dict = {}                                                      # namespace -> matrices there
-
-    def steer(resid_pre, hook):                                               # [batch, pos, d_model]
-        positions = hook.positions                                            # host [batch, pos]; -1 = padding
-        if prompt_lengths is not None:
-            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
-        elif hook.start == 0:
-            lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
-        else:
-            return None                                                       # a decode step: not the prompt
-        _check_lengths(lengths, max(len(m) for m in matrices), alignment)
-        if not (positions < lengths[:, None]).any():
-            return None                                                       # past the prompt: nothing to add
-        xp = array_namespace(resid_pre)
-        if xp not in on_device:
-            on_device[xp] = [xp.asarray(m) for m in matrices]
-        delta = xp.zeros(resid_pre.shape, dtype=resid_pre.dtype)
-        for m in on_device[xp]:
-            _place(delta, m, positions, lengths, alignment)
-        return resid_pre + delta
-    return steer
-
-
-def _place(delta, m, positions: np.ndarray, lengths: np.ndarray, alignment: Alignment, rows=None) -> None:
-    """Step 5: add matrix m ([n, d_model]) to delta at each row's prompt positions
+def _placement(m: np.ndarray, positions: np.ndarray, lengths: np.ndarray, alignment: Alignment,
+               rows=None) -> Placement:
+    """Step 5: matrix m ([n, d_model]) at each row's prompt positions
     front: 0..n-1;  mid: len//2 - n//2 onward (as the original);  back: len-n..len-1.
-    `rows` (host ints): only those batch rows (default all). Where is worked out on the host
-    (positions, lengths); delta and m may live on a device."""
+    `rows` (host ints): only those batch rows (default all). Worked out on the host."""
     rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
     n, lengths, positions = len(m), lengths[rows], positions[rows]
     start = {"front": np.zeros_like(lengths), "mid": lengths // 2 - n // 2, "back": lengths - n}[alignment]
     row = positions - start[:, None]                                          # index into m
     inside = (positions >= 0) & (positions < lengths[:, None]) & (row >= 0) & (row < n)
     b, p = np.nonzero(inside)                                                 # [places]
-    xp = array_namespace(delta)
-    delta[xp.asarray(rows[b]), xp.asarray(p)] += m[xp.asarray(row[b, p])]
-
-
-def _check_lengths(lengths, n: int, alignment: str, rows=None) -> None:
-    """Step 7: a prompt shorter than the steering matrix is an error, as in the original.
-    `rows`: the batch rows that `lengths` belong to (default 0, 1, ...), for the message."""
-    short = np.flatnonzero(np.asarray(lengths) < n)
-    if short.size:
-        i = int(short[0])
-        raise ValueError(
-            f"the prompt of batch row {i if rows is None else int(rows[i])} has {int(lengths[i])} tokens (with "
-            f"BOS) but the steering matrix has {n} positions ({alignment} alignment needs the prompt at "
-            "least as long): lengthen the prompt (e.g. pad it with spaces) or shorten the steering prompts"
-        )
+    return Placement(rows[b], p, m, row[b, p])
 
 
 def steering_vector(model: Transformer, additions: Sequence[ActivationAddition], alignment: Alignment = "front",
@@ -244,11 +342,6 @@ def steering_vector(model: Transformer, additions: Sequence[ActivationAddition],
     return SteeringVector(additions, activations, alignment, padding, fingerprint(model))
 
 
-def residual_site(layer: int, n_layer: int) -> str:
-    """The residual stream at `layer`: entering block `layer`, or for layer = n_layer leaving the last one."""
-    return site(layer) if layer < n_layer else f"blocks.{n_layer - 1}.hook_resid_post"
-
-
 def residual_streams(model: Transformer, wanted: dict) -> dict[tuple[tuple[int, ...], int], np.ndarray]:
     """{(tokens, layer): host float32 [pos, d_model]}: the unsteered residual stream of each token
     sequence of `wanted` ({tokens: layers}) at its layers, one forward pass per sequence that
@@ -263,16 +356,117 @@ def residual_streams(model: Transformer, wanted: dict) -> dict[tuple[tuple[int, 
     return out
 
 
-def fingerprint(model: Transformer) -> dict:
-    from .vector_io import weights_hash
-
-    return {"model_type": model.model_type, "config": model_config_dict(model), "weights_sha256": weights_hash(model)}
+# ---------------------------------------------------------------------------------------------
+# Applying any steering vector: the hooks
 
 
-def model_config_dict(model: Transformer) -> dict:
-    from dataclasses import asdict
+def steering_hooks(parts: Sequence[tuple[np.ndarray | None, Steering]], prompt_lengths=None, alignment=None,
+                   batch: int | None = None) -> list[tuple[str, object]]:
+    """`fwd_hooks` adding each part's vector to its batch rows (rows None: every row), one hook
+    per layer that any of them steers. `batch`: the number of rows the parts were made for (a
+    pass with another is an error), or None for any."""
+    for _, v in parts:
+        v.placement(alignment)                                               # an alignment it cannot take: now
+    names = {}
+    for _, v in parts:
+        for layer in v.layers:
+            names.setdefault(layer, v.hook_name(layer))
+    return [(names[layer], _steering_hook(layer, [(rows, v) for rows, v in parts if layer in v.layers],
+                                          prompt_lengths, alignment, batch)) for layer in sorted(names)]
 
-    return asdict(model.config)
+
+def _steering_hook(layer: int, parts, prompt_lengths, alignment, batch):
+    """Step 6: the hook at one layer. It works out which passes are prompt (see Steering.hooks)
+    and leaves every other pass alone, unless a vector adds beyond the prompt."""
+    on_device = _OnDevice()
+
+    def steer(resid_pre, hook):                                               # [batch, pos, d_model]
+        positions = hook.positions                                            # host [batch, pos]; -1 = padding
+        if prompt_lengths is not None:
+            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
+        elif hook.start == 0:
+            lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
+        elif any(v.beyond_prompt for _, v in parts):
+            lengths = None                                                    # a decode step, steered past the prompt
+        else:
+            return None                                                       # a decode step: not the prompt
+        if batch is not None and positions.shape[0] != batch:
+            raise ValueError(f"row steering was built for {batch} rows, but this pass of {hook.name} has "
+                             f"{positions.shape[0]}")
+        if lengths is not None:
+            for rows, v in parts:
+                check_lengths(lengths if rows is None else lengths[rows], v.length, v.placement(alignment), rows)
+        places = [p for rows, v in parts for p in v.placements(layer, positions, lengths, rows, alignment)
+                  if p.batch.size]
+        if not places:
+            return None                                                       # past the prompt: nothing to add
+        delta = array_namespace(resid_pre).zeros(resid_pre.shape, dtype=resid_pre.dtype)
+        _add(delta, places, on_device)
+        return resid_pre + delta
+    return steer
+
+
+def _add(delta, places: Sequence[Placement], on_device=None) -> None:
+    """Step 8: every placed array added to delta in turn, so additions at one layer sum, each
+    over its own span. `delta` may live on a device; `on_device` copies the sources there."""
+    xp = array_namespace(delta)
+    for place in places:
+        source = place.source if on_device is None else on_device(xp, place.source)
+        value = source if place.index is None else source[xp.asarray(place.index)]
+        delta[xp.asarray(place.batch), xp.asarray(place.pos)] += value
+
+
+class _OnDevice:
+    """A hook's copies of host arrays on the activations' device, made at its first pass and
+    kept (a vector's arrays stay host NumPy: data to save, compare and inspect)."""
+
+    def __init__(self):
+        self._copies: dict = {}
+
+    def __call__(self, xp, array: np.ndarray):
+        key = (xp, id(array))
+        if key not in self._copies:
+            self._copies[key] = (array, xp.asarray(array))                   # holding it keeps the id its own
+        return self._copies[key][1]
+
+
+def check_lengths(lengths, n: int, placement: str, rows=None) -> None:
+    """Step 7: a prompt shorter than the steering matrix is an error, as in the original.
+    `rows`: the batch rows that `lengths` belong to (default 0, 1, ...), for the message."""
+    short = np.flatnonzero(np.asarray(lengths) < n)
+    if short.size:
+        i = int(short[0])
+        raise ValueError(
+            f"the prompt of batch row {i if rows is None else int(rows[i])} has {int(lengths[i])} tokens (with "
+            f"BOS) but the steering matrix has {n} positions ({placement} needs the prompt at least as long): "
+            "lengthen the prompt (e.g. pad it with spaces) or shorten the steering prompts"
+        )
+
+
+def row_hooks(vectors: Sequence[Steering | None], prompt_lengths: Sequence[int] | int | None = None,
+              alignment: Alignment | None = None) -> list[tuple[str, object]]:
+    """`fwd_hooks` that steer each batch row with its own vector: row b by vectors[b] (None
+    leaves it unsteered), at that vector's layers, coefficients and placement. A layer x
+    coefficient grid of log-probs or generations then runs as batches, not cell by cell; an
+    ActAdd matrix and a direction may share a batch.
+
+    Row b gets exactly the delta that vectors[b].hooks() would add to it (the same hook, the
+    same arrays, placed and summed in the same order); only the batch's matrix products differ,
+    by float32 rounding. Passes as in `Steering.hooks`; a pass with another number of rows than
+    `vectors` (the decode steps of generate(samples=k)) must be past every prompt."""
+    vectors = list(vectors)
+    if not vectors:
+        raise ValueError("row_hooks needs one vector (or None) per batch row")
+    for v in vectors:
+        if v is not None and not isinstance(v, Steering):
+            raise TypeError(f"row_hooks takes a steering vector (SteeringVector, DirectionVector) or None per row, "
+                            f"got {type(v).__name__}")
+    groups: dict[int, list[int]] = defaultdict(list)                          # rows sharing one vector
+    for b, v in enumerate(vectors):
+        if v is not None:
+            groups[id(v)].append(b)
+    parts = [(np.array(rows), vectors[rows[0]]) for rows in groups.values()]
+    return steering_hooks(parts, prompt_lengths, alignment, batch=len(vectors))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,16 +487,14 @@ class SideBySide:
     seed: int
 
 
-def generate(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: SteeringVector, n: int = 3, seed: int = 0,
+def generate(model: Transformer, tokenizer: Tokenizer, prompt: str, vector: Steering, n: int = 3, seed: int = 0,
              max_new_tokens: int = 50, alignment: Alignment | None = None, **sampling) -> SideBySide:
     """Step 9: n unsteered and n steered completions of `prompt`, sampled as in the paper
     (temperature 1, top-p 0.3, frequency penalty 1 counting the prompt; `sampling` overrides)
     from the same seed: row i of both draws from default_rng([seed, i])."""
-    import minigpt
-
     sampling = {**PAPER_SAMPLING, **sampling}
     ids = tokens_with_bos(tokenizer, prompt)                                  # Step 1, the user's prompt
-    _check_lengths(np.array([len(ids)]), vector.length, alignment or vector.alignment)
+    check_lengths(np.array([len(ids)]), vector.length, vector.placement(alignment))
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive number of completions")
     rows = [ids] * n
@@ -335,13 +527,12 @@ class NormReport:
         return "\n".join(lines)
 
 
-def norm_report(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector, prompt: str,
+def norm_report(model: Transformer, tokenizer: Tokenizer, vector: Steering, prompt: str,
                 alignment: Alignment | None = None) -> list[NormReport]:
     """For each steered layer: how large the addition is next to the residual stream it is added
     to, position by position (coefficients mean little across layers and models without it)."""
     ids = tokens_with_bos(tokenizer, prompt)
-    alignment = alignment or vector.alignment
-    _check_lengths(np.array([len(ids)]), vector.length, alignment)
+    check_lengths(np.array([len(ids)]), vector.length, vector.placement(alignment))
     _, cache = model.run_with_cache(ids, names=[vector.hook_name(L) for L in vector.layers])
     reports = []
     for L in vector.layers:
@@ -350,69 +541,3 @@ def norm_report(model: Transformer, tokenizer: Tokenizer, vector: SteeringVector
         reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(delta, axis=-1),
                                   np.linalg.norm(resid, axis=-1), vector.hook_name(L)))
     return reports
-
-
-# ---------------------------------------------------------------------------------------------
-# A vector per batch row: grids as batches
-
-
-def row_hooks(vectors: Sequence[SteeringVector | None], prompt_lengths: Sequence[int] | int | None = None,
-              alignment: Alignment | None = None) -> list[tuple[str, object]]:
-    """`fwd_hooks` that steer each batch row with its own vector: row b by vectors[b] (None
-    leaves it unsteered), at that vector's layers, coefficients and alignment. A layer x
-    coefficient grid of log-probs or generations then runs as batches, not cell by cell.
-
-    Row b gets exactly the delta that vectors[b].hooks() would add to it (the same matrices,
-    placed and summed in the same order); only the batch's matrix products differ, by float32
-    rounding. Passes as in `SteeringVector.hooks`; a pass with another number of rows than
-    `vectors` (the decode steps of generate(samples=k)) must be past every prompt."""
-    vectors = list(vectors)
-    if not vectors:
-        raise ValueError("row_hooks needs one vector (or None) per batch row")
-    for v in vectors:
-        if v is not None and not isinstance(v, SteeringVector):
-            raise TypeError(f"row_hooks takes SteeringVector or None per row, got {type(v).__name__}")
-    groups: dict[int, list[int]] = defaultdict(list)                          # rows sharing one vector
-    for b, v in enumerate(vectors):
-        if v is not None:
-            groups[id(v)].append(b)
-    layers = sorted({L for v in vectors if v is not None for L in v.layers})
-    hooks = []
-    for L in layers:
-        parts = []                                                            # (rows, matrices, alignment)
-        for rows in groups.values():
-            v = vectors[rows[0]]
-            mats = [m for a, m in zip(v.additions, v.activations) if a.layer == L]
-            if mats:
-                parts.append((np.array(rows), mats, alignment or v.alignment))
-        hooks.append((site(L), _row_steering_hook(parts, len(vectors), prompt_lengths)))
-    return hooks
-
-
-def _row_steering_hook(parts, batch: int, prompt_lengths):
-    on_device: dict = {}                                                      # namespace -> matrices there
-
-    def steer(resid_pre, hook):                                               # [batch, pos, d_model]
-        positions = hook.positions                                            # host [batch, pos]; -1 = padding
-        if prompt_lengths is None and hook.start != 0:
-            return None                                                       # a decode step: not the prompt
-        if positions.shape[0] != batch:
-            raise ValueError(f"row steering was built for {batch} rows, but this pass of {hook.name} has "
-                             f"{positions.shape[0]}")
-        if prompt_lengths is not None:
-            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
-        else:
-            lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
-        for rows, mats, alignment in parts:
-            _check_lengths(lengths[rows], max(len(m) for m in mats), alignment, rows)
-        if not (positions < lengths[:, None]).any():
-            return None                                                       # past the prompt: nothing to add
-        xp = array_namespace(resid_pre)
-        if xp not in on_device:
-            on_device[xp] = [[xp.asarray(m) for m in mats] for _, mats, _ in parts]
-        delta = xp.zeros(resid_pre.shape, dtype=resid_pre.dtype)
-        for (rows, _, alignment), mats in zip(parts, on_device[xp]):
-            for m in mats:
-                _place(delta, m, positions, lengths, alignment, rows)
-        return resid_pre + delta
-    return steer

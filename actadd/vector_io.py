@@ -11,19 +11,18 @@ weights too unless `allow_other_weights=True`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from minigpt import Transformer
 
-from .results import atomic_write
-from .pairs import DirectionVector
-from .steering import ALIGNMENTS, ActivationAddition, SteeringVector, model_config_dict, residual_site, site
+from .direction import DirectionVector
+from .output import atomic_write
+from .provenance import library_version, model_config, weights_hash
+from .steering import ALIGNMENTS, ActivationAddition, SteeringVector, residual_site, site
 
 FORMAT = "actadd-steering-vector"
 FORMAT_VERSION = 1
@@ -33,31 +32,6 @@ DIRECTION_FORMAT_VERSION = 1
 
 class VectorFileError(ValueError):
     """A steering vector file that is malformed, or made for another model."""
-
-
-def weights_hash(model: Transformer) -> str:
-    """SHA-256 over every parameter's name, shape and float32 bytes, by name. Computed once
-    per model and remembered on it."""
-    cached = getattr(model, "_weights_sha256", None)
-    if cached is None:
-        h = hashlib.sha256()
-        params = model.state_dict()
-        for name in sorted(params):
-            t = params[name]
-            t = t.widen() if hasattr(t, "widen") else t                    # a lazily widened matrix, one at a time
-            t = np.ascontiguousarray(model.backend.to_host(t), dtype=np.float32)
-            h.update(f"{name}{t.shape}".encode())
-            h.update(t.data)
-        cached = h.hexdigest()
-        model._weights_sha256 = cached
-    return cached
-
-
-def library_version() -> str:
-    try:
-        return metadata.version("minigpt-actadd")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def save(vector: SteeringVector | DirectionVector, path: str | os.PathLike) -> Path:
@@ -138,9 +112,9 @@ def load(path: str | os.PathLike, model: Transformer, allow_other_weights: bool 
 
 
 def _check_made_on(path, made_on: dict, model: Transformer, allow_other_weights: bool) -> None:
-    if made_on.get("config") != model_config_dict(model):
+    if made_on.get("config") != model_config(model):
         raise VectorFileError(f"{path}: made for a model with config {made_on.get('config')}, "
-                              f"not this one ({model_config_dict(model)})")
+                              f"not this one ({model_config(model)})")
     if made_on.get("weights_sha256") != weights_hash(model) and not allow_other_weights:
         raise VectorFileError(f"{path}: made on weights with SHA-256 {made_on.get('weights_sha256')}, this model's "
                               f"are {weights_hash(model)}; pass allow_other_weights=True (--allow-other-weights) "
@@ -215,7 +189,7 @@ def export_gguf(vector: SteeringVector | DirectionVector, path: str | os.PathLik
             f"{path}: this is ActAdd's per-position matrix ([positions, d_model] at layer(s) {vector.layers}, placed "
             f"over the prompt's {vector.alignment} positions); a llama.cpp control vector is one direction per layer "
             "added at every token, so the matrix cannot be one. Make the mean-difference direction instead "
-            "(actadd.pairs.mean_of_pairs(..., reading='last' or 'mean'); --reading last on the command line)")
+            "(actadd.mean_of_pairs(..., reading='last' or 'mean'); --reading last on the command line)")
     if not isinstance(vector, DirectionVector):
         raise TypeError(f"export_gguf takes a DirectionVector, got {type(vector).__name__}")
     low = [L for L in vector.layers if L < 2]

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import minigpt
-from actadd import evaluate
-from actadd.distributed import DaskRunner
+from actadd.experiments import generation
+from actadd.experiments.dask import DaskRunner
 
 HERE = Path(__file__).resolve().parent
 WORDS = ["whale", "whales", "sea", "ship", "boat", "captain"]
@@ -34,9 +34,9 @@ WORDS = ["whale", "whales", "sea", "ship", "boat", "captain"]
 def run(model, tok, out: Path, samples: int, scheduler: str | None = None) -> float:
     """Seconds for the topic grid into `out`, in this process or on the cluster at `scheduler`."""
     start = time.perf_counter()
-    evaluate.topic(model, tok, out, prompt="In the morning we", plus="whale", minus="", layers=[0, 1, 2, 3],
-                   coeffs=[1.0, 4.0], words=WORDS, samples=samples, max_new_tokens=40, batch_rows=samples,
-                   progress=False, scheduler=scheduler)
+    generation.topic(model, tok, out, prompt="In the morning we", plus="whale", minus="", layers=[0, 1, 2, 3],
+                     coeffs=[1.0, 4.0], words=WORDS, samples=samples, max_new_tokens=40, batch_rows=samples,
+                     progress=False, scheduler=scheduler)
     return time.perf_counter() - start
 
 

@@ -12,7 +12,7 @@ Each case samples one steered condition the way the eval does, in one run on bot
 The cases: the topic task's shape (one prompt x 64 samples, 40 new tokens) and the sentiment
 task's (8 prompts of 32 tokens x 8 samples, 64 new tokens), on tiny-books and on random weights
 of the `gpt2` shape with the genuine tokenizer. The two engines' tokens must be equal (the
-benchmark stops otherwise). Last, `evaluate.topic` end to end (unsteered + one steered cell,
+benchmark stops otherwise). Last, `generation.topic` end to end (unsteered + one steered cell,
 fluency included) on both models: the samples/s a user sees.
 """
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import actadd  # noqa: E402
 import minigpt  # noqa: E402
-from actadd import evaluate  # noqa: E402
+from actadd.experiments import generation  # noqa: E402
 from alternate import time_alternating, warm_up  # noqa: E402
 from conftest import write_model_folder  # noqa: E402
 
@@ -57,8 +57,8 @@ def generation_cases(name, model, tok, layer, book: Path):
     long_prompts = [[tok.bos_token_id] + text[i * 100:i * 100 + 31] for i in range(8)]  # 32 tokens with BOS
     cases, check = {}, []
     for case, prompts, k, new in ((f"{name}: topic, 1 prompt x 64 samples, 40 new", [actadd.tokens_with_bos(
-            tok, evaluate.TOPIC_PROMPT)], 64, 40), (f"{name}: sentiment, 8 prompts of 32 x 8 samples, 64 new",
-                                                    long_prompts, 8, 64)):
+            tok, generation.TOPIC_PROMPT)], 64, 40), (f"{name}: sentiment, 8 prompts of 32 x 8 samples, 64 new",
+                                                      long_prompts, 8, 64)):
         kw = dict(max_new_tokens=new, stop_at_eos=False, fwd_hooks=hooks, **actadd.PAPER_SAMPLING)
         out = {}
 
@@ -109,7 +109,7 @@ def main():
     end_to_end = []
     for name, ((model, tok), layer) in models.items():
         start = time.perf_counter()
-        evaluate.topic(model, tok, None, layers=[layer], samples=64, progress=False)
+        generation.topic(model, tok, None, layers=[layer], samples=64, progress=False)
         seconds = time.perf_counter() - start
         end_to_end.append({"model": name, "samples": 128, "seconds": seconds, "samples_per_s": 128 / seconds})
         print(f"{name:<58} {128 / seconds:>9.1f} samples/s ({seconds:.1f} s)")

@@ -32,8 +32,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import minigpt  # noqa: E402
-from actadd import evaluate, overhead, row_hooks, steering_vector, x_vector  # noqa: E402
-from actadd.measure import length_batches, picked_logprobs, scaled  # noqa: E402
+from actadd import row_hooks, steering_vector, x_vector  # noqa: E402
+from actadd.experiments import generation, overhead  # noqa: E402
+from actadd.measure import length_batches, picked_logprobs  # noqa: E402
 from actadd.steering import site, tokens_with_bos  # noqa: E402
 from alternate import time_alternating, warm_up  # noqa: E402
 
@@ -51,7 +52,7 @@ SENTENCES = ["The whale rose from the sea and the men cried out from the boat.",
 def cases(model, tok):
     layers = list(range(model.config.n_layer))
     unit = {L: steering_vector(model, x_vector(tok, "whale", "", 1.0, L)) for L in layers}
-    vectors = [scaled(unit[L], c) for L in layers for c in COEFFS]            # cells, layer-major
+    vectors = [unit[L].scaled(c) for L in layers for c in COEFFS]            # cells, layer-major
     prompt = tokens_with_bos(tok, "In the morning we went down to the")
     texts = [tokens_with_bos(tok, s) for s in SENTENCES]
     ((rows, tokens, mask),) = list(length_batches(texts, 4096))
@@ -89,10 +90,10 @@ def cases(model, tok):
                  max_new_tokens=16, progress=False)
 
     def generate_cells():
-        out["gen cells"] = evaluate.topic(model, tok, None, batch_rows=4, **topic).samples
+        out["gen cells"] = generation.topic(model, tok, None, batch_rows=4, **topic).samples
 
     def generate_rows():
-        out["gen rows"] = evaluate.topic(model, tok, None, batch_rows=64, **topic).samples
+        out["gen rows"] = generation.topic(model, tok, None, batch_rows=64, **topic).samples
 
     grid = f"{len(layers)} x {len(COEFFS)}"
     return out, {f"next-token, {grid} cells": (len(vectors), {"cell by cell": next_cells, "row_hooks": next_rows}),

@@ -64,7 +64,7 @@ def main():
     for L in layers:
         unit = actadd.steering_vector(model, actadd.x_vector(tok, "Love", "Hate", 1.0, L))
         for c in coeffs:
-            shift = measure.logprob_shift(model, texts, measure.scaled(unit, c), unsteered=base)
+            shift = measure.logprob_shift(model, texts, unit.scaled(c), unsteered=base)
             reference.append({"layer": L, "coeff": c, "alignment": "front", **shift.summary()["all"]})
     reference_seconds = time.perf_counter() - start
     assert reference == rows, "the sweep's cells differ from whole passes"

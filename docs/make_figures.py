@@ -17,7 +17,8 @@ from pathlib import Path
 
 import minigpt
 from minigpt.checkpoints import held_out_chunks
-from actadd import evaluate, likelihood, measure, pairs
+from actadd import measure, pairs
+from actadd.experiments import data, generation, likelihood
 
 HERE = Path(__file__).resolve().parent
 PLUS, MINUS = "whale", ""  # the walkthrough's prompt pair
@@ -47,10 +48,10 @@ def main():
         written = measure.write_sweep(rows, Path(tmp) / "sweep")
         png = next(p for p in written if p.suffix == ".png")
         shutil.copyfile(png, HERE / "sweep.png")
-        evaluate.topic(model, tok, Path(tmp) / "topic", prompt="In the morning we", plus=PLUS, minus=MINUS,
-                       coeffs=[1, 4], words=SEA_WORDS, progress=False)
+        generation.topic(model, tok, Path(tmp) / "topic", prompt="In the morning we", plus=PLUS, minus=MINUS,
+                         coeffs=[1, 4], words=SEA_WORDS, progress=False)
         shutil.copyfile(Path(tmp) / "topic" / "topic.png", HERE / "eval_topic.png")
-        likelihood.relevance(model, tok, likelihood.read_documents(corpora / "gutenberg"), Path(tmp) / "relevance",
+        likelihood.relevance(model, tok, data.read_documents(corpora / "gutenberg"), Path(tmp) / "relevance",
                              plus=PLUS, minus=MINUS, layer=0, coeff=1.0, words=SEA_WORDS, max_chunks=1000,
                              progress=False)
         shutil.copyfile(Path(tmp) / "relevance" / "relevance.png", HERE / "eval_relevance.png")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .backend import Backend
 from .config import GPT2Config
-from .model import KVCache, Transformer, _HookPoints, gelu_new, hook_names, linear
+from .model import HookPoints, KVCache, Transformer, gelu_new, hook_names, linear
 from .weights import canonical_state_dict
 
 
@@ -56,7 +56,7 @@ class GPT2(Transformer):
 
     # --- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
+    def forward(self, tokens, hook: HookPoints | None = None, *, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False,
                 start_at_layer: int = 0, resid_pre=None, stop_at_layer: int | None = None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`) for `tokens`.
@@ -77,7 +77,7 @@ class GPT2(Transformer):
                         it, as TransformerLens's stop_at_layer: reading activations at early
                         layers costs only those layers.
         """
-        hook = hook or _HookPoints({}, None, set())
+        hook = hook or HookPoints({}, None, set())
         self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
 
@@ -99,7 +99,7 @@ class GPT2(Transformer):
         x = self.layer_norm("ln_final", x, self.ln_f, hook, self.config.layer_norm_epsilon)
         return linear(x, self.wte.T)                                           # [batch, pos, vocab]
 
-    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int):
+    def block(self, L: int, p: dict, x, hook: HookPoints, mask_bias, kv, start: int):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
         ln1 = self.layer_norm(b + "ln1", resid_pre, p["ln_1"], hook, self.config.layer_norm_epsilon)
@@ -110,7 +110,7 @@ class GPT2(Transformer):
         mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
         return hook(b + "hook_resid_post", resid_mid + mlp_out)
 
-    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: _HookPoints, mask_bias, kv, start: int):
+    def attention(self, name: str, x, c_attn: dict, c_proj: dict, hook: HookPoints, mask_bias, kv, start: int):
         c = self.config
         batch, seq, d_model = x.shape
         qkv = linear(x, **c_attn).reshape(batch, seq, 3, c.n_head, c.d_head)  # q, k, v in that order
@@ -120,7 +120,7 @@ class GPT2(Transformer):
         z = self.attend(name, q, k, v, hook, mask_bias, kv, start)             # [batch, pos, head, d_head]
         return linear(z.reshape(batch, seq, d_model), **c_proj)                # [batch, pos, d_model]
 
-    def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: _HookPoints):
+    def mlp(self, name: str, x, c_fc: dict, c_proj: dict, hook: HookPoints):
         pre = hook(name + ".hook_pre", linear(x, **c_fc))                      # [batch, pos, d_mlp]
         post = hook(name + ".hook_post", gelu_new(pre))
         return linear(post, **c_proj)                                          # [batch, pos, d_model]

@@ -27,7 +27,7 @@ import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
 from .config import ConfigError, read_json, require_positive_int
-from .model import KVCache, Transformer, _HookPoints, linear_t, mean_last
+from .model import HookPoints, KVCache, Transformer, linear_t, mean_last
 from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint, select_tensors
 
 WEIGHT_POLICIES = ("auto", "float32", "lazy")
@@ -298,13 +298,13 @@ class Llama(Transformer):
 
     # --- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
+    def forward(self, tokens, hook: HookPoints | None = None, *, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False,
                 start_at_layer: int = 0, resid_pre=None, stop_at_layer: int | None = None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`); arguments as GPT2.forward.
         Rotary positions count each row's real tokens, so a left-padded row computes what it
         would alone."""
-        hook = hook or _HookPoints({}, None, set())
+        hook = hook or HookPoints({}, None, set())
         self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
         at = self.backend.to_device(np.maximum(positions, 0))                  # [batch, pos]
@@ -326,7 +326,7 @@ class Llama(Transformer):
         x = self.rms_norm("ln_final", x, self.norm, hook)
         return linear_t(x, _widened(self.lm_head))                             # [batch, pos, vocab]
 
-    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int, rotary):
+    def block(self, L: int, p: dict, x, hook: HookPoints, mask_bias, kv, start: int, rotary):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
         ln1 = self.rms_norm(b + "ln1", resid_pre, p["input_layernorm"], hook)
@@ -337,13 +337,13 @@ class Llama(Transformer):
         mlp_out = hook(b + "hook_mlp_out", self.mlp(b + "mlp", ln2, **p["mlp"], hook=hook))
         return hook(b + "hook_resid_post", resid_mid + mlp_out)
 
-    def rms_norm(self, name: str, x, p: dict, hook: _HookPoints):
+    def rms_norm(self, name: str, x, p: dict, hook: HookPoints):
         scale = hook(name + ".hook_scale", (mean_last(x * x) + self.config.rms_norm_eps) ** 0.5)  # [batch, pos, 1]
         normalized = hook(name + ".hook_normalized", x / scale)               # before the weight
         return normalized * p["weight"]
 
     def attention(self, name: str, x, q_proj: dict, k_proj: dict, v_proj: dict, o_proj: dict,
-                  hook: _HookPoints, mask_bias, kv, start: int, rotary):
+                  hook: HookPoints, mask_bias, kv, start: int, rotary):
         c = self.config
         batch, seq, _ = x.shape
         q = hook(name + ".hook_q", linear_t(x, **q_proj).reshape(batch, seq, c.n_head, c.d_head))
@@ -355,7 +355,7 @@ class Llama(Transformer):
         z = self.attend(name, q, k, v, hook, mask_bias, kv, start)             # [batch, pos, head, d_head]
         return linear_t(z.reshape(batch, seq, c.n_head * c.d_head), **o_proj)  # [batch, pos, d_model]
 
-    def mlp(self, name: str, x, gate_proj: dict, up_proj: dict, down_proj: dict, hook: _HookPoints):
+    def mlp(self, name: str, x, gate_proj: dict, up_proj: dict, down_proj: dict, hook: HookPoints):
         gate = hook(name + ".hook_pre", linear_t(x, **gate_proj))             # [batch, pos, d_mlp]
         up = hook(name + ".hook_pre_linear", linear_t(x, **up_proj))
         post = hook(name + ".hook_post", silu(gate) * up)

@@ -182,7 +182,7 @@ class HookPoint(str):
         return str(self)
 
 
-class _HookPoints:
+class HookPoints:
     """What a forward pass does at each named point: run the user's hooks, then cache."""
 
     def __init__(self, hooks: dict[str, list[HookFn]], cache: dict | None, cache_names: set[str]):
@@ -332,7 +332,7 @@ class Transformer:
         """
         wanted = set(self._select(names)) if names is not None else set(self.hook_names)
         cache: dict = {}
-        logits = self.forward(tokens, _HookPoints({}, cache, wanted), **kwargs)
+        logits = self.forward(tokens, HookPoints({}, cache, wanted), **kwargs)
         return logits, {n: cache[n] for n in self.hook_names if n in cache}
 
     def run_with_hooks(self, tokens, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = (), **kwargs):
@@ -354,7 +354,7 @@ class Transformer:
             raise ValueError(f"logit_lens takes [batch, pos, d_model]; got shape {resid.shape}")
         return self.forward(np.zeros(resid.shape[:2], np.int64), start_at_layer=self.config.n_layer, resid_pre=resid)
 
-    def hook_points(self, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = ()) -> _HookPoints:
+    def hook_points(self, fwd_hooks: Iterable[tuple[str | Callable, HookFn]] = ()) -> HookPoints:
         """The hooks of `fwd_hooks`, checked and grouped by point, ready for `forward`."""
         hooks: dict[str, list[HookFn]] = {}
         for name, fn in fwd_hooks:
@@ -362,7 +362,7 @@ class Transformer:
                 raise TypeError(f"hook for {name!r} is {type(fn).__name__}, not a function")
             for n in self._select(name):
                 hooks.setdefault(n, []).append(fn)
-        return _HookPoints(hooks, None, set())
+        return HookPoints(hooks, None, set())
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty KV cache for `batch` rows of up to `max_len` positions (padding included)."""
@@ -392,7 +392,7 @@ class Transformer:
 
     # --- the pieces of a block that every family computes alike ----------------------------------
 
-    def layer_norm(self, name: str, x, p: dict, hook: _HookPoints, eps: float):
+    def layer_norm(self, name: str, x, p: dict, hook: HookPoints, eps: float):
         """LayerNorm with TransformerLens's hooks: hook_scale is sqrt(var + eps), hook_normalized
         the centred input over it, before the gain and bias."""
         centred = centre(x)                                                    # [batch, pos, d_model]
@@ -403,7 +403,7 @@ class Transformer:
         out += p["bias"]
         return out
 
-    def attend(self, name: str, q, k, v, hook: _HookPoints, mask_bias, kv, start: int):
+    def attend(self, name: str, q, k, v, hook: HookPoints, mask_bias, kv, start: int):
         """Causal attention of hooked q, k, v [batch, pos, head, d_head]: with a KV cache, this
         pass's keys and values are appended to it and everything in it is attended to. Returns
         hook_z [batch, pos, head, d_head], before the output projection."""

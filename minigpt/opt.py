@@ -26,7 +26,7 @@ import numpy as np
 
 from .backend import Backend, array_namespace
 from .config import ConfigError, read_json, require_positive_int
-from .model import KVCache, Transformer, _HookPoints, hook_names, linear_t
+from .model import HookPoints, KVCache, Transformer, hook_names, linear_t
 from .weights import CheckpointError, select_tensors
 
 POSITION_OFFSET = 2   # OPT's learned positions start at row 2 (fairseq kept rows for padding)
@@ -175,11 +175,11 @@ class OPT(Transformer):
 
     # --- the forward pass ----------------------------------------------------------------------
 
-    def forward(self, tokens, hook: _HookPoints | None = None, *, attention_mask=None,
+    def forward(self, tokens, hook: HookPoints | None = None, *, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False,
                 start_at_layer: int = 0, resid_pre=None, stop_at_layer: int | None = None):
         """Logits [batch, pos, vocab] (pos = 1 with `last_only`); arguments as GPT2.forward."""
-        hook = hook or _HookPoints({}, None, set())
+        hook = hook or HookPoints({}, None, set())
         self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
 
@@ -208,7 +208,7 @@ class OPT(Transformer):
             x = linear_t(x, self.project_out)                                  # [batch, pos, E]
         return linear_t(x, self.lm_head)                                       # [batch, pos, vocab]
 
-    def block(self, L: int, p: dict, x, hook: _HookPoints, mask_bias, kv, start: int):
+    def block(self, L: int, p: dict, x, hook: HookPoints, mask_bias, kv, start: int):
         b = f"blocks.{L}."
         resid_pre = hook(b + "hook_resid_pre", x)                              # [batch, pos, d_model]
         pre = self.config.do_layer_norm_before
@@ -227,7 +227,7 @@ class OPT(Transformer):
         return hook(b + "hook_resid_post", resid_post)
 
     def attention(self, name: str, x, q_proj: dict, k_proj: dict, v_proj: dict, out_proj: dict,
-                  hook: _HookPoints, mask_bias, kv, start: int):
+                  hook: HookPoints, mask_bias, kv, start: int):
         c = self.config
         batch, seq, d_model = x.shape
         split = (batch, seq, c.n_head, c.d_head)
@@ -237,7 +237,7 @@ class OPT(Transformer):
         z = self.attend(name, q, k, v, hook, mask_bias, kv, start)             # [batch, pos, head, d_head]
         return linear_t(z.reshape(batch, seq, d_model), **out_proj)            # [batch, pos, d_model]
 
-    def mlp(self, name: str, x, fc1: dict, fc2: dict, hook: _HookPoints):
+    def mlp(self, name: str, x, fc1: dict, fc2: dict, hook: HookPoints):
         pre = hook(name + ".hook_pre", linear_t(x, **fc1))                     # [batch, pos, d_mlp]
         post = hook(name + ".hook_post", relu(pre))
         return linear_t(post, **fc2)                                           # [batch, pos, d_model]

@@ -14,9 +14,8 @@ from safetensors.numpy import save_file
 
 import actadd
 import minigpt
-from actadd import ActivationAddition, VectorFileError, steering_vector, x_vector
+from actadd import ActivationAddition, SteeringVector, VectorFileError, steering_vector, x_vector
 from actadd.cli import main
-from actadd.steering import _place
 from conftest import (assert_close, configs, decode_with_cache, handmade_tokenizer, max_abs, random_model,
                       random_state_dict, record_parity, scaled_error, write_model_folder, write_tokenizer_files)
 from minigpt import GPT2, GPT2Config
@@ -123,13 +122,15 @@ def test_activations_come_from_the_unsteered_model_at_every_layer(model):
 
 
 def test_each_addition_is_placed_over_its_own_span():
+    """Where `placements` puts a 3-row matrix (delta[batch, pos] += source[index]), by hand."""
     delta = np.zeros((2, 7, 1), np.float32)
     m = np.array([[1.0], [2.0], [3.0]], np.float32)
     positions = np.array([[0, 1, 2, 3, 4, 5, 6], [-1, 0, 1, 2, 3, 4, 5]])    # row 1 left-padded
     lengths = np.array([7, 6])
-    _place(delta, m, positions, lengths, "front")
-    _place(delta, 10 * m, positions, lengths, "back")
-    _place(delta, 100 * m, positions, lengths, "mid")                          # from len//2 - n//2 = 2
+    for scale, alignment in ((1, "front"), (10, "back"), (100, "mid")):       # mid: from len//2 - n//2 = 2
+        vector = SteeringVector((ActivationAddition((1, 2, 3), scale, 0),), (scale * m,), alignment)
+        for batch, pos, source, index in vector.placements(0, positions, lengths):
+            delta[batch, pos] += source[index]
     assert delta[0, :, 0].tolist() == [1, 2, 3 + 100, 200, 300 + 10, 20, 30]
     assert delta[1, :, 0].tolist() == [0, 1, 2, 3 + 100, 10 + 200, 20 + 300, 30]
 
@@ -332,7 +333,7 @@ def test_readme_step_table_points_at_the_code_it_names():
     rows = [line for line in table.splitlines() if re.match(r"\| \d \|", line)]
     cells = [re.split(r"(?<!\\)\|", r) for r in rows]                  # cells; escaped \| stays inside
     assert [int(c[1]) for c in cells] == list(range(1, 10))
-    expected_text = {"the product": "a.coeff * resid_pre[", "the sum": "for m in on_device[xp]:",
+    expected_text = {"the product": "a.coeff * resid_pre[", "the sum": "+= value",
                      "decode steps": "return None"}
     checked = 0
     for row in cells:

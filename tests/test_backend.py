@@ -434,15 +434,15 @@ def test_relevance_knowledge_and_row_steering_equal_the_numpy_path(device, books
     """The likelihood tasks and a mixed-vector batch on the device: the NumPy path's figures
     (on the strict backend, to the last float)."""
     import actadd
-    from actadd import likelihood
+    from actadd.experiments import data, likelihood
 
     (model, tok), (ref_model, _) = books_on
     docs = [("d0", "The whale rose from the sea and the men cried out from the boat. " * 6),
             ("d1", "She walked to the window and looked down at the garden below her. " * 6)]
     kw = dict(plus="whale", layer=1, coeff=2.0, words=["sea", "whale", "boat"], chunk_tokens=30, progress=False)
     ours, ref = likelihood.relevance(model, tok, docs, **kw), likelihood.relevance(ref_model, tok, docs, **kw)
-    facts = [likelihood.Fact(0, "f:1", "The captain looked out to", "sea", tok.encode(" sea")[0]),
-             likelihood.Fact(1, "f:2", "The men cried out from the", "boat", tok.encode(" boat")[0])]
+    facts = [data.Fact(0, "f:1", "The captain looked out to", "sea", tok.encode(" sea")[0]),
+             data.Fact(1, "f:2", "The men cried out from the", "boat", tok.encode(" boat")[0])]
     kf = dict(plus="whale", layer=1, coeff=2.0, progress=False)
     ours_k, ref_k = likelihood.knowledge(model, tok, facts, **kf), likelihood.knowledge(ref_model, tok, facts, **kf)
     assert_same_records(device, ours.records, ref.records)
@@ -464,13 +464,13 @@ def test_relevance_knowledge_and_row_steering_equal_the_numpy_path(device, books
 def test_an_eval_run_on_the_device_equals_the_numpy_path(device, books_on):
     """actadd eval's generation, steering and fluency on the device: the records of the NumPy
     path (on the strict backend: the same tokens, fluency to the last float)."""
-    from actadd import evaluate
+    from actadd.experiments import data, generation
 
     (model, tok), (ref_model, _) = books_on
-    prompts = [evaluate.Prompt(0, "The captain looked at the", "x"), evaluate.Prompt(1, "In the morning we", "y")]
+    prompts = [data.Prompt(0, "The captain looked at the", "x"), data.Prompt(1, "In the morning we", "y")]
     kw = dict(layer=1, coeff=4.0, samples=3, max_new_tokens=10, progress=False, scorer="profanity")
-    got = evaluate.toxicity(model, tok, prompts, **kw)
-    want = evaluate.toxicity(ref_model, tok, prompts, **kw)
+    got = generation.toxicity(model, tok, prompts, **kw)
+    want = generation.toxicity(ref_model, tok, prompts, **kw)
     if device.name == "strict":
         assert got.samples == want.samples and got.summary == want.summary
     else:

@@ -14,9 +14,10 @@ import distributed  # the test extra's dask[distributed]: never skipped
 import pytest
 
 import minigpt
-from actadd import evaluate
+from actadd.experiments import data, generation
 from actadd.cli import main
-from actadd.distributed import DaskRunner, DistributedError, loads_on_worker
+from actadd.experiments.dask import DaskRunner, DistributedError, loads_on_worker
+from actadd.provenance import ModelSource, ModelSourceError
 
 SEA = ["whale", "whales", "sea", "ship", "boat"]
 TOPIC = dict(prompt="In the morning we", plus="whale", minus="", layers=[0, 2], coeffs=[1.0, 4.0], words=SEA,
@@ -63,8 +64,8 @@ def files(folder):
 def test_topic_on_two_workers_writes_what_one_process_writes(books, cluster, tmp_path):
     model, tok = books
     c, client = cluster
-    one = evaluate.topic(model, tok, tmp_path / "one", **TOPIC)
-    two = bounded(evaluate.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, worker_backend="numpy",
+    one = generation.topic(model, tok, tmp_path / "one", **TOPIC)
+    two = bounded(generation.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, worker_backend="numpy",
                   **TOPIC)
     assert files(tmp_path / "two") == files(tmp_path / "one")           # byte for byte, the record order too
     assert two.samples == json.loads(json.dumps(one.samples)) and len(two.samples) == 5 * 6
@@ -75,7 +76,7 @@ def test_topic_on_two_workers_writes_what_one_process_writes(books, cluster, tmp
 def labelled(tmp_path):
     path = tmp_path / "labelled.tsv"
     path.write_text("".join(f"{t}\t{'neg' if i < 4 else 'pos'}\n" for i, t in enumerate(SENTENCES)), encoding="utf-8")
-    return evaluate.read_labelled(path)
+    return data.read_labelled(path)
 
 
 def test_sentiment_on_two_workers_writes_what_one_process_writes(books, cluster, tmp_path):
@@ -83,8 +84,8 @@ def test_sentiment_on_two_workers_writes_what_one_process_writes(books, cluster,
     c, _ = cluster
     common = dict(layer=0, coeff=4.0, plus="whale", minus="", samples=3, max_new_tokens=10, batch_rows=4,
                   scorer="vader", progress=False)
-    evaluate.sentiment(model, tok, labelled(tmp_path), tmp_path / "one", **common)
-    bounded(evaluate.sentiment, model, tok, labelled(tmp_path), tmp_path / "two", scheduler=c.scheduler_address,
+    generation.sentiment(model, tok, labelled(tmp_path), tmp_path / "one", **common)
+    bounded(generation.sentiment, model, tok, labelled(tmp_path), tmp_path / "two", scheduler=c.scheduler_address,
             **common)
     assert files(tmp_path / "two") == files(tmp_path / "one")
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
@@ -95,12 +96,12 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(books, c
     model, tok = books
     c, client = cluster
     big = {**TOPIC, "layers": [0, 1, 2, 3], "coeffs": [1.0, 2.0, 4.0], "samples": 8}   # 13 conditions: 26 units
-    evaluate.topic(model, tok, tmp_path / "one", **big)
+    generation.topic(model, tok, tmp_path / "one", **big)
     errors, records_at_kill = [], []
 
     def run():
         try:
-            evaluate.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **big)
+            generation.topic(model, tok, tmp_path / "two", scheduler=c.scheduler_address, **big)
         except Exception as e:  # reported below, in the test's thread
             errors.append(e)
     thread = threading.Thread(target=run)
@@ -123,12 +124,12 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(books, c
 def test_a_client_stopped_mid_run_resumes_from_the_results_file(books, cluster, tmp_path):
     model, tok = books
     c, _ = cluster
-    evaluate.topic(model, tok, tmp_path / "one", **TOPIC)
-    bounded(evaluate.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
+    generation.topic(model, tok, tmp_path / "one", **TOPIC)
+    bounded(generation.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
     results = tmp_path / "two" / "results.jsonl"
     lines = results.read_bytes().split(b"\n")
     results.write_bytes(b"\n".join(lines[:9]) + b"\n" + lines[9][:20])   # as a stop leaves it: 8 records and a torn line
-    bounded(evaluate.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
+    bounded(generation.topic, model, tok, tmp_path / "two", scheduler=c.scheduler_address, **TOPIC)
     assert files(tmp_path / "two") == files(tmp_path / "one")
 
 
@@ -152,21 +153,20 @@ def test_refusals(books, monkeypatch, capsys):
         DaskRunner()
     with pytest.raises(ValueError, match="workers=0"):
         DaskRunner(workers=0)
-    from actadd.distributed import ModelSource
     from conftest import random_model
     from minigpt import GPT2Config
 
-    with pytest.raises(DistributedError, match="must come from minigpt.load"):
+    with pytest.raises(ModelSourceError, match="must come from minigpt.load"):
         ModelSource.of(random_model(GPT2Config(n_layer=1, n_head=1, n_embd=4, n_positions=8, vocab_size=8)))
     source = ModelSource.of(model)
     assert source.load()[0].config == model.config                       # the same name gives the same weights
-    with pytest.raises(DistributedError, match="is another checkpoint on this machine"):
+    with pytest.raises(ModelSourceError, match="is another checkpoint on this machine"):
         ModelSource(source.name_or_path, None, (), "numpy", "0" * 64).load()
     with pytest.raises(ValueError, match="worker_backend is for runs on Dask"):
-        evaluate.topic(model, tok, None, worker_backend="numpy", **TOPIC)
+        generation.topic(model, tok, None, worker_backend="numpy", **TOPIC)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(DistributedError, match=r"pip install 'minigpt-actadd\[dask\]'"):
-        evaluate.topic(model, tok, None, workers=2, **TOPIC)
+        generation.topic(model, tok, None, workers=2, **TOPIC)
     assert main(["eval", "topic", "--model", "tiny-books", "--out", "unused", "--workers", "2", "--layers", "0",
                  "--coeffs", "1", "-n", "1"]) == 2
     assert "pip install 'minigpt-actadd[dask]'" in capsys.readouterr().err
@@ -175,23 +175,23 @@ def test_refusals(books, monkeypatch, capsys):
 def test_a_batch_that_kills_every_worker_it_meets_is_an_error_not_a_hang(books, cluster, tmp_path, monkeypatch):
     """Dask retries a unit whose worker died; after its allowed failures (3) it gives up, and the
     run stops with an error saying so (the finished batches stay in the results file)."""
-    import actadd.distributed as dist
+    import actadd.experiments.dask as dist
 
     model, tok = books
     c, client = cluster
 
-    def dies(spec, unit):                          # pickled by value: the worker runs this, not run_unit
+    def dies(work, recipe, unit):                  # pickled by value: the worker runs this, not run_unit
         os._exit(1)
     monkeypatch.setattr(dist, "run_unit", dies)
     with pytest.raises(DistributedError, match="Dask gave up on it"):
-        bounded(evaluate.topic, model, tok, tmp_path / "x", scheduler=c.scheduler_address,
+        bounded(generation.topic, model, tok, tmp_path / "x", scheduler=c.scheduler_address,
                 **{**TOPIC, "layers": [0], "coeffs": [1.0]})
     client.wait_for_workers(2, timeout=60)         # the nannies bring the workers back
 
 
 def test_relevance_and_knowledge_on_two_workers_write_what_one_process_writes(books, cluster, tmp_path):
     """The likelihood tasks' batches (fixed by the settings) on Dask: the same files."""
-    from actadd import likelihood
+    from actadd.experiments import likelihood
 
     model, tok = books
     c, client = cluster
@@ -207,7 +207,7 @@ def test_relevance_and_knowledge_on_two_workers_write_what_one_process_writes(bo
                                   for s, o in [("The whale swam in the", "sea"), ("He rowed the", "boat"),
                                                ("They lived in a small", "house"), ("The captain stood on the", "deck"),
                                                ("A man and his", "wife")] * 3), encoding="utf-8")
-    facts, skipped = likelihood.read_lama(facts_file, tok)
+    facts, skipped = data.read_lama(facts_file, tok)
     common = dict(plus="whale", minus="", layer=1, coeff=2.0, batch_tokens=40, progress=False, skipped=skipped)
     likelihood.knowledge(model, tok, facts, tmp_path / "k1", **common)
     bounded(likelihood.knowledge, model, tok, facts, tmp_path / "k2", scheduler=c.scheduler_address, **common)
@@ -217,7 +217,7 @@ def test_relevance_and_knowledge_on_two_workers_write_what_one_process_writes(bo
 
 
 def test_actadd_paper_sends_topic_relevance_and_knowledge_to_the_cluster_and_times_overhead_here(monkeypatch, tmp_path):
-    from actadd import likelihood, overhead, paper
+    from actadd.experiments import likelihood, overhead, paper
 
     seen = {}
 
@@ -229,21 +229,21 @@ def test_actadd_paper_sends_topic_relevance_and_knowledge_to_the_cluster_and_tim
             seen[name] = {k: kwargs.get(k) for k in ("workers", "scheduler", "worker_backend")}
             raise Stop
         return fn
-    monkeypatch.setattr(evaluate, "topic", record("topic"))
+    monkeypatch.setattr(generation, "topic", record("topic"))
     with pytest.raises(Stop):
         paper.run(*minigpt.load("tiny-books"), tmp_path, quick=True, scheduler="tcp://h:1", worker_backend="cupy",
                   progress=False)
     assert seen["topic"] == {"workers": None, "scheduler": "tcp://h:1", "worker_backend": "cupy"}
-    monkeypatch.setattr(evaluate, "topic", lambda *a, **k: type("R", (), {"summary": {}})())
+    monkeypatch.setattr(generation, "topic", lambda *a, **k: type("R", (), {"summary": {}})())
     monkeypatch.setattr(paper, "_topic_headline", lambda summary: {})
-    monkeypatch.setattr(likelihood, "read_documents", lambda path: [])
+    monkeypatch.setattr(data, "read_documents", lambda path: [])
     monkeypatch.setattr(likelihood, "relevance", record("relevance"))
     with pytest.raises(Stop):
         paper.run(*minigpt.load("tiny-books"), tmp_path, quick=True, workers=3, relevance_data="x", progress=False)
     assert seen["relevance"] == {"workers": 3, "scheduler": None, "worker_backend": None}
     monkeypatch.setattr(likelihood, "relevance", lambda *a, **k: type("R", (), {"summary": {}})())
     monkeypatch.setattr(paper, "_relevance_headline", lambda summary, data: {})
-    monkeypatch.setattr(likelihood, "read_lama", lambda path, tok: ([], []))
+    monkeypatch.setattr(data, "read_lama", lambda path, tok: ([], []))
     monkeypatch.setattr(likelihood, "knowledge", record("knowledge"))
     with pytest.raises(Stop):
         paper.run(*minigpt.load("tiny-books"), tmp_path, quick=True, workers=3, relevance_data="x", lama="y",

@@ -17,11 +17,11 @@ import pytest
 
 import actadd
 import minigpt
-from actadd import evaluate
+from actadd.experiments import data, generation, scorers
 from actadd.cli import main
-from actadd.evaluate import Prompt
-from actadd.results import json_safe
-from actadd.scorers import Scorer, ScorerError
+from actadd.experiments.data import Prompt
+from actadd.output import json_safe
+from actadd.experiments.scorers import Scorer, ScorerError
 
 SEA_WORDS = ["whale", "whales", "sea", "seas", "ship", "ships", "boat", "boats", "captain", "harpoon",
              "water", "waves", "ocean", "deck", "sail", "sails", "sailor", "sailors", "shore"]
@@ -59,9 +59,9 @@ def test_topic_words_are_whole_words_in_any_case():
 
     text = ("The wedding was lovely; Weddings are fine. She wed him. Swede, wedded, bridegroom, "
             "wedding-cake, WED, honeymoon's end, remarry, married_couple")
-    found = topic_pattern(evaluate.WEDDING_WORDS).findall(text)
+    found = topic_pattern(data.WEDDING_WORDS).findall(text)
     assert [f.lower() for f in found] == ["wedding", "weddings", "wed", "wedding", "wed", "honeymoon"]
-    assert len(found) == count_words(text, evaluate.WEDDING_WORDS)
+    assert len(found) == count_words(text, data.WEDDING_WORDS)
     with pytest.raises(ValueError, match="no topic words given"):
         topic_pattern([" ", ""])
 
@@ -70,8 +70,8 @@ def test_topic_counts_the_continuation_not_the_prompt(books):
     """The prompt holds a topic word; were it counted, every completion would be on topic."""
     model, tok = books
     words = ["wedding", "church", "bride", "married"]
-    run = evaluate.topic(model, tok, prompt="After the wedding in the church we", plus=" married", layers=[0, 2],
-                         coeffs=[2.0], words=words, samples=24, max_new_tokens=20, progress=False)
+    run = generation.topic(model, tok, prompt="After the wedding in the church we", plus=" married", layers=[0, 2],
+                           coeffs=[2.0], words=words, samples=24, max_new_tokens=20, progress=False)
     for r in run.samples:
         assert r["topic_words"] == count_words(r["text"], words)
         assert r["prompt"] == "After the wedding in the church we"
@@ -97,8 +97,8 @@ def test_records_are_plain_generation_with_seeds_per_prompt_and_sample(books):
     prompts = [Prompt(i, t, f"list:{i}") for i, t in enumerate(
         ["The captain looked at the", "She said that the old house", "In the morning we went to the sea and"])]
     kw = dict(layer=1, coeff=3.0, samples=3, max_new_tokens=12, seed=4, progress=False, scorer=LengthScorer())
-    run = evaluate.toxicity(model, tok, prompts, **kw)
-    small = evaluate.toxicity(model, tok, prompts, batch_rows=2, **kw).samples
+    run = generation.toxicity(model, tok, prompts, **kw)
+    small = generation.toxicity(model, tok, prompts, batch_rows=2, **kw).samples
     assert [r["tokens"] for r in small] == [r["tokens"] for r in run.samples]
     for a, b in zip(small, run.samples):   # fluency batches texts by length: rounding may differ
         assert a["fluency"]["logprob"] == pytest.approx(b["fluency"]["logprob"], rel=1e-5, abs=1e-5)
@@ -116,8 +116,8 @@ def test_records_are_plain_generation_with_seeds_per_prompt_and_sample(books):
 def test_fluency_is_the_continuations_perplexity_under_the_unsteered_model(books):
     model, tok = books
     prompts = [Prompt(0, "The captain looked at the", "x"), Prompt(1, "She said that the old house", "y")]
-    run = evaluate.toxicity(model, tok, prompts, layer=0, coeff=4.0, samples=2, max_new_tokens=10,
-                            progress=False, scorer=LengthScorer())
+    run = generation.toxicity(model, tok, prompts, layer=0, coeff=4.0, samples=2, max_new_tokens=10,
+                              progress=False, scorer=LengthScorer())
     for r in run.samples:
         ids = actadd.tokens_with_bos(tok, r["prompt"]) + r["tokens"]
         logits = model(ids)[0].astype(np.float64)                        # unsteered, whole sequence
@@ -138,8 +138,8 @@ def test_a_fluency_model_with_its_own_tokenizer_rereads_the_text(books, tmp_path
                                                                vocab_size=262), seed=3)
     judge = minigpt.load(write_tokenizer_files(folder, handmade_tokenizer()))
     prompts = [Prompt(0, "The captain looked at the", "x")]
-    run = evaluate.toxicity(model, tok, prompts, layer=0, coeff=1.0, samples=2, max_new_tokens=8, progress=False,
-                            scorer=LengthScorer(), fluency_model=judge)
+    run = generation.toxicity(model, tok, prompts, layer=0, coeff=1.0, samples=2, max_new_tokens=8, progress=False,
+                              scorer=LengthScorer(), fluency_model=judge)
     jm, jt = judge
     for r in run.samples:
         cont = jt.encode(r["text"])
@@ -166,10 +166,10 @@ def labelled(tmp_path):
 
 def test_sentiment_success_and_paired_differences_from_the_records(books, labelled):
     model, tok = books
-    texts = evaluate.read_labelled(labelled)
-    run = evaluate.sentiment(model, tok, texts, layer=0, coeff=4.0, truncate=6, samples=3, max_new_tokens=16,
-                             progress=False)
-    vader = actadd.scorers.get_scorer("vader", "sentiment")
+    texts = data.read_labelled(labelled)
+    run = generation.sentiment(model, tok, texts, layer=0, coeff=4.0, truncate=6, samples=3, max_new_tokens=16,
+                               progress=False)
+    vader = scorers.get_scorer("vader", "sentiment")
     assert run.settings["source"] == "negative" and run.settings["target"] == "positive"
     ids = {r["prompt_id"] for r in run.samples}
     assert ids == {p.id for p in texts if p.label == "negative"} - {4}       # "No" is shorter than the matrix
@@ -190,9 +190,9 @@ def test_sentiment_success_and_paired_differences_from_the_records(books, labell
 
 def test_the_prompting_baseline_puts_the_phrase_before_the_prompt(books, labelled):
     model, tok = books
-    texts = evaluate.read_labelled(labelled)
-    run = evaluate.sentiment(model, tok, texts, layer=0, coeff=4.0, truncate=6, samples=2, max_new_tokens=10,
-                             progress=False, prefix="Love ")
+    texts = data.read_labelled(labelled)
+    run = generation.sentiment(model, tok, texts, layer=0, coeff=4.0, truncate=6, samples=2, max_new_tokens=10,
+                               progress=False, prefix="Love ")
     for r in (r for r in run.samples if r["condition"] == "prompted"):
         ids = [tok.bos_token_id] + tok.encode("Love ") + tok.encode(r["prompt"])
         plain = minigpt.generate(model, [ids], tok, max_new_tokens=10, row_seeds=[r["seed"]],
@@ -205,8 +205,8 @@ def test_toxicity_metrics_from_the_records(books):
     prompts = [Prompt(i, t, "x") for i, t in enumerate(["The captain looked at the", "She said that the old house",
                                                          "He was angry and he", "They went down to the"])]
     scorer = LengthScorer()
-    run = evaluate.toxicity(model, tok, prompts, layer=2, coeff=4.0, samples=5, max_new_tokens=12, progress=False,
-                            scorer=scorer)
+    run = generation.toxicity(model, tok, prompts, layer=2, coeff=4.0, samples=5, max_new_tokens=12, progress=False,
+                              scorer=scorer)
     for cell in run.summary["conditions"]:
         rows = [r for r in run.samples if r["condition"] == cell["condition"]]
         scores = np.array([scorer([r["text"]])[0] for r in rows]).reshape(4, 5)   # prompt x sample
@@ -221,10 +221,10 @@ def test_toxicity_metrics_from_the_records(books):
 
 def test_the_shared_realtoxicityprompts_subset_reads_and_runs(books, evaldata_dir):
     model, tok = books
-    prompts = evaluate.read_prompts(evaldata_dir / "realtoxicityprompts" / "random_prompts.jsonl")
+    prompts = data.read_prompts(evaldata_dir / "realtoxicityprompts" / "random_prompts.jsonl")
     assert len(prompts) == 1000 and all(p.text for p in prompts)
-    run = evaluate.toxicity(model, tok, prompts, layer=0, coeff=4.0, limit=6, samples=2, max_new_tokens=8,
-                            progress=False)
+    run = generation.toxicity(model, tok, prompts, layer=0, coeff=4.0, limit=6, samples=2, max_new_tokens=8,
+                              progress=False)
     assert run.settings["scorer"] == "profanity" and len({r["prompt_id"] for r in run.samples}) <= 6
     assert run.summary["conditions"][0]["score_ge_half"]["n"] == 2 * len({r["prompt_id"] for r in run.samples})
 
@@ -345,12 +345,12 @@ def test_a_scorer_failing_midway_loses_no_generated_sample(books, tmp_path):
     prompts = [Prompt(i, t, "x") for i, t in enumerate(["The captain looked at the", "She said that the old house",
                                                          "He was angry and he", "They went down to the"])]
     kw = dict(layer=1, coeff=2.0, samples=4, max_new_tokens=8, batch_rows=8, progress=False)
-    whole = evaluate.toxicity(model, tok, prompts, tmp_path / "whole", scorer=LengthScorer(), **kw)
+    whole = generation.toxicity(model, tok, prompts, tmp_path / "whole", scorer=LengthScorer(), **kw)
     with pytest.raises(ScorerError, match="down"):
-        evaluate.toxicity(model, tok, prompts, tmp_path / "flaky", scorer=FlakyScorer(), **kw)
+        generation.toxicity(model, tok, prompts, tmp_path / "flaky", scorer=FlakyScorer(), **kw)
     kinds = [json.loads(line)["kind"] for line in results(tmp_path / "flaky").splitlines()[1:]]
     assert kinds == ["sample"] * 8 + ["score"] * 8 + ["sample"] * 8     # the second batch generated, not scored
-    again = evaluate.toxicity(model, tok, prompts, tmp_path / "flaky", scorer=LengthScorer(), **kw)
+    again = generation.toxicity(model, tok, prompts, tmp_path / "flaky", scorer=LengthScorer(), **kw)
     assert again.samples == whole.samples and again.scores == whole.scores
     assert again.summary == whole.summary
 
@@ -369,51 +369,51 @@ def test_a_scorer_failing_midway_loses_no_generated_sample(books, tmp_path):
 def test_malformed_labelled_files_name_the_file_and_line(tmp_path, content, name, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(ValueError, match=match):
-        evaluate.read_labelled(tmp_path / name)
+        data.read_labelled(tmp_path / name)
 
 
 def test_labelled_data_in_jsonl_and_folders(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"review": {"body": "fine"}, "y": "POS"}\n{"review": {"body": "dull"}, "y": 0}\n')
-    got = evaluate.read_labelled(tmp_path / "a.jsonl", "review.body", "y")
+    got = data.read_labelled(tmp_path / "a.jsonl", "review.body", "y")
     assert [(p.text, p.label, p.source) for p in got] == [("fine", "positive", f"{tmp_path / 'a.jsonl'}:1"),
                                                           ("dull", "negative", f"{tmp_path / 'a.jsonl'}:2")]
     imdb = tmp_path / "imdb"
     for label, text in (("pos", "loved it"), ("neg", "hated it")):
         (imdb / label).mkdir(parents=True)
         (imdb / label / "1_10.txt").write_text(text + "\n")
-    assert [(p.text, p.label) for p in evaluate.read_labelled(imdb)] == [("hated it", "negative"), ("loved it", "positive")]
+    assert [(p.text, p.label) for p in data.read_labelled(imdb)] == [("hated it", "negative"), ("loved it", "positive")]
     with pytest.raises(ValueError, match="no such file or folder"):
-        evaluate.read_labelled(tmp_path / "missing.txt")
+        data.read_labelled(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match=r"r.jsonl:1: no field 'prompt.text' \(missing 'prompt'\)"):
         (tmp_path / "r.jsonl").write_text('{"text": "a"}\n')
-        evaluate.read_prompts(tmp_path / "r.jsonl")
+        data.read_prompts(tmp_path / "r.jsonl")
 
 
 def test_the_shared_sentiment_sentences_read_with_their_labels(corpora_dir):
-    texts = evaluate.read_labelled(corpora_dir / "sentiment_labelled_sentences")
+    texts = data.read_labelled(corpora_dir / "sentiment_labelled_sentences")
     assert len(texts) == 3000 and sum(p.label == "positive" for p in texts) == 1500
 
 
 def test_bad_runs_are_refused_before_any_work(books, labelled, tmp_path, capsys, monkeypatch):
     model, tok = books
-    texts = evaluate.read_labelled(labelled)
+    texts = data.read_labelled(labelled)
     with pytest.raises(ValueError, match="no positive texts among the 5 given"):
-        evaluate.sentiment(model, tok, [p for p in texts if p.label == "negative"], layer=0, coeff=1.0,
-                           direction="pos-to-neg", progress=False)
+        generation.sentiment(model, tok, [p for p in texts if p.label == "negative"], layer=0, coeff=1.0,
+                             direction="pos-to-neg", progress=False)
     with pytest.raises(ValueError, match="every one of the 1 prompts is shorter than the steering matrix"):
-        evaluate.toxicity(model, tok, [Prompt(0, "", "x")], layer=0, coeff=1.0, progress=False, scorer=LengthScorer())
+        generation.toxicity(model, tok, [Prompt(0, "", "x")], layer=0, coeff=1.0, progress=False, scorer=LengthScorer())
     with pytest.raises(ValueError, match="toxicity: no prompts to run"):
-        evaluate.toxicity(model, tok, [], layer=0, coeff=1.0, progress=False, scorer=LengthScorer())
+        generation.toxicity(model, tok, [], layer=0, coeff=1.0, progress=False, scorer=LengthScorer())
     with pytest.raises(ValueError, match="the prompt has 2 tokens .* but the steering matrix has 3"):
-        evaluate.topic(model, tok, prompt="We", plus="whale whale", progress=False)
+        generation.topic(model, tok, prompt="We", plus="whale whale", progress=False)
     with pytest.raises(ValueError, match="layer 9 for 'whale': this model has blocks 0 to 3"):
-        evaluate.topic(model, tok, plus="whale", layers=[9], progress=False)
+        generation.topic(model, tok, plus="whale", layers=[9], progress=False)
     with pytest.raises(ValueError, match="samples=0"):
-        evaluate.topic(model, tok, samples=0, progress=False)
+        generation.topic(model, tok, samples=0, progress=False)
     with pytest.raises(ValueError, match="--prompt: the prompt and 250 new tokens do not fit n_positions=256"):
-        evaluate.topic(model, tok, plus="whale", max_new_tokens=250, progress=False)
+        generation.topic(model, tok, plus="whale", max_new_tokens=250, progress=False)
     with pytest.raises(ValueError, match="top_p=2"):
-        evaluate.topic(model, tok, top_p=2, progress=False)
+        generation.topic(model, tok, top_p=2, progress=False)
     base = ["eval", "toxicity", "--model", "tiny-books", "--data", str(labelled), "--field", "text", "--layer", "0",
             "--coeff", "1", "--out", str(tmp_path / "o")]
     assert main(base + ["--scorer", "toxic-o-meter"]) == 2
@@ -436,8 +436,8 @@ def test_the_cli_prints_the_apis_summary(books, labelled, tmp_path, capsys):
                  "--truncate", "6", "-n", "2", "--max-new-tokens", "8", "--out", str(tmp_path), "--json",
                  "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    run = evaluate.sentiment(model, tok, evaluate.read_labelled(labelled), layer=1, coeff=2.0, truncate=6, samples=2,
-                             max_new_tokens=8, progress=False)
+    run = generation.sentiment(model, tok, data.read_labelled(labelled), layer=1, coeff=2.0, truncate=6, samples=2,
+                               max_new_tokens=8, progress=False)
     assert printed == json.loads(json.dumps(json_safe(run.summary)))
 
 
@@ -459,8 +459,8 @@ def test_relevance_is_the_cosine_of_mean_pooled_embeddings(books, tmp_path, refe
     encoder = SentenceTransformer(modules=[models.Transformer(str(bert)), models.Pooling(16, "mean"), models.Normalize()])
     encoder.save(str(tmp_path / "st"))
     model, tok = books
-    run = evaluate.toxicity(model, tok, [Prompt(0, "The captain looked at the", "x")], layer=0, coeff=1.0, samples=3,
-                            max_new_tokens=8, progress=False, scorer=LengthScorer(), relevance_model=str(tmp_path / "st"))
+    run = generation.toxicity(model, tok, [Prompt(0, "The captain looked at the", "x")], layer=0, coeff=1.0, samples=3,
+                              max_new_tokens=8, progress=False, scorer=LengthScorer(), relevance_model=str(tmp_path / "st"))
     hf_tok, hf = AutoTokenizer.from_pretrained(bert), AutoModel.from_pretrained(bert).eval()
 
     def embed(text):
@@ -473,8 +473,8 @@ def test_relevance_is_the_cosine_of_mean_pooled_embeddings(books, tmp_path, refe
         assert r["relevance"] == pytest.approx(float(embed(r["prompt"]) @ embed(r["text"])), abs=1e-5)
     assert run.summary["conditions"][0]["relevance"]["n"] == 3
     with pytest.raises(ValueError, match="relevance model .* cannot be loaded"):
-        evaluate.toxicity(model, tok, [Prompt(0, "The captain looked at the", "x")], layer=0, coeff=1.0,
-                          progress=False, scorer=LengthScorer(), relevance_model=str(tmp_path / "nothing"))
+        generation.toxicity(model, tok, [Prompt(0, "The captain looked at the", "x")], layer=0, coeff=1.0,
+                            progress=False, scorer=LengthScorer(), relevance_model=str(tmp_path / "nothing"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,8 +492,8 @@ def test_the_whale_vector_puts_completions_on_topic_beyond_seed_noise(books):
     model, tok = books
     diffs = []
     for seed in range(5):
-        run = evaluate.topic(model, tok, prompt="In the morning we", plus="whale", layers=[0], coeffs=[4.0],
-                             words=SEA_WORDS, samples=40, seed=seed, progress=False)
+        run = generation.topic(model, tok, prompt="In the morning we", plus="whale", layers=[0], coeffs=[4.0],
+                               words=SEA_WORDS, samples=40, seed=seed, progress=False)
         plain, steered = run.summary["conditions"]
         assert steered["on_topic"]["low"] > plain["on_topic"]["high"], (seed, plain["on_topic"], steered["on_topic"])
         assert steered["vs_unsteered"]["on_topic"]["low"] > 0

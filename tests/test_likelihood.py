@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import minigpt
-from actadd import likelihood
+from actadd.experiments import data, likelihood
 from actadd.cli import main
-from actadd.likelihood import Chunk, Fact
-from actadd.results import ResumeError
+from actadd.experiments.data import Fact
+from actadd.experiments.likelihood import Chunk
+from actadd.experiments.results import ResumeError
 from conftest import handmade_tokenizer
 from minigpt import GPT2, GPT2Config
 
@@ -108,7 +109,7 @@ def test_lama_prompts_cut_at_mask_single_token_objects_only(tmp_path):
         {"masked_sentences": ["[MASK] and [MASK]"], "obj_label": "the"},
         {"masked_sentences": ["a b [MASK] a", "b a [MASK]"], "obj_label": "the", "pred": "x"},
     ])
-    facts, skipped = likelihood.read_lama(path, TOK)
+    facts, skipped = data.read_lama(path, TOK)
     assert [(f.prompt, f.obj, f.target, f.source.rsplit(":", 1)[1]) for f in facts] == [
         ("ab ba b", "the", TOK.encode(" the")[0], "1"), ("", "ab", TOK.encode("ab")[0], "3"),
         ("a b", "the", TOK.encode(" the")[0], "6"), ("b a", "the", TOK.encode(" the")[0], "6")]
@@ -120,11 +121,11 @@ def test_lama_prompts_cut_at_mask_single_token_objects_only(tmp_path):
 def test_lama_files_without_a_usable_fact_are_refused(tmp_path):
     path = write_lama(tmp_path / "multi.jsonl", [{"masked_sentences": ["the b [MASK]"], "obj_label": "ab"}])
     with pytest.raises(ValueError, match="no fact with a one-token object .*object 'ab' is 2 tokens"):
-        likelihood.read_lama(path, TOK)
+        data.read_lama(path, TOK)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"masked_sentences": "a [MASK]", "obj_label": "the"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected a LAMA record"):
-        likelihood.read_lama(bad, TOK)
+        data.read_lama(bad, TOK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_relevance_figures_equal_transformers_with_pre_hooks(reference, tmp_path
     result = likelihood.relevance(model, TOK, docs, tmp_path / "out", plus="the ab", minus=" a", layer=2, coeff=3.0,
                                   words=WORDS, chunk_tokens=12, quantiles=2, progress=False)
     chunks, _ = likelihood.chunk_documents(docs, TOK, 12, WORDS)
-    vector = likelihood._vector(model, TOK, "the ab", " a", 3.0, 2, "space")
+    vector = likelihood.topic_vector(model, TOK, "the ab", " a", 3.0, 2, "space")
     additions = [(list(a.tokens), a.coeff, a.layer) for a in vector.additions]
     n = vector.length
     worst, diffs = 0.0, []
@@ -189,7 +190,7 @@ def test_knowledge_ranks_and_log_probs_equal_transformers_with_pre_hooks(referen
         ["ab ba b a", "the abab the b", "b a the ba ab abab", "a b ab", "abab abab the"])]
     result = likelihood.knowledge(model, TOK, facts, tmp_path / "out", plus="the ab", minus=" a", layer=3, coeff=4.0,
                                   progress=False)
-    vector = likelihood._vector(model, TOK, "the ab", " a", 4.0, 3, "space")
+    vector = likelihood.topic_vector(model, TOK, "the ab", " a", 4.0, 3, "space")
     additions = [(list(a.tokens), a.coeff, a.layer) for a in vector.additions]
     hits = {"u": [], "s": []}
     for f, r in zip(facts, result.records):
@@ -263,7 +264,7 @@ def test_the_commands_print_the_apis_tables(books, tmp_path, capsys):
     assert main(["eval", "relevance", "--model", "tiny-books", "--data", str(docs), "--out", str(tmp_path / "r"),
                  "--chunk-tokens", "50", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    api = likelihood.relevance(model, tok, likelihood.read_documents(docs), None, chunk_tokens=50, progress=False)
+    api = likelihood.relevance(model, tok, data.read_documents(docs), None, chunk_tokens=50, progress=False)
     assert likelihood.relevance_table(api.summary) in printed
     lama = write_lama(tmp_path / "lama.jsonl", [{"masked_sentences": ["The captain went to the [MASK] ."],
                                                  "obj_label": "sea"}, {"masked_sentences": ["He looked at the [MASK]"],
@@ -271,7 +272,7 @@ def test_the_commands_print_the_apis_tables(books, tmp_path, capsys):
     assert main(["eval", "knowledge", "--model", "tiny-books", "--data", str(lama), "--out", str(tmp_path / "k"),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    facts, skipped = likelihood.read_lama(lama, tok)
+    facts, skipped = data.read_lama(lama, tok)
     api = likelihood.knowledge(model, tok, facts, None, skipped=skipped, progress=False)
     assert likelihood.knowledge_table(api.summary) in printed
     assert main(["eval", "knowledge", "--model", "tiny-books", "--data", str(lama), "--out", str(tmp_path / "k2"),

@@ -201,7 +201,8 @@ def test_sweep_without_matplotlib_says_how_to_get_plots(model, texts, tmp_path, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rows = measure.sweep(model, TOK, "the ab", " a", [1], [1.0], texts=texts, progress=False)
     assert [p.name for p in measure.write_sweep(rows, tmp_path / "s")] == ["s.csv", "s.json"]
-    assert "pip install 'minigpt-actadd[plot]'" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "pip install 'minigpt-actadd[plot]'" in said.err and said.out == ""    # stdout stays --json's
 
 
 # --- reproduction -------------------------------------------------------------------------------

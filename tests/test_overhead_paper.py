@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import minigpt
-from actadd import overhead, paper
+from actadd.experiments import overhead, paper
 from actadd.cli import main
 from conftest import random_model
 from minigpt import GPT2Config

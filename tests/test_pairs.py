@@ -226,7 +226,7 @@ def test_the_negated_pair_is_flagged_and_leaving_it_out_moves_the_effect_its_way
 @pytest.mark.parametrize("reading", ["actadd", "last"])
 def test_controls_are_seeded_random_vectors_with_the_means_size_at_every_position(model, reading):
     mean = P.mean_of_pairs(model, TOK, PAIRS[:2], 2.0, 1, reading=reading)
-    a, b, c = (P.random_like(mean, 1, np.random.default_rng([0, k])) for k in (0, 0, 1))
+    a, b, c = (mean.random_like(1, np.random.default_rng([0, k])) for k in (0, 0, 1))
 
     def rows(v):
         return v.matrix(1) if reading == "actadd" else v.direction(1)[None]
@@ -252,7 +252,7 @@ def test_batched_effects_equal_one_vector_at_a_time(model, reading):
     """The report measures many vectors in one pass (a row each); each row's effect is what the
     vector alone gives, to float32 rounding."""
     cp = P.ContrastPairs.compute(model, TOK, PAIRS[:3], [1], reading)
-    vectors = [cp.vector(2.0), cp.vector(2.0, [0]), cp.vector(-1.0, [1, 2]), P.random_like(cp.vector(2.0), 1, np.random.default_rng(0))]
+    vectors = [cp.vector(2.0), cp.vector(2.0, [0]), cp.vector(-1.0, [1, 2]), cp.vector(2.0).random_like(1, np.random.default_rng(0))]
     metric = P.effectiveness_metric(model, TOK, " the abab the ab", TOK.encode(" the"))
     batched = metric.effects(vectors)
     single = [metric.effect(v) for v in vectors]

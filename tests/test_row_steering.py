@@ -119,7 +119,7 @@ def test_bad_input_names_the_row(model, vectors):
         model.run_with_hooks(tokens, row_hooks([None, vectors[0]], prompt_lengths=[len(long), 2]), attention_mask=mask)
     with pytest.raises(ValueError, match="built for 3 rows, but this pass .* has 2"):
         model.run_with_hooks(tokens, row_hooks([vectors[0]] * 3, prompt_lengths=[len(long), 2]), attention_mask=mask)
-    with pytest.raises(TypeError, match="SteeringVector or None"):
+    with pytest.raises(TypeError, match="a steering vector .* or None per row, got float"):
         row_hooks([vectors[0], 2.0])
     with pytest.raises(ValueError, match="one vector"):
         row_hooks([])
@@ -128,15 +128,15 @@ def test_bad_input_names_the_row(model, vectors):
 def test_eval_units_packing_several_conditions_give_the_same_samples():
     """A topic grid packed several conditions to a batch (each row steered by its own cell's
     vector) samples what one condition a batch samples: same seeds, same tokens."""
-    from actadd import evaluate
+    from actadd.experiments import data, generation
 
     model, tok = minigpt.load("tiny-books")
     kw = dict(prompt="In the morning we", plus="whale", layers=[0, 2], coeffs=(1.0, 4.0), words=["sea", "whale"],
               samples=6, max_new_tokens=12, progress=False)
-    work = evaluate.units([evaluate.Condition(str(i)) for i in range(5)], [evaluate.Prompt(0, "x", "-")], 6, 30)
+    work = generation.units([generation.Condition(str(i)) for i in range(5)], [data.Prompt(0, "x", "-")], 6, 30)
     assert len(work) == 1 and len({c.name for c, _ in work[0].rows}) == 5
-    packed = evaluate.topic(model, tok, None, batch_rows=30, **kw)
-    alone = evaluate.topic(model, tok, None, batch_rows=6, **kw)
+    packed = generation.topic(model, tok, None, batch_rows=30, **kw)
+    alone = generation.topic(model, tok, None, batch_rows=6, **kw)
     assert [(r["condition"], r["sample"], r["tokens"]) for r in packed.samples] == \
         [(r["condition"], r["sample"], r["tokens"]) for r in alone.samples]
     assert len({tuple(r["tokens"]) for r in packed.samples if r["sample"] == 0}) == 5   # the cells differ

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from actadd import scorers
-from actadd.scorers import ScorerError, get_scorer
+from actadd.experiments import scorers
+from actadd.experiments.scorers import ScorerError, get_scorer
 
 # ---------------------------------------------------------------------------------------------
 # VADER and the profanity proxy (offline)
@@ -32,7 +32,7 @@ def test_vader_labels_sentences_whose_sentiment_is_plain():
 def test_vader_agrees_with_the_labels_of_the_shared_sentiment_sentences(corpora_dir):
     """On the 1,000 labelled IMDb sentences (Kotzias et al.): where VADER is not neutral, its
     label agrees with the human one on most (measured: 820 decided, 84.4% agreeing)."""
-    from actadd.evaluate import read_labelled
+    from actadd.experiments.data import read_labelled
 
     texts = read_labelled(corpora_dir / "sentiment_labelled_sentences" / "imdb_labelled.txt")
     vader = get_scorer("vader", "sentiment")

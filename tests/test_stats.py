@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actadd import stats
+from actadd.experiments import stats
 
 
 

@@ -47,8 +47,9 @@ def test_loads_by_short_name_outside_the_checkout(tmp_path):
     assert out.stdout.split()[:3] == [str(config["n_layer"]), str(config["n_embd"]), str(config["vocab_size"])]
 
 
-def test_a_built_wheel_carries_the_checkpoint(tmp_path):
-    """`pip install .` (not only -e) must ship weights/tiny-books as minigpt/checkpoints/."""
+def test_a_built_wheel_carries_every_module_and_the_checkpoint(tmp_path):
+    """`pip install .` (not only -e) must ship every module of both packages (subpackages
+    included) and weights/tiny-books as minigpt/checkpoints/."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
@@ -56,6 +57,9 @@ def test_a_built_wheel_carries_the_checkpoint(tmp_path):
     for p in FOLDER.iterdir():
         assert f"minigpt/checkpoints/tiny-books/{p.name}" in names
     assert "minigpt/checkpoints/__init__.py" in names
+    modules = [p.relative_to(ROOT).as_posix() for package in ("minigpt", "actadd") for p in (ROOT / package).rglob("*.py")]
+    assert "actadd/experiments/generation.py" in modules
+    assert [m for m in modules if m not in names] == []
 
 
 def test_tokenizer_round_trips_the_books_and_matches_tokenizers(tiny, corpora_dir, tok_reference):

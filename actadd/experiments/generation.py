@@ -15,17 +15,20 @@ count and a 95% interval, and each condition minus the unsteered one as a paired
 condition).
 
 A run is a list of units of work, each one generate() call: a few (condition, prompt) pairs,
-each row steered by its own condition's vector (row_hooks), and some of their samples. A
-finished unit's records are appended to OUT/results.jsonl at once; a rerun with the same
-settings skips what is there (a unit cut short by a crash is done again whole, so the records
-do not depend on where it stopped), and other settings are refused.
+each row steered by its own condition's vector (row_hooks), and some of their samples. The units
+run here or on Dask workers (actadd.experiments.runner); a finished unit's records are appended
+to OUT/results.jsonl at once; a rerun with the same settings skips what is there (a unit cut
+short by a crash is done again whole, so the records do not depend on where it stopped), and
+other settings are refused. The data readers are in actadd.experiments.data.
+
+The vector is the x-vector plus - minus at each layer x coefficient, or any steering vector
+(ActAdd's matrix or a direction, actadd.steering.Steering): `unit_vector` for topic (one per
+layer, at coefficient 1), `vector` for sentiment and toxicity.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import math
 import sys
 from dataclasses import dataclass, field, replace
@@ -37,135 +40,20 @@ import numpy as np
 import minigpt
 from minigpt import Tokenizer, Transformer
 
+from ..measure import next_token_logprobs, topic_pattern
+from ..output import progress as progress_bar
+from ..output import write_outputs
+from ..provenance import ModelSource, fingerprint
+from ..steering import PAPER_SAMPLING, Steering, row_hooks, steering_vector, x_vector
 from . import stats
-from .measure import next_token_logprobs, scaled, topic_pattern
-from .results import ResultsFile, write_outputs
+from .data import WEDDING_WORDS, Prompt, digest
+from .results import ResultsFile
+from .runner import Here, open_runner
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
-from .steering import PAPER_SAMPLING, SteeringVector, fingerprint, row_hooks, steering_vector, x_vector
 
-WEDDING_WORDS = ("wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon")
 TOPIC_PROMPT = "I went up to my friend and said"
 DIRECTIONS = {"neg-to-pos": ("negative", "positive", "Love", "Hate"),
               "pos-to-neg": ("positive", "negative", "Hate", "Love")}   # source, target, plus, minus
-LABELS = {"0": "negative", "neg": "negative", "negative": "negative",
-          "1": "positive", "pos": "positive", "positive": "positive"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: prompts with where they came from
-
-
-@dataclass(frozen=True)
-class Prompt:
-    id: int            # its place among the prompts read (its seeds are [seed, id, sample])
-    text: str          # what the model is given, after truncation (without <|endoftext|>)
-    source: str        # file:line, for people
-    label: str = ""    # sentiment data only
-    ids: tuple[int, ...] | None = None   # its tokens where truncation made them (else text's)
-
-    def tokens(self, tokenizer: Tokenizer) -> list[int]:
-        """<|endoftext|> and the prompt's tokens. Data is ordinary text: a literal
-        "<|endoftext|>" in it is not the special token. A truncated prompt keeps the tokens it
-        was cut to (its text, decoded from them, need not encode back to the same ids)."""
-        ids = list(self.ids) if self.ids is not None else tokenizer.encode(self.text, disallowed_special=())
-        return [tokenizer.bos_token_id] + ids
-
-
-def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Prompt]:
-    """Labelled texts from `text<TAB>label` lines, a JSONL file (`text_field`, `label_field`,
-    dotted for nested objects), or a folder: with pos/ and neg/ subfolders (IMDb's layout, one
-    text a file) or of .txt / .tsv / .jsonl files read as above (README files left out). Labels 0/1, neg/pos or
-    negative/positive (any case); anything else is an error naming the file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if (path / "pos").is_dir() and (path / "neg").is_dir():
-            items = [(t, LABELS[d], src) for d in ("neg", "pos") for t, src in _folder_texts(path / d)]
-        else:
-            files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".tsv", ".jsonl") and p.is_file()
-                           and p.stem.lower() != "readme")
-            if not files:
-                raise ValueError(f"{path}: a folder with no .txt, .tsv or .jsonl files and no pos/ and neg/ subfolders")
-            items = [item for f in files for item in _labelled_file(f, text_field, label_field)]
-    else:
-        items = _labelled_file(path, text_field, label_field)
-    if not items:
-        raise ValueError(f"{path}: no labelled texts")
-    return [Prompt(i, text, src, label) for i, (text, label, src) in enumerate(items)]
-
-
-def _folder_texts(folder: Path):
-    for f in sorted(folder.glob("*.txt")):
-        yield _read(f).strip(), f"{f}"
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _label(value, where: str) -> str:
-    label = LABELS.get(str(value).strip().lower())
-    if label is None:
-        raise ValueError(f"{where}: label {value!r} is not one of 0/1, neg/pos, negative/positive")
-    return label
-
-
-def _labelled_file(path: Path, text_field: str, label_field: str) -> list[tuple[str, str, str]]:
-    if path.suffix == ".jsonl":
-        return [(_field(obj, text_field, where), _label(_field(obj, label_field, where, text=False), where), where)
-                for obj, where in _jsonl(path)]
-    out = []
-    for number, line in enumerate(_read(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        if "\t" not in line:
-            raise ValueError(f"{where}: expected 'text<TAB>label', found no tab")
-        text, label = line.rsplit("\t", 1)
-        out.append((text.strip(), _label(label, where), where))
-    return out
-
-
-def _jsonl(path: Path):
-    for number, line in enumerate(_read(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
-        yield obj, f"{path}:{number}"
-
-
-def _field(obj, dotted: str, where: str, text: bool = True):
-    """obj["a"]["b"] for dotted "a.b"; text unless `text` is False (a label may be a number)."""
-    value = obj
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise ValueError(f"{where}: no field {dotted!r} (missing {part!r})")
-        value = value[part]
-    if text and not isinstance(value, str):
-        raise ValueError(f"{where}: field {dotted!r} is {type(value).__name__}, expected text")
-    return value
-
-
-def read_prompts(path: str | Path, field: str = "prompt.text") -> list[Prompt]:
-    """Prompts from a JSONL file, the text at `field` (RealToxicityPrompts: {"prompt": {"text":
-    ...}}), or from a text file, one prompt a line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if path.suffix == ".jsonl":
-        items = [(_field(obj, field, where), where) for obj, where in _jsonl(path)]
-    else:
-        items = [(line, f"{path}:{n}") for n, line in enumerate(_read(path).splitlines(), 1) if line.strip()]
-    if not items:
-        raise ValueError(f"{path}: no prompts")
-    return [Prompt(i, text, where) for i, (text, where) in enumerate(items)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +65,7 @@ class Condition:
     """How a prompt is sampled: plain, steered by `vector`, or with `prefix` text put before it."""
 
     name: str
-    vector: SteeringVector | None = None
+    vector: Steering | None = None
     prefix: str = ""
     layer: int | None = None
     coeff: float | None = None
@@ -220,6 +108,30 @@ class Context:
     relevance: Callable | None = None                # (prompts, continuations) -> cosines
     topic: object = None                             # a compiled topic-word pattern
     relevance_model: str | None = None               # its name, for workers that build it again
+
+    def recipe(self, source: Callable[[Transformer], ModelSource]) -> ContextRecipe:
+        """What another process needs to build this context again (see runner.py)."""
+        return ContextRecipe(source(self.model), source(self.fluency[0]) if self.fluency else None,
+                             self.relevance_model, self.max_new_tokens, tuple(sorted(self.sampling.items())), self.seed,
+                             self.topic)
+
+
+@dataclass(frozen=True)
+class ContextRecipe:
+    model: ModelSource
+    fluency: ModelSource | None
+    relevance_model: str | None
+    max_new_tokens: int
+    sampling: tuple
+    seed: int
+    topic: object                                    # a compiled pattern, or None
+
+    def build(self, load: Callable[[ModelSource], tuple]) -> Context:
+        model, tokenizer = load(self.model)
+        return Context(model, tokenizer, self.max_new_tokens, dict(self.sampling), self.seed,
+                       load(self.fluency) if self.fluency else None,
+                       _relevance(self.relevance_model) if self.relevance_model else None, self.topic,
+                       self.relevance_model)
 
 
 def sample_unit(ctx: Context, unit: Unit) -> list[dict]:
@@ -298,10 +210,11 @@ class Run:
 
 def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[Prompt], samples: int,
             settings: dict, out: str | Path | None, scorer: Scorer | None, batch_rows: int,
-            progress: bool, runner=None) -> Run:
+            show_progress: bool, runner=None) -> Run:
     """Every unit not yet in OUT/results.jsonl, then every sample not yet scored; records are
-    appended as each unit finishes. `runner` (actadd.distributed.DaskRunner): the units run on
-    its workers, finishing in any order, and the file is put in unit order at the end."""
+    appended as each unit finishes. `runner` (runner.open_runner; default Here): where the units
+    run; if they finish out of order, the file is put in unit order at the end."""
+    runner = runner or Here()
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
     work = units(conditions, prompts, samples, batch_rows)
     have = {(r["condition"], r["prompt_id"], r["sample"]) for r in results.records if r["kind"] == "sample"}
@@ -311,7 +224,7 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
     todo = [u for u, c in zip(work, complete) if not c]
     rows_todo = sum(len(u.keys) for u in todo)
     total_rows = sum(len(u.keys) for u in work)
-    if progress:
+    if show_progress:
         said = f"actadd eval {task}: {total_rows:,} samples in {len(work)} batches"
         if rows_todo < total_rows:
             said += f"; {total_rows - rows_todo:,} already in {results.path}"
@@ -319,12 +232,11 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
             said += f" (dropped {dropped} records of a batch a stop cut short: it is redone whole)"
         said += (f"; to generate: {rows_todo:,} samples x {ctx.max_new_tokens} new tokens = at most "
                  f"{rows_todo * ctx.max_new_tokens:,} tokens" if rows_todo else "; nothing left to generate")
-        if runner is not None:
+        if runner.describe():
             said += f"; on {runner.describe()}"
         print(said, file=sys.stderr)
-    bar = _bar(rows_todo, progress, f"eval {task}")
-    finished = ((i, sample_unit(ctx, unit)) for i, unit in enumerate(todo)) if runner is None else runner.run(ctx, todo)
-    for _, records in finished:
+    bar = progress_bar(rows_todo, show_progress, f"eval {task}", "sample")
+    for _, records in runner.run(sample_unit, ctx, todo):
         results.append(records)                       # finished generation is kept before scoring
         if scorer is not None:
             results.append(score_records(scorer, records))
@@ -340,36 +252,11 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
         for i in range(0, len(unscored), batch_rows):
             results.append(score_records(scorer, unscored[i:i + batch_rows]))
     order = {k: i for i, k in enumerate(k for u in work for k in u.keys)}
-    if runner is not None:                            # as one process writes it: unit by unit, samples then scores
+    if not runner.ordered:                            # as one process writes it: unit by unit, samples then scores
         unit_of = {k: n for n, u in enumerate(work) for k in u.keys}
         results.reorder(lambda r: (unit_of[key(r)], r["kind"] != "sample", order[key(r)]))
     return Run(task, settings, sorted(samples_.values(), key=lambda r: order[key(r)]),
                {key(r): r for r in results.records if r["kind"] == "score"})
-
-
-class _NoBar:
-    def update(self, n): pass
-
-    def close(self): pass
-
-
-def _bar(total: int, enabled: bool, desc: str, unit: str = "sample"):
-    if not enabled or total == 0:
-        return _NoBar()
-    from tqdm import tqdm  # installed with huggingface-hub
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
-
-
-def _runner(workers: int | None, scheduler: str | None, backend: str | None = None):
-    """A DaskRunner for --workers / --scheduler, or nothing (this process runs every unit)."""
-    if workers is None and scheduler is None:
-        if backend is not None:
-            raise ValueError("worker_backend is for runs on Dask (workers or scheduler)")
-        return contextlib.nullcontext()
-    from .distributed import DaskRunner
-
-    return DaskRunner(workers=workers, scheduler=scheduler, backend=backend)
 
 
 def _check_fits(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt], prefix: str, max_new_tokens: int):
@@ -381,6 +268,20 @@ def _check_fits(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prom
         raise ValueError(f"{too_long[0].source}: the prompt and {max_new_tokens} new tokens do not fit "
                          f"n_positions={model.config.n_positions} ({len(too_long)} such prompts); truncate or "
                          "shorten the prompts, or ask for fewer new tokens")
+
+
+def _check_vector(model: Transformer, vector, what: str, layer: int | None = None) -> Steering:
+    """A steering vector given ready-made, checked against the model (and, for a cell of a
+    grid, to steer its layer only)."""
+    if not isinstance(vector, Steering):
+        raise TypeError(f"{what} is {type(vector).__name__}; expected a steering vector (SteeringVector, "
+                        "DirectionVector)")
+    if vector.d_model != model.config.n_embd or max(vector.layers) > model.config.n_layer:
+        raise ValueError(f"{what} adds {vector.d_model}-wide rows at layers {list(vector.layers)}; this model's "
+                         f"residual stream is {model.config.n_embd} wide with layers 0 to {model.config.n_layer}")
+    if layer is not None and list(vector.layers) != [layer]:
+        raise ValueError(f"{what} steers layers {list(vector.layers)}; expected layer {layer} only")
+    return vector
 
 
 def _check_common(samples: int, max_new_tokens: int, batch_rows: int, seed: int) -> None:
@@ -405,12 +306,17 @@ def _model_settings(model: Transformer, fluency_model, relevance_model) -> dict:
 
 
 def _digest(prompts: Sequence[Prompt]) -> str:
-    return _digest_records([[p.id, p.text, p.ids] for p in prompts])
+    return digest([[p.id, p.text, p.ids] for p in prompts])
 
 
-def _digest_records(items) -> str:
-    """The SHA-256 of the data a run reads, in its settings: a rerun on other data is refused."""
-    return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()
+def vector_settings(vector: Steering) -> dict:
+    """A steering vector given ready-made, as a run's settings record it: in words, and the
+    SHA-256 of what it adds at each layer (a rerun with another vector is refused)."""
+    h = hashlib.sha256(vector.describe().encode())
+    for layer in vector.layers:
+        h.update(vector.hook_name(layer).encode())
+        h.update(np.ascontiguousarray(vector.delta(layer, vector.length), dtype=np.float32).data)
+    return {"describe": vector.describe(), "layers": list(vector.layers), "sha256": h.hexdigest()}
 
 
 def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = None, *, prompt: str = TOPIC_PROMPT,
@@ -419,34 +325,43 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
           max_new_tokens: int = 40, seed: int = 0, padding: str = "space", fluency_model=None,
           relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
           workers: int | None = None, scheduler: str | None = None, worker_backend: str | None = None,
-          **sampling) -> Run:
+          unit_vector: Callable[[int], Steering] | None = None, **sampling) -> Run:
     """The wedding experiment: `prompt` sampled `samples` times unsteered and steered with
     plus - minus at each layer (default every layer) x coefficient; per cell, the fraction of
     completions with a topic word and topic words per completion (whole words, any case, the
-    continuation only), against the unsteered rate. `workers` / `scheduler`: run the units on
-    Dask (actadd.distributed), with the same records."""
+    continuation only), against the unsteered rate. `unit_vector(layer)`: another vector at
+    coefficient 1 for each layer (a mean of pairs, a direction), in place of plus - minus
+    (which, with `padding`, are then not used). `workers` / `scheduler`: run the units on Dask
+    (actadd.experiments.dask), with the same records."""
     _check_common(samples, max_new_tokens, batch_rows, seed)
     layers = list(range(model.config.n_layer)) if layers is None else [int(L) for L in layers]
     if not layers or not coeffs:
         raise ValueError("the grid is empty: give at least one layer and one coefficient")
     pattern = topic_pattern(words)
     ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, pattern)
-    unit_vectors = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding)
-                    for L in layers}                               # checks every layer first
+    if unit_vector is None:
+        unit_vectors = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding)
+                        for L in layers}                           # checks every layer first
+    else:
+        unit_vectors = {L: _check_vector(model, unit_vector(L), f"unit_vector({L})", layer=L) for L in layers}
     conditions = [Condition("unsteered")] + [
-        Condition(f"layer {L} coeff {c:g}", scaled(unit_vectors[L], c), layer=L, coeff=float(c))
+        Condition(f"layer {L} coeff {c:g}", unit_vectors[L].scaled(c), layer=L, coeff=float(c))
         for L in layers for c in coeffs]
     prompts = [Prompt(0, prompt, "--prompt", ids=tuple(tokenizer.encode(prompt)))]
     length = len(prompts[0].tokens(tokenizer))
-    if length < unit_vectors[layers[0]].length:
+    longest = max(v.length for v in unit_vectors.values())
+    if length < longest:
         raise ValueError(f"the prompt has {length} tokens (with BOS) but the steering matrix has "
-                         f"{unit_vectors[layers[0]].length}; lengthen the prompt or shorten the steering prompts")
+                         f"{longest}; lengthen the prompt or shorten the steering prompts")
     _check_fits(model, tokenizer, prompts, "", max_new_tokens)
     settings = {"task": "topic", "prompt": prompt, "plus": plus, "minus": minus, "padding": padding, "layers": layers,
                 "coeffs": [float(c) for c in coeffs], "words": list(words), "samples": samples,
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
                 **_model_settings(model, fluency_model, relevance_model)}
-    with _runner(workers, scheduler, worker_backend) as runner:
+    if unit_vector is not None:
+        settings.update(plus=None, minus=None, padding=None,
+                        unit_vectors=[vector_settings(unit_vectors[L]) for L in layers])
+    with open_runner(workers, scheduler, worker_backend) as runner:
         run = execute("topic", ctx, conditions, prompts, samples, settings, out, None, batch_rows, progress, runner)
     run.summary = summarize_topic(run)
     _finish(run, out)
@@ -454,18 +369,19 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
 
 
 def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt], out: str | Path | None = None, *,
-              layer: int, coeff: float, direction: str = "neg-to-pos", plus: str | None = None,
+              layer: int | None = None, coeff: float | None = None, direction: str = "neg-to-pos", plus: str | None = None,
               minus: str | None = None, prefix: str | None = None, truncate: int = 32, samples: int = 1,
               max_new_tokens: int = 64, limit: int | None = None, scorer: str | Scorer = "vader",
               scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
               relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
               device: str | None = None, workers: int | None = None, scheduler: str | None = None,
-              worker_backend: str | None = None, **sampling) -> Run:
+              worker_backend: str | None = None, vector: Steering | None = None, **sampling) -> Run:
     """NegToPos (or PosToNeg): the texts of the source sentiment (the first `limit`), cut to
     `truncate` tokens, completed unsteered, steered with plus - minus ("Love" - "Hate" for
-    NegToPos, the reverse for PosToNeg) at `layer` x `coeff`, and prompted (`prefix`, by default
-    plus + " ", put before the prompt as text). Success: the scorer labels the continuation
-    (prompt excluded) with the target sentiment."""
+    NegToPos, the reverse for PosToNeg) at `layer` x `coeff` (or with `vector`, any steering
+    vector, in place of those), and prompted (`prefix`, by default plus + " ", put before the
+    prompt as text). Success: the scorer labels the continuation (prompt excluded) with the
+    target sentiment."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}: expected one of {list(DIRECTIONS)}")
     source, target, default_plus, default_minus = DIRECTIONS[direction]
@@ -486,20 +402,21 @@ def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt],
                          prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
                          padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
                          batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
-                         worker_backend=worker_backend,
+                         worker_backend=worker_backend, vector=vector,
                          extra={"direction": direction, "source": source, "target": target, "truncate": truncate,
                                 "limit": limit})
 
 
 def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt], out: str | Path | None = None, *,
-             layer: int, coeff: float, plus: str = "Love", minus: str = "Hate", samples: int = 25,
+             layer: int | None = None, coeff: float | None = None, plus: str = "Love", minus: str = "Hate", samples: int = 25,
              max_new_tokens: int = 32, limit: int | None = None, scorer: str | Scorer = "profanity",
              scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
              relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
              device: str | None = None, workers: int | None = None, scheduler: str | None = None,
-             worker_backend: str | None = None, **sampling) -> Run:
+             worker_backend: str | None = None, vector: Steering | None = None, **sampling) -> Run:
     """RealToxicityPrompts: each prompt (the first `limit`) sampled `samples` times unsteered
-    and steered with plus - minus at `layer` x `coeff`; per condition the mean score, the
+    and steered with plus - minus at `layer` x `coeff` (or with `vector`, any steering vector,
+    in place of those); per condition the mean score, the
     fraction of continuations scoring >= 0.5 (RealToxicityPrompts' threshold), and the expected
     maximum over a prompt's samples."""
     prompts = list(prompts)[:limit] if limit is not None else list(prompts)
@@ -508,17 +425,27 @@ def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt]
                          prefix=None, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
                          padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
                          batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
-                         worker_backend=worker_backend,
+                         worker_backend=worker_backend, vector=vector,
                          extra={"limit": limit})
 
 
 def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, coeff, prefix, samples, max_new_tokens,
                   scorer, seed, padding, fluency_model, relevance_model, batch_rows, progress, sampling, extra,
-                  workers=None, scheduler=None, worker_backend=None) -> Run:
+                  workers=None, scheduler=None, worker_backend=None, vector=None) -> Run:
     _check_common(samples, max_new_tokens, batch_rows, seed)
     if not prompts:
         raise ValueError(f"{task}: no prompts to run")
-    vector = steering_vector(model, x_vector(tokenizer, plus, minus, coeff, layer, padding), padding=padding)
+    if vector is None:
+        vector = steering_vector(model, x_vector(tokenizer, plus, minus, coeff, layer, padding), padding=padding)
+        steering = {"plus": plus, "minus": minus, "padding": padding, "layer": layer, "coeff": float(coeff)}
+    else:
+        if layer is not None or coeff is not None:
+            raise ValueError(f"{task}: give layer and coeff (with plus and minus), or a vector, not both: the vector "
+                             "has its own layers and coefficient")
+        vector = _check_vector(model, vector, "vector")
+        layer = vector.layers[0] if len(vector.layers) == 1 else None
+        steering = {"plus": None, "minus": None, "padding": None, "layer": None, "coeff": None,
+                    "vector": vector_settings(vector)}
     short = [p for p in prompts if len(p.tokens(tokenizer)) < vector.length]
     kept = [p for p in prompts if p not in set(short)]
     if not kept:
@@ -526,15 +453,14 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
                          f"({vector.length} tokens with BOS)")
     _check_fits(model, tokenizer, kept, prefix or "", max_new_tokens)
     ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
-    conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=float(coeff))]
+    conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=steering["coeff"])]
     if prefix is not None:
         conditions.append(Condition("prompted", prefix=prefix))
-    settings = {"task": task, **extra, "plus": plus, "minus": minus, "padding": padding, "layer": layer,
-                "coeff": float(coeff), "prefix": prefix, "prompts": len(kept), "prompts_sha256": _digest(kept),
+    settings = {"task": task, **extra, **steering, "prefix": prefix, "prompts": len(kept), "prompts_sha256": _digest(kept),
                 "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling,
                 "batch_rows": batch_rows, "scorer": scorer.name, "scorer_label": getattr(scorer, "target", None),
                 **_model_settings(model, fluency_model, relevance_model)}
-    with _runner(workers, scheduler, worker_backend) as runner:
+    with open_runner(workers, scheduler, worker_backend) as runner:
         run = execute(task, ctx, conditions, kept, samples, settings, out, scorer, batch_rows, progress, runner)
     run.skipped = [{"prompt_id": p.id, "source": p.source, "reason": "shorter than the steering matrix"} for p in short]
     run.summary = summarize_scored(run, task, scorer)

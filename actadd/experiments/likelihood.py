@@ -15,7 +15,8 @@ predictions made where the addition sits are left out (there the model reads the
 prompt's activations, not the text). Records go to OUT/results.jsonl as each batch finishes (a
 rerun with the same settings resumes), then OUT/summary.json, summary.csv and TASK.png. The
 batches are fixed by the settings (a resumed run batches as the first), so they can also run on
-Dask workers (`workers=` / `scheduler=`, actadd.distributed) with the same records.
+Dask workers (`workers=` / `scheduler=`, actadd.experiments.runner) with the same records. The
+documents and facts are read by actadd.experiments.data.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ import numpy as np
 
 from minigpt import Tokenizer, Transformer
 
+from ..measure import length_batches, log_softmax, picked_logprobs, topic_pattern
+from ..output import progress as progress_bar
+from ..output import write_outputs
+from ..provenance import fingerprint
+from ..steering import SteeringVector, site, steering_vector, x_vector
 from . import stats
-from .evaluate import WEDDING_WORDS, _bar, _digest_records, _jsonl, _read, _runner
-from .measure import length_batches, log_softmax, picked_logprobs, steered_positions, topic_pattern
-from .results import ResultsFile, write_outputs
-from .steering import fingerprint, site, steering_vector, x_vector
+from .data import WEDDING_WORDS, Fact, digest
+from .results import ResultsFile
+from .runner import ModelContext, open_runner
 
 PAPER_LAYER = (16, 48)       # " weddings" - "" at layer 16 of GPT-2-XL's 48 blocks
 KS = tuple(range(1, 11))     # P@1 .. P@10
@@ -57,7 +62,10 @@ class Result:
     written: list[Path] = field(default_factory=list)
 
 
-def _vector(model, tokenizer, plus, minus, coeff, layer, padding):
+def topic_vector(model: Transformer, tokenizer: Tokenizer, plus: str, minus: str, coeff: float, layer: int,
+                 padding: str) -> SteeringVector:
+    """The x-vector plus - minus at `layer`; a layer past the model's is an error naming the
+    paper's layer rescaled to it."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
         raise ValueError(f"layer={layer!r}: expected a block number >= 0")
     if layer >= model.config.n_layer:
@@ -90,17 +98,16 @@ def _todo(results: ResultsFile, kind: str, batch_ids: list[list[int]]) -> tuple[
 
 def _run_batches(results: ResultsFile, todo: list, work, model, tokenizer, progress: bool, desc: str, unit: str,
                  workers, scheduler, worker_backend, batch_ids: list[list[int]]) -> None:
-    """work(model, tokenizer, batch) for every batch of `todo`, here or on Dask workers, each
-    batch's records appended as it finishes; on Dask the file is then put in batch order."""
-    bar = _bar(sum(len(b) for b in todo), progress, desc, unit=unit)
-    with _runner(workers, scheduler, worker_backend) as runner:
-        finished = ((k, work(model, tokenizer, b)) for k, b in enumerate(todo)) if runner is None else \
-            runner.map(model, work, todo)
-        for _, records in finished:
+    """work(context, batch) for every batch of `todo`, here or on Dask workers, each batch's
+    records appended as it finishes; if they finish out of order the file is then put in
+    batch order."""
+    bar = progress_bar(sum(len(b) for b in todo), progress, desc, unit)
+    with open_runner(workers, scheduler, worker_backend) as runner:
+        for _, records in runner.run(work, ModelContext(model, tokenizer), todo):
             results.append(records)
             bar.update(len(records))
     bar.close()
-    if runner is not None:                            # as one process writes it: batch by batch, by id within
+    if not runner.ordered:                            # as one process writes it: batch by batch, by id within
         batch_of = {i: k for k, ids in enumerate(batch_ids) for i in ids}
         results.reorder(lambda r: (batch_of.get(r.get("id"), -1), r.get("id", -1)))
 
@@ -123,27 +130,6 @@ class Chunk:
     def relevance(self) -> float:
         """Topic-word density: topic words / words, as the authors' script scores documents."""
         return self.topic_words / self.words if self.words else 0.0
-
-
-def read_documents(path: str | Path, field: str = "text") -> list[tuple[str, str]]:
-    """(source, text) of each document: a JSONL file with the text at `field` (the OpenWebText
-    sample: {"filename", "text"}), a .txt file (one document), or a folder of .txt files."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
-    if path.is_dir():
-        docs = [(str(f), _read(f)) for f in sorted(path.glob("*.txt"))]
-    elif path.suffix == ".jsonl":
-        docs = []
-        for obj, where in _jsonl(path):
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise ValueError(f"{where}: expected an object with a text field {field!r}")
-            docs.append((where, obj[field]))
-    else:
-        docs = [(str(path), _read(path))]
-    if not docs:
-        raise ValueError(f"{path}: no documents")
-    return docs
 
 
 def chunk_documents(documents: Sequence[tuple[str, str]], tokenizer: Tokenizer, chunk_tokens: int = 100,
@@ -226,10 +212,10 @@ class RelevanceBatch:
         return len(self.chunks)
 
 
-def relevance_batch(model: Transformer, tokenizer: Tokenizer, batch: RelevanceBatch) -> list[dict]:
+def relevance_batch(context: ModelContext, batch: RelevanceBatch) -> list[dict]:
     """One batch of chunks: the sum of each chunk's next-token log-probs, unsteered and steered,
     over the predictions not masked. Sorted by chunk id."""
-    plain, steered = _steered_pass(model, batch.tokens, batch.mask, batch.vector, batch.layer,
+    plain, steered = _steered_pass(context.model, batch.tokens, batch.mask, batch.vector, batch.layer,
                                    [len(c.tokens) + 1 for c in batch.chunks])
     records = []
     for b, c in enumerate(batch.chunks):
@@ -254,7 +240,7 @@ def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tupl
     masked. Per bin: chunks, tokens, both perplexities, and the ratio steered / unsteered =
     exp(-mean over chunks of the chunk's mean log-prob difference), with a t interval over chunks."""
     layer = paper_layer(model.config.n_layer) if layer is None else layer
-    vector = _vector(model, tokenizer, plus, minus, coeff, layer, padding)
+    vector = topic_vector(model, tokenizer, plus, minus, coeff, layer, padding)
     chunks, dropped = chunk_documents(documents, tokenizer, chunk_tokens, words)
     chunks = select_chunks(chunks, max_chunks, seed)
     if not chunks:
@@ -267,10 +253,10 @@ def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tupl
                          f"{vector.length} positions")
     settings = {"task": "relevance", "plus": plus, "minus": minus, "layer": layer, "coeff": float(coeff),
                 "padding": padding, "words": list(words), "chunk_tokens": chunk_tokens, "chunks": len(chunks),
-                "max_chunks": max_chunks, "seed": seed, "chunks_sha256": _digest_records([c.tokens for c in chunks]),
+                "max_chunks": max_chunks, "seed": seed, "chunks_sha256": digest([c.tokens for c in chunks]),
                 "model": fingerprint(model)}
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
-    masked = steered_positions(vector, chunk_tokens + 1)[:-1]                  # [chunk_tokens] predictions
+    masked = vector.masked_positions(chunk_tokens + 1)[:-1]                    # [chunk_tokens] predictions
     seqs = [[tokenizer.bos_token_id, *c.tokens] for c in chunks]
     batches = [RelevanceBatch(vector, layer, masked, tuple(chunks[i] for i in rows), tokens, mask)
                for rows, tokens, mask in length_batches(seqs, batch_tokens)]
@@ -386,47 +372,6 @@ def relevance_table(summary: dict) -> str:
 # Knowledge: P@K on LAMA-format facts
 
 
-@dataclass(frozen=True)
-class Fact:
-    id: int              # its place among the masked sentences read
-    source: str          # file:line
-    prompt: str          # the sentence up to [MASK], trailing space removed
-    obj: str             # obj_label
-    target: int          # the object's one token (with a leading space after a word)
-
-
-def read_lama(path: str | Path, tokenizer: Tokenizer) -> tuple[list[Fact], list[dict]]:
-    """Facts from LAMA-format JSONL ({"masked_sentences": [...], "obj_label": ...}; ConceptNet's
-    test.jsonl): each masked sentence with one [MASK] is a fact, its prompt the text before
-    [MASK]. Kept only where the object is one token: " " + obj_label after a word (how GPT-2
-    tokenizes a word inside a sentence), obj_label alone at the start of the text. The rest are
-    returned as skipped, each with its file:line and reason."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    facts, skipped = [], []
-    for obj, where in _jsonl(path):
-        if not isinstance(obj, dict) or not isinstance(obj.get("obj_label"), str) \
-                or not isinstance(obj.get("masked_sentences"), list):
-            raise ValueError(f"{where}: expected a LAMA record with 'masked_sentences' (a list) and 'obj_label' (text)")
-        label = obj["obj_label"].strip()
-        for sentence in obj["masked_sentences"]:
-            if not isinstance(sentence, str) or sentence.count("[MASK]") != 1:
-                skipped.append({"source": where, "reason": "not one [MASK] in the sentence"})
-                continue
-            before = sentence.split("[MASK]", 1)[0]
-            prompt = before.rstrip()
-            ids = tokenizer.encode((" " if prompt else "") + label, disallowed_special=())
-            if len(ids) != 1:
-                skipped.append({"source": where, "reason": f"object {label!r} is {len(ids)} tokens"})
-                continue
-            facts.append(Fact(len(facts) + len(skipped), where, prompt, label, ids[0]))
-    if not facts:
-        raise ValueError(f"{path}: no fact with a one-token object ({len(skipped)} masked sentences skipped: "
-                         f"{skipped[0]['reason'] if skipped else 'the file is empty'}); P@K needs one-token objects")
-    return facts, skipped
-
-
 def ranks(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
     """Each row's target's rank, 0 for the most likely: the tokens above it are those with a
     larger logit, and those with an equal logit and a smaller id (a stable sort's order, so a
@@ -450,9 +395,10 @@ class KnowledgeBatch:
         return len(self.facts)
 
 
-def knowledge_batch(model: Transformer, tokenizer: Tokenizer, batch: KnowledgeBatch) -> list[dict]:
+def knowledge_batch(context: ModelContext, batch: KnowledgeBatch) -> list[dict]:
     """One batch of facts: the object's rank and log-prob after each prompt, unsteered and
     steered over the whole prompt. Sorted by fact id."""
+    model = context.model
     targets = [f.target for f in batch.facts]
     rows = np.arange(len(targets))
     plain = model.backend.to_host(model.run_with_hooks(batch.tokens, (), attention_mask=batch.mask, last_only=True)[:, -1])
@@ -480,7 +426,7 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
     with its Wilson interval, and the paired difference (t over facts). Prompts shorter than the
     steering matrix, or too long for the context, are skipped and counted."""
     layer = paper_layer(model.config.n_layer) if layer is None else layer
-    vector = _vector(model, tokenizer, plus, minus, coeff, layer, padding)
+    vector = topic_vector(model, tokenizer, plus, minus, coeff, layer, padding)
     facts = list(facts)[:limit] if limit is not None else list(facts)
     skipped = list(skipped)
     kept = []
@@ -495,7 +441,7 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
     if not kept:
         raise ValueError(f"no fact left to test: all {len(facts)} were skipped ({skipped[-1]['reason']})")
     settings = {"task": "knowledge", "plus": plus, "minus": minus, "layer": layer, "coeff": float(coeff),
-                "padding": padding, "facts": len(kept), "facts_sha256": _digest_records(
+                "padding": padding, "facts": len(kept), "facts_sha256": digest(
                     [[f.prompt, f.obj, f.target] for f in kept]), "model": fingerprint(model)}
     results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
     seqs = [[tokenizer.bos_token_id] + tokenizer.encode(f.prompt, disallowed_special=()) for f in kept]

@@ -1,6 +1,6 @@
 """`actadd paper`: the paper's GPT-2 battery in one command, one folder, one report.
 
-    OUT/topic/       the wedding topic curve over layers (evaluate.topic)
+    OUT/topic/       the wedding topic curve over layers (generation.topic)
     OUT/relevance/   perplexity by relevance on OpenWebText (likelihood.relevance)
     OUT/knowledge/   P@K on LAMA-format facts (likelihood.knowledge)
     OUT/overhead/    the time premium of steering (overhead.overhead)
@@ -24,8 +24,8 @@ import numpy as np
 
 from minigpt import Tokenizer, Transformer
 
-from . import evaluate, likelihood, overhead
-from .results import json_safe, write_text
+from ..output import json_safe, write_text
+from . import data, generation, likelihood, overhead
 
 PAPER = "Turner et al., *Steering Language Models With Activation Engineering*, arXiv 2308.10248v5"
 
@@ -81,8 +81,8 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
             print(f"actadd paper: {text}", file=sys.stderr)
 
     say("topic")
-    run_ = evaluate.topic(model, tokenizer, out / "topic", layers=layers, samples=preset["topic_samples"], seed=seed,
-                          progress=progress, **dask)
+    run_ = generation.topic(model, tokenizer, out / "topic", layers=layers, samples=preset["topic_samples"], seed=seed,
+                            progress=progress, **dask)
     report["experiments"]["topic"] = _topic_headline(run_.summary)
 
     if relevance_data is None:
@@ -90,7 +90,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
                                                          "authors' 149-document sample works)"}
     else:
         say("relevance")
-        docs = likelihood.read_documents(relevance_data)
+        docs = data.read_documents(relevance_data)
         result = likelihood.relevance(model, tokenizer, docs, out / "relevance", layer=layer,
                                       max_chunks=preset["max_chunks"], seed=seed, progress=progress, **dask)
         report["experiments"]["relevance"] = _relevance_headline(result.summary, str(relevance_data))
@@ -100,7 +100,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
                                                          "from the LAMA project's data download)"}
     else:
         say("knowledge")
-        facts, skipped = likelihood.read_lama(lama, tokenizer)
+        facts, skipped = data.read_lama(lama, tokenizer)
         limit = preset["facts"]
         result = likelihood.knowledge(model, tokenizer, facts, out / "knowledge", layer=layer, limit=limit,
                                       skipped=skipped, progress=progress, **dask)

@@ -1,59 +1,20 @@
-"""Files that runs leave behind: written whole or not at all, and results that survive a crash.
+"""The results file of an experiment: records that survive a crash.
 
-    atomic_write(path, write)   a file appears complete or not at all, with the user's usual
-                                permissions (not the 0600 of the temporary file it comes from)
-    ResultsFile                 a JSONL file of records appended as they are finished; its first
-                                line holds the run's settings, so that a rerun resumes it, and a
-                                rerun with other settings is refused
+    ResultsFile     a JSONL file of records appended as they are finished; its first line holds
+                    the run's settings, so that a rerun resumes it, and a rerun with other
+                    settings is refused
+
+Summaries, CSV and plots are written whole or not at all by actadd.output.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`: a reader
-    sees the old file or the new one, never half of one. The file gets mode 0666 less the umask,
-    as open() would give it (mkstemp makes 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def json_safe(value):
-    """NaN and infinities as None, recursively: JSON has no NaN (json.dumps would write one)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+from ..output import json_safe, write_text
 
 
 class ResumeError(ValueError):
@@ -146,7 +107,6 @@ class ResultsFile:
         self.records = kept
         return dropped
 
-
     def reorder(self, key: Callable[[dict], object]) -> None:
         """Sort the records by `key` (stably), rewriting the file atomically if that moves any."""
         ordered = sorted(self.records, key=key)
@@ -159,31 +119,3 @@ class ResultsFile:
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def write_outputs(out: str | os.PathLike, stem: str, document: dict, rows: list[dict],
-                  plot: Callable[[str], object] | None) -> list[Path]:
-    """OUT/summary.json (document), OUT/summary.csv (rows) and OUT/STEM.png (plot(path), with
-    matplotlib), each written atomically. Without matplotlib the plot is skipped, saying how to
-    get it."""
-    import csv
-    import io
-    import sys
-
-    out = Path(out)
-    written = [write_text(out / "summary.json", json.dumps(json_safe(document), indent=2) + "\n")]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    writer.writeheader()
-    writer.writerows(json_safe(rows))
-    written.append(write_text(out / "summary.csv", buffer.getvalue()))
-    if plot is None:
-        return written
-    try:
-        import matplotlib
-    except ImportError:
-        print("(no plot: matplotlib is not installed; pip install 'minigpt-actadd[plot]')", file=sys.stderr)
-        return written
-    matplotlib.use("Agg")
-    written.append(atomic_write(out / f"{stem}.png", plot))
-    return written

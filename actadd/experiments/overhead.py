@@ -21,8 +21,10 @@ import numpy as np
 import minigpt
 from minigpt import GPT2, GPT2Config, Transformer
 
+from ..output import progress as progress_bar
+from ..output import write_outputs
+from ..steering import ActivationAddition, steering_vector
 from . import stats
-from .steering import ActivationAddition, steering_vector
 
 # GPT-2's published shapes (n_layer, n_head, n_embd), for timing without the weights.
 SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
@@ -101,7 +103,7 @@ def overhead(model: Transformer, *, layer: int | None = None, batch: int = 32, t
         for hooks in conditions.values():
             w.run(hooks)
     times = {(w.name, c): [] for w in work for c in conditions}
-    bar = _bar(repeats * len(work) * len(conditions), progress)
+    bar = progress_bar(repeats * len(work) * len(conditions), progress, "eval overhead", "run")
     for r in range(repeats):
         for w in work:
             order = list(conditions.items()) if r % 2 == 0 else list(conditions.items())[::-1]
@@ -150,12 +152,6 @@ def addition_seconds(model: Transformer, vector, batch: int, tokens: int, repeat
     return statistics.median(times[1:])
 
 
-def _bar(total, enabled):
-    from .evaluate import _bar as bar
-
-    return bar(total, enabled, "eval overhead", unit="run")
-
-
 def overhead_table(summary: dict) -> str:
     lines = [f"{'work':<28} {'condition':<18} {'median s':>9} {'tokens/s':>9}  premium [95%] (median ratio)"]
     for r in summary["rows"]:
@@ -194,8 +190,6 @@ def plot_overhead(summary: dict, path) -> None:
 
 
 def write(summary: dict, out) -> list:
-    from .results import write_outputs
-
     rows = [{k: v for k, v in r.items() if k != "times_s"} for r in summary["rows"]]     # the CSV: one number a cell
     return write_outputs(out, "overhead", {"summary": summary}, rows, lambda p: plot_overhead(summary, p))
 
