@@ -365,20 +365,20 @@ def steering_hooks(parts: Sequence[tuple[np.ndarray | None, Steering]], prompt_l
     """`fwd_hooks` adding each part's vector to its batch rows (rows None: every row), one hook
     per layer that any of them steers. `batch`: the number of rows the parts were made for (a
     pass with another is an error), or None for any."""
-    for _, v in parts:
-        v.placement(alignment)                                               # an alignment it cannot take: now
+    parts = [(rows, v, v.placement(alignment)) for rows, v in parts]         # an alignment it cannot take: now
     names = {}
-    for _, v in parts:
+    for _, v, _ in parts:
         for layer in v.layers:
             names.setdefault(layer, v.hook_name(layer))
-    return [(names[layer], _steering_hook(layer, [(rows, v) for rows, v in parts if layer in v.layers],
-                                          prompt_lengths, alignment, batch)) for layer in sorted(names)]
+    return [(names[layer], _steering_hook(layer, [p for p in parts if layer in p[1].layers], prompt_lengths,
+                                          alignment, batch)) for layer in sorted(names)]
 
 
 def _steering_hook(layer: int, parts, prompt_lengths, alignment, batch):
     """Step 6: the hook at one layer. It works out which passes are prompt (see Steering.hooks)
     and leaves every other pass alone, unless a vector adds beyond the prompt."""
     on_device = _OnDevice()
+    beyond_prompt = any(v.beyond_prompt for _, v, _ in parts)
 
     def steer(resid_pre, hook):                                               # [batch, pos, d_model]
         positions = hook.positions                                            # host [batch, pos]; -1 = padding
@@ -386,7 +386,7 @@ def _steering_hook(layer: int, parts, prompt_lengths, alignment, batch):
             lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
         elif hook.start == 0:
             lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
-        elif any(v.beyond_prompt for _, v in parts):
+        elif beyond_prompt:
             lengths = None                                                    # a decode step, steered past the prompt
         else:
             return None                                                       # a decode step: not the prompt
@@ -394,12 +394,14 @@ def _steering_hook(layer: int, parts, prompt_lengths, alignment, batch):
             raise ValueError(f"row steering was built for {batch} rows, but this pass of {hook.name} has "
                              f"{positions.shape[0]}")
         if lengths is not None:
-            for rows, v in parts:
-                check_lengths(lengths if rows is None else lengths[rows], v.length, v.placement(alignment), rows)
-        places = [p for rows, v in parts for p in v.placements(layer, positions, lengths, rows, alignment)
+            for rows, v, placement in parts:
+                check_lengths(lengths if rows is None else lengths[rows], v.length, placement, rows)
+            if not beyond_prompt and not (positions < lengths[:, None]).any():
+                return None                                                   # past the prompt: nothing to add
+        places = [p for rows, v, _ in parts for p in v.placements(layer, positions, lengths, rows, alignment)
                   if p.batch.size]
         if not places:
-            return None                                                       # past the prompt: nothing to add
+            return None                                                       # nothing placed in this pass
         delta = array_namespace(resid_pre).zeros(resid_pre.shape, dtype=resid_pre.dtype)
         _add(delta, places, on_device)
         return resid_pre + delta
