@@ -1,8 +1,8 @@
 """Draw docs/sweep.png, the walkthrough's layer x coefficient map of the log-prob shift on
 held-out Moby Dick, with the same call as the walkthrough's last step, and docs/eval_topic.png,
-the README's offline `actadd eval topic` command (whale - "" on tiny-books, 200 samples a cell),
+docs/experiments.md's offline `actadd eval topic` command (whale - "" on tiny-books, 200 samples a cell),
 and docs/eval_relevance.png, its `actadd eval relevance` command on the books (whale - "" at layer
-0, sea words, 1,000 chunks), and docs/pairs_whale_sea.png, the README's `actadd pairs` report on
+0, sea words, 1,000 chunks), and docs/pairs_whale_sea.png, docs/pairs.md's `actadd pairs` report on
 docs/whale_sea_pairs.tsv:
 
     python docs/make_figures.py            # needs the plot extra and MINIGPT_CORPORA (or ../shared)
@@ -23,10 +23,10 @@ from actadd.experiments import data, generation, likelihood
 HERE = Path(__file__).resolve().parent
 PLUS, MINUS = "whale", ""  # the walkthrough's prompt pair
 SEA_WORDS = ("whale,whales,sea,seas,ship,ships,boat,boats,captain,harpoon,water,waves,ocean,deck,sail,sails,sailor,"
-             "sailors,shore").split(",")  # the README's --words
+             "sailors,shore").split(",")  # docs/experiments.md's --words
 
 
-PAIRS_PROMPT = "In the morning I went out and looked at the"   # the README's actadd pairs command
+PAIRS_PROMPT = "In the morning I went out and looked at the"   # docs/pairs.md's actadd pairs command
 PAIRS_TOPIC = [" sea", " whale", " ship", " boat", " water", " ocean", " captain", " deck"]
 
 

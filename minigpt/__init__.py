@@ -38,7 +38,7 @@ def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
         raise ConfigError(f"{path}: model_type={model_type!r} is not supported; minigpt runs "
                           f"{', '.join(repr(t) for t in FAMILIES)}")
     model = FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend, **options)
-    # Where it came from, so that another process can load it again (a Dask worker, actadd.distributed).
+    # Where it came from, so that another process can load it again (a Dask worker, actadd.experiments.dask).
     local = Path(name_or_path)
     model.loaded_from = {"name_or_path": str(local.resolve()) if local.is_dir() else str(name_or_path),
                          "revision": revision, "options": dict(options)}

@@ -322,14 +322,14 @@ def test_steer_errors(folder, capsys):
         assert info.value.code == 2
 
 
-def test_readme_step_table_points_at_the_code_it_names():
-    """Each `name`, actadd/steering.py:N in the README's "ActAdd in this code" table: line N
-    defines (or, for the product and the sum, contains) what the row says."""
+def test_the_step_table_points_at_the_code_it_names():
+    """Each `name`, actadd/steering.py:N in the step table of docs/actadd.md: line N defines (or,
+    for the product and the sum, contains) what the row says."""
     import re
 
     root = Path(__file__).resolve().parent.parent
     source = (root / "actadd" / "steering.py").read_text().splitlines()
-    table = root.joinpath("README.md").read_text().split("## ActAdd in this code", 1)[1].split("```", 1)[0]
+    table = root.joinpath("docs", "actadd.md").read_text().split("| step | the method | where |", 1)[1].split("```", 1)[0]
     rows = [line for line in table.splitlines() if re.match(r"\| \d \|", line)]
     cells = [re.split(r"(?<!\\)\|", r) for r in rows]                  # cells; escaped \| stays inside
     assert [int(c[1]) for c in cells] == list(range(1, 10))

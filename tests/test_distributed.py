@@ -1,4 +1,4 @@
-"""The eval tasks on Dask (actadd.distributed): on a LocalCluster of 2 processes on 127.0.0.1,
+"""The eval tasks on Dask (actadd.experiments.dask): on a LocalCluster of 2 processes on 127.0.0.1,
 started and stopped here, the topic and sentiment runs write the same files as one process, a
 worker killed mid-run loses nothing and duplicates nothing, a stopped client resumes, each
 worker loads the model once, and the refusals say what to do."""

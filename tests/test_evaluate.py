@@ -482,7 +482,7 @@ def test_relevance_is_the_cosine_of_mean_pooled_embeddings(books, tmp_path, refe
 
 
 def test_the_whale_vector_puts_completions_on_topic_beyond_seed_noise(books):
-    """"whale" - "" at layer 0, coefficient 4 (the README's command), 40 completions of 40
+    """"whale" - "" at layer 0, coefficient 4 (docs/experiments.md's command), 40 completions of 40
     tokens of "In the morning we" per seed, seeds 0-4. Measured: the fraction with a sea word
     went from 0.0-0.025 unsteered to 0.425-0.75 steered; the paired differences were 0.60,
     0.75, 0.575, 0.40, 0.55 (mean 0.575, seed-to-seed sd 0.125). The test asks, for every seed,
