@@ -131,7 +131,7 @@ class Steering(abc.ABC):
     only this, whichever vector they are given. Implemented by SteeringVector (ActAdd's
     per-position matrices, below) and actadd.direction.DirectionVector (a direction per layer).
 
-    Besides the methods: `layers` (where it adds, sorted), `alignment`, `fingerprint` (the
+    Besides the methods: `layers` (where it adds), `alignment`, `fingerprint` (the
     model it was made on) and `beyond_prompt` (whether it adds to generated tokens too)."""
 
     beyond_prompt = False
