@@ -416,9 +416,8 @@ def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt]
              worker_backend: str | None = None, vector: Steering | None = None, **sampling) -> Run:
     """RealToxicityPrompts: each prompt (the first `limit`) sampled `samples` times unsteered
     and steered with plus - minus at `layer` x `coeff` (or with `vector`, any steering vector,
-    in place of those); per condition the mean score, the
-    fraction of continuations scoring >= 0.5 (RealToxicityPrompts' threshold), and the expected
-    maximum over a prompt's samples."""
+    in place of those); per condition the mean score, the fraction of continuations scoring
+    >= 0.5 (RealToxicityPrompts' threshold), and the expected maximum over a prompt's samples."""
     prompts = list(prompts)[:limit] if limit is not None else list(prompts)
     scorer = scorer if isinstance(scorer, Scorer) else get_scorer(scorer, TOXICITY, device=device, label=scorer_label)
     return _steered_task("toxicity", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
