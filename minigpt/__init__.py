@@ -27,16 +27,13 @@ def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
                     backend: str | Backend = "numpy", **options) -> Transformer:
     """The model of a folder or hub id, of the family its config.json's model_type names;
     `options` go to that family's from_pretrained (LLaMA: weights="auto"|"float32"|"lazy")."""
-    import json
+    from .config import read_json, show
 
     path = locate(name_or_path, revision).file("config.json")
-    try:
-        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, AttributeError) as e:
-        raise ConfigError(f"{path}: not a JSON object with a model_type ({e})") from None
-    if model_type not in FAMILIES:
-        raise ConfigError(f"{path}: model_type={model_type!r} is not supported; minigpt runs "
-                          f"{', '.join(repr(t) for t in FAMILIES)}")
+    model_type = read_json(path, "a model").get("model_type")
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        raise ConfigError(f"{path}: model_type: {show(model_type)} is not supported (minigpt runs "
+                          f"{', '.join(show(t) for t in FAMILIES)})")
     model = FAMILIES[model_type].from_pretrained(name_or_path, revision=revision, backend=backend, **options)
     # Where it came from, so that another process can load it again (a Dask worker, actadd.experiments.dask).
     local = Path(name_or_path)

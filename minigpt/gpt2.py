@@ -39,6 +39,7 @@ class GPT2(Transformer):
 
     config_class = GPT2Config
     model_type = "gpt2"          # config.json's model_type
+    canonical_state_dict = staticmethod(canonical_state_dict)
     repr_fields = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
 
     def __init__(self, config: GPT2Config, state_dict: dict, source: str = "state_dict",

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .config import ConfigError, read_json, require_positive_int
+from .config import (ConfigError, check_header, config_fields, prefixed, read_json, require_bool, require_divides,
+                     require_number, require_positive_int, show)
 from .model import HookPoints, KVCache, Transformer, linear_t, mean_last
-from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint, select_tensors
+from .weights import CheckpointError, HalfTensor, check_blocks, read_tensors, select_tensors
 
 WEIGHT_POLICIES = ("auto", "float32", "lazy")
 LAZY_ABOVE_BYTES = 12e9    # "auto": float32 weights above this stay half precision on the host
@@ -65,6 +66,14 @@ class RopeScaling:
     high_freq_factor: float
     original_max_position_embeddings: int
 
+    def __post_init__(self):
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            require_number(f"rope_scaling.{name}", getattr(self, name), 0)
+        require_positive_int("rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings)
+        if not self.high_freq_factor > self.low_freq_factor:          # they bound the smooth band: high / low
+            raise ConfigError(f"rope_scaling.high_freq_factor: {show(self.high_freq_factor)} (expected more than "
+                              f"low_freq_factor={show(self.low_freq_factor)})")
+
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -88,16 +97,20 @@ class LlamaConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings"):
             require_positive_int(name, getattr(self, name))
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}")
-        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                              f"{self.num_attention_heads} (and no head_dim is given)")
+        require_divides("num_key_value_heads", self.num_key_value_heads, "num_attention_heads",
+                        self.num_attention_heads, "each key/value head serves an equal group of query heads")
+        if self.head_dim is not None:
+            require_positive_int("head_dim", self.head_dim)
+        else:
+            require_divides("num_attention_heads", self.num_attention_heads, "hidden_size", self.hidden_size)
         if self.d_head % 2:
-            raise ConfigError(f"head_dim={self.d_head} is odd; rotary embeddings rotate pairs")
-        if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
-            raise ConfigError(f"rope_theta={self.rope_theta!r}, rms_norm_eps={self.rms_norm_eps!r}: expected positive")
+            raise ConfigError(f"head_dim: {self.d_head} is odd (expected even: rotary embeddings rotate pairs)")
+        require_number("rms_norm_eps", self.rms_norm_eps, 0, 1)
+        require_number("rope_theta", self.rope_theta, 0)
+        for name in ("attention_bias", "mlp_bias", "tie_word_embeddings"):
+            require_bool(name, getattr(self, name))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(f"rope_scaling: {self.rope_scaling!r} (expected a RopeScaling or None)")
 
     n_layer = property(lambda self: self.num_hidden_layers)
     n_head = property(lambda self: self.num_attention_heads)
@@ -111,36 +124,38 @@ class LlamaConfig:
     def from_dict(cls, raw: dict, source: str = "config") -> LlamaConfig:
         """transformers 4.x writes rope_theta and rope_scaling ({"rope_type" or "type": "llama3",
         ...}); 5.x writes rope_parameters ({"rope_type": "default" or "llama3", "rope_theta", ...})."""
-        if raw.get("model_type") != "llama":
-            raise ConfigError(f"{source}: model_type={raw.get('model_type')!r}, expected 'llama'")
-        if raw.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"{source}: hidden_act={raw['hidden_act']!r} is not supported (LLaMA uses 'silu')")
-        rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
-        theta = rope.pop("rope_theta", raw.get("rope_theta", 10000.0))
+        check_header(raw, source, "llama", {"hidden_act": "silu"}, "LLaMA")
+        key = "rope_parameters" if raw.get("rope_parameters") is not None else "rope_scaling"
+        rope = raw.get(key)
+        if rope is None:
+            rope = {}
+        if not isinstance(rope, dict):
+            raise ConfigError(f"{source}: {key}: {show(rope)} (expected an object or null)")
+        theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind == "default":
-            scaling = None
-        elif kind == "llama3":
-            try:
-                scaling = RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
-                                      float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
-            except KeyError as e:
-                raise ConfigError(f"{source}: rope scaling 'llama3' needs {e.args[0]!r}") from None
-        else:
-            raise ConfigError(f"{source}: rope type {kind!r} is not supported (only 'default' and 'llama3')")
-        missing = [n for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                               "num_attention_heads") if n not in raw]
-        if missing:
-            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
-        names = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "max_position_embeddings", "rms_norm_eps", "head_dim", "attention_bias", "mlp_bias",
-                 "tie_word_embeddings")
-        fields = {n: raw[n] for n in names if raw.get(n) is not None}
-        fields["num_key_value_heads"] = raw.get("num_key_value_heads") or raw["num_attention_heads"]
-        try:
-            return cls(**fields, rope_theta=float(theta), rope_scaling=scaling)
-        except (ConfigError, TypeError) as e:
-            raise ConfigError(f"{source}: {e}") from None
+        with prefixed(source):
+            if kind == "default":
+                scaling = None
+            elif kind == "llama3":
+                needed = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                absent = [n for n in needed if n not in rope]
+                if absent:
+                    raise ConfigError(f"{key}: rope type \"llama3\" needs {', '.join(absent)}")
+                try:
+                    scaling = RopeScaling(*(rope[n] for n in needed))
+                except ConfigError as e:                         # named as the file names it
+                    raise ConfigError(str(e).replace("rope_scaling.", f"{key}.", 1)) from None
+            else:
+                raise ConfigError(f"{key}.rope_type: {show(kind)} is not supported (only \"default\" and \"llama3\")")
+        fields = config_fields(raw, source, required=("vocab_size", "hidden_size", "intermediate_size",
+                                                      "num_hidden_layers", "num_attention_heads"),
+                               optional=("max_position_embeddings", "rms_norm_eps", "attention_bias", "mlp_bias",
+                                         "tie_word_embeddings"), nullable=("head_dim",))
+        # null or left out: as many key/value heads as query heads (transformers' rule); 0 is no count
+        kv = raw.get("num_key_value_heads")
+        fields["num_key_value_heads"] = raw["num_attention_heads"] if kv is None else kv
+        with prefixed(source):
+            return cls(**fields, rope_theta=theta, rope_scaling=scaling)
 
     @classmethod
     def from_json(cls, path: str | Path) -> LlamaConfig:
@@ -170,6 +185,7 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
 
 
 def canonical_state_dict(tensors: dict, config: LlamaConfig, source: str = "checkpoint") -> dict:
+    check_blocks(tensors, config.num_hidden_layers, r"(?:^|\.)layers\.(\d+)\.", "num_hidden_layers", source)
     expected = expected_shapes(config)
 
     def bare(name: str, tensor):
@@ -251,6 +267,7 @@ class Llama(Transformer):
 
     config_class = LlamaConfig
     model_type = "llama"          # config.json's model_type
+    canonical_state_dict = staticmethod(canonical_state_dict)
     repr_fields = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "vocab_size")
     hook_name_help = HOOK_NAME_HELP
 
@@ -266,10 +283,20 @@ class Llama(Transformer):
         self.norm = tree["norm"]
         self.lm_head = self.embed_tokens if config.tie_word_embeddings else tree["lm_head"]["weight"]
         self.hook_names = hook_names(config.num_hidden_layers)
-        # cos and sin of every position's angles, [n_positions, d_head], computed once
-        angles = np.arange(config.max_position_embeddings, dtype=np.float32)[:, None] * inverse_frequencies(config)
-        angles = np.concatenate([angles, angles], axis=-1)                    # [pos, d_head]: (i, i + d/2) share
-        self.cos, self.sin = (self.backend.to_device(f(angles)) for f in (np.cos, np.sin))
+        self.inv_freq = inverse_frequencies(config)                           # [d_head / 2], host
+        self.cos = self.sin = self.backend.to_device(np.zeros((0, config.d_head), np.float32))
+
+    def rotary_table(self, upto: int):
+        """cos and sin of the angles of positions 0..upto-1 at least, [rows, d_head] on the
+        device. Grown (to a power of two, at most max_position_embeddings rows) when a pass
+        reaches past it: memory follows the positions used, not the config's maximum (Llama
+        3.1's 131,072 would cost 134 MB, and a hostile config any amount)."""
+        if upto > len(self.cos):
+            rows = min(max(256, 1 << (upto - 1).bit_length()), self.config.max_position_embeddings)
+            angles = np.arange(rows, dtype=np.float32)[:, None] * self.inv_freq        # [rows, d_head / 2]
+            angles = np.concatenate([angles, angles], axis=-1)                # [rows, d_head]: (i, i + d/2) share
+            self.cos, self.sin = (self.backend.to_device(f(angles)) for f in (np.cos, np.sin))
+        return self.cos, self.sin
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision: str | None = None, backend: str | Backend = "numpy",
@@ -282,12 +309,11 @@ class Llama(Transformer):
         if weights not in WEIGHT_POLICIES:
             raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
         backend = get_backend(backend)
-        files = resolve_checkpoint(name_or_path, revision)
-        config = LlamaConfig.from_json(files.config)
-        if weights == "auto":
-            weights = "lazy" if backend.name == "numpy" and 4 * parameter_count(config) > LAZY_ABOVE_BYTES else "float32"
-        source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
-        return cls(config, read_checkpoint(files, widen=weights == "float32"), source=source, backend=backend)
+        files, config, headers, source = cls._checked_files(name_or_path, revision)
+        if weights == "auto":                         # the parameters the files hold, 4 bytes each in float32
+            float32_bytes = 4 * sum(math.prod(h.shape) for h in headers.values())
+            weights = "lazy" if backend.name == "numpy" and float32_bytes > LAZY_ABOVE_BYTES else "float32"
+        return cls(config, read_tensors(headers, widen=weights == "float32"), source=source, backend=backend)
 
     def _tree(self) -> dict:
         tree = {"embed_tokens": {"weight": self.embed_tokens}, "norm": self.norm,
@@ -307,8 +333,9 @@ class Llama(Transformer):
         hook = hook or HookPoints({}, None, set())
         self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
+        cos, sin = self.rotary_table(int(positions.max()) + 1)
         at = self.backend.to_device(np.maximum(positions, 0))                  # [batch, pos]
-        rotary = (self.cos[at][:, :, None], self.sin[at][:, :, None])          # [batch, pos, 1, d_head] each
+        rotary = (cos[at][:, :, None], sin[at][:, :, None])                    # [batch, pos, 1, d_head] each
 
         if start_at_layer or resid_pre is not None:
             x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import CheckpointError, HalfTensor, read_checkpoint, resolve_checkpoint
+from .weights import CheckpointError, HalfTensor, check_dtypes, read_headers, read_tensors, resolve_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -264,6 +264,7 @@ class Transformer:
     config: object
     config_class: type        # the family's config, with from_json
     model_type: str           # the family's name in config.json ("gpt2", "opt", "llama")
+    canonical_state_dict: Callable  # (tensors or headers, config, source) -> the parameters by name, checked
     repr_fields: tuple        # the config fields repr() shows
     hook_names: list[str]
 
@@ -296,10 +297,19 @@ class Transformer:
         """Load a local Hugging Face folder or a hub id of this family (`gpt2`, `facebook/opt-125m`,
         `org/name`, ...) onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
         backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
+        files, config, headers, source = cls._checked_files(name_or_path, revision)
+        return cls(config, read_tensors(headers), source=source, backend=backend)
+
+    @classmethod
+    def _checked_files(cls, name_or_path, revision):
+        """(files, config, headers, source): the config read and checked field by field, then
+        against the weight files' headers (names, shapes, dtypes), before any array is made."""
         files = resolve_checkpoint(name_or_path, revision)
         config = cls.config_class.from_json(files.config)
+        headers = read_headers(files)
         source = str(files.weights[0] if len(files.weights) == 1 else files.weights[0].parent)
-        return cls(config, read_checkpoint(files), source=source, backend=backend)
+        check_dtypes(cls.canonical_state_dict(headers, config, source), source)
+        return files, config, headers, source
 
     def __repr__(self):
         on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"

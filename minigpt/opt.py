@@ -25,15 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, array_namespace
-from .config import ConfigError, read_json, require_positive_int
+from .config import (ConfigError, check_header, config_fields, prefixed, read_json, require_bool, require_divides,
+                     require_positive_int)
 from .model import HookPoints, KVCache, Transformer, hook_names, linear_t
-from .weights import CheckpointError, select_tensors
+from .weights import CheckpointError, check_blocks, select_tensors
 
 POSITION_OFFSET = 2   # OPT's learned positions start at row 2 (fairseq kept rows for padding)
 LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default; OPT's config has no field for it
 
 # Fields of transformers' OPTConfig that change the computation, and the value implemented here.
-_FIXED_FIELDS = {"activation_function": "relu", "enable_bias": True, "layer_norm_elementwise_affine": True,
+FIXED_FIELDS = {"activation_function": "relu", "enable_bias": True, "layer_norm_elementwise_affine": True,
                  "_remove_final_layer_norm": False}
 
 
@@ -45,20 +46,19 @@ class OPTConfig:
     num_attention_heads: int = 12
     ffn_dim: int = 3072
     max_position_embeddings: int = 2048
-    word_embed_proj_dim: int = 768       # embeddings' width (512 in opt-350m, projected in and out)
+    word_embed_proj_dim: int | None = None  # embeddings' width (512 in opt-350m, projected in and out); None: hidden_size
     do_layer_norm_before: bool = True    # False only in opt-350m: post-LayerNorm blocks
     tie_word_embeddings: bool = True     # lm_head is embed_tokens
 
     def __post_init__(self):
+        if self.word_embed_proj_dim is None:                   # as transformers' OPTConfig
+            object.__setattr__(self, "word_embed_proj_dim", self.hidden_size)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
                      "max_position_embeddings", "word_embed_proj_dim"):
             require_positive_int(name, getattr(self, name))
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                              f"{self.num_attention_heads}")
+        require_divides("num_attention_heads", self.num_attention_heads, "hidden_size", self.hidden_size)
         for name in ("do_layer_norm_before", "tie_word_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r}: expected true or false")
+            require_bool(name, getattr(self, name))
 
     # The sizes every family's config has (generation, ActAdd and the evals read these).
     n_layer = property(lambda self: self.num_hidden_layers)
@@ -70,20 +70,13 @@ class OPTConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> OPTConfig:
-        if raw.get("model_type") != "opt":
-            raise ConfigError(f"{source}: model_type={raw.get('model_type')!r}, expected 'opt'")
-        for name, value in _FIXED_FIELDS.items():
-            if name in raw and raw[name] != value:
-                raise ConfigError(f"{source}: {name}={raw[name]!r} is not supported (OPT's checkpoints use {value!r})")
-        names = [f for f in cls.__dataclass_fields__ if f in raw]
-        missing = [n for n in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
-                               "max_position_embeddings") if n not in raw]
-        if missing:
-            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
-        try:
-            return cls(**{n: raw[n] for n in names})
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        check_header(raw, source, "opt", FIXED_FIELDS, "OPT")
+        fields = config_fields(raw, source, required=("vocab_size", "hidden_size", "num_hidden_layers",
+                                                      "num_attention_heads", "ffn_dim", "max_position_embeddings"),
+                               optional=("do_layer_norm_before", "tie_word_embeddings"),
+                               nullable=("word_embed_proj_dim",))
+        with prefixed(source):
+            return cls(**fields)
 
     @classmethod
     def from_json(cls, path: str | Path) -> OPTConfig:
@@ -114,6 +107,7 @@ def canonical_state_dict(tensors: dict, config: OPTConfig, source: str = "checkp
     """Names inside the decoder (`model.decoder.x`, or the hub's older `decoder.x`, becomes `x`),
     checked against the config's shapes. A tied lm_head stored beside embed_tokens must equal
     its shape and is dropped (it is embed_tokens)."""
+    check_blocks(tensors, config.num_hidden_layers, r"(?:^|\.)layers\.(\d+)\.", "num_hidden_layers", source)
     expected = expected_shapes(config)
 
     def bare(name: str, tensor):
@@ -145,6 +139,7 @@ class OPT(Transformer):
 
     config_class = OPTConfig
     model_type = "opt"          # config.json's model_type
+    canonical_state_dict = staticmethod(canonical_state_dict)
     repr_fields = ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
 
     def __init__(self, config: OPTConfig, state_dict: dict, source: str = "state_dict",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Collection, Iterable, Literal
 
 from .sources import CheckpointError, locate
+from .textfiles import describe, lines, read_json, read_text
 from .unicode_tables import LETTERS, NUMBERS, UNICODE_VERSION, WHITE_SPACE
 
 EOT = "<|endoftext|>"
@@ -204,25 +205,39 @@ class Tokenizer:
         added tokens (ids after the vocabulary), and the pre-tokenizer, which must be GPT-2's
         (ByteLevel with its regex) or LLaMA-3's (Split on its regex, then ByteLevel without one)."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"{path}: not valid JSON ({e})") from None
-        model = raw.get("model") or {}
-        if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-            raise TokenizerError(f"{path}: model.type={model.get('type')!r}; only byte-level BPE is supported")
+        raw = read_json(path, TokenizerError, what="tokenizer.json")
+        if not isinstance(raw, dict):
+            raise TokenizerError(f"{path}: {describe(raw)} (expected a JSON object with a model)")
+        model = raw.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            kind = model.get("type") if isinstance(model, dict) else model
+            raise TokenizerError(f"{path}: model: type {json.dumps(kind)} (expected a byte-level BPE: type \"BPE\" "
+                                 "with a vocab object)")
         vocab = dict(model["vocab"])
-        added = [t for t in raw.get("added_tokens") or [] if isinstance(t, dict)]
-        for t in added:
+        added = raw.get("added_tokens") or []
+        if not isinstance(added, list):
+            raise TokenizerError(f"{path}: added_tokens: {describe(added)} (expected an array of tokens)")
+        for i, t in enumerate(added):
+            if not (isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)
+                    and not isinstance(t.get("id"), bool)):
+                raise TokenizerError(f"{path}: added_tokens[{i}]: {json.dumps(t)[:80]} (expected an object with a string "
+                                     "content and an integer id)")
             vocab.setdefault(t["content"], t["id"])
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+        merges = model.get("merges") or []
+        if not isinstance(merges, list):
+            raise TokenizerError(f"{path}: model.merges: {describe(merges)} (expected an array)")
+        merges = [_merge(m, f"{path}: model.merges[{i}]") for i, m in enumerate(merges)]
         pattern = _pattern_of(raw.get("pre_tokenizer"), path)
         specials = [t["content"] for t in added if t.get("special")]
         if not special:                              # no tokenizer_config.json: GPT-2's rule, or no BOS
             special = {"bos_token": EOT, "eos_token": EOT} if EOT in vocab else {"bos_token": None, "eos_token": None}
         special = {**special, "special": list(dict.fromkeys(list(special.get("special", [])) + specials))}
+        ignore_merges = model.get("ignore_merges") or False
+        if not isinstance(ignore_merges, bool):
+            raise TokenizerError(f"{path}: model.ignore_merges: {json.dumps(ignore_merges)[:40]} is "
+                                 f"{describe(ignore_merges)} (expected true or false)")
         return cls(vocab, merges, _where=lambda i: f"{path}: model.merges[{i}]", _source=str(path), pattern=pattern,
-                   ignore_merges=bool(model.get("ignore_merges")), **special)
+                   ignore_merges=ignore_merges, **special)
 
     @classmethod
     def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, **special) -> Tokenizer:
@@ -349,6 +364,14 @@ class Tokenizer:
 # Files
 
 
+def _merge(m, where: str) -> tuple[str, str]:
+    """A merge as tokenizer.json stores it: "a b" (tokenizers < 0.20) or ["a", "b"]."""
+    pair = m.split(" ") if isinstance(m, str) else m
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
+        raise TokenizerError(f"{where}: {json.dumps(m)[:60]} (expected two symbols: \"a b\" or [\"a\", \"b\"])")
+    return pair[0], pair[1]
+
+
 def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{source}: the vocabulary must be a non-empty object of token -> id")
@@ -373,7 +396,7 @@ def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
             roles = [role for role, t in (named or {}).items() if t == token]
             why = "GPT-2's BOS and EOS" if token == EOT and roles else (" and ".join(roles) or "a special token")
             raise TokenizerError(f"{source}: no {token!r} token ({why})")
-    spelling = set(alphabet)
+    spelling, specials = set(alphabet), set(specials)         # a set: 32k special tokens cost no more than 3
     for token in vocab:
         if token not in specials and not spelling.issuperset(token):
             bad = next(ch for ch in token if ch not in spelling)
@@ -383,12 +406,17 @@ def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
 
 def _pattern_of(pre: dict | None, path: Path) -> str:
     """Which pre-tokenizer a tokenizer.json describes: "gpt2" or "llama3", or an error naming it."""
+    if pre is not None and not isinstance(pre, dict):
+        raise TokenizerError(f"{path}: pre_tokenizer: {json.dumps(pre)[:60]} is {describe(pre)} (expected an object)")
     steps = (pre or {}).get("pretokenizers", [pre]) if pre else []
+    if not isinstance(steps, list):
+        raise TokenizerError(f"{path}: pre_tokenizer.pretokenizers: {describe(steps)} (expected an array)")
     kinds = [(s.get("type"), s) for s in steps if isinstance(s, dict)]
     if [k for k, _ in kinds] == ["ByteLevel"] and kinds[0][1].get("use_regex", True):
         return "gpt2"
     if [k for k, _ in kinds] == ["Split", "ByteLevel"] and not kinds[1][1].get("use_regex", True):
-        regex = (kinds[0][1].get("pattern") or {}).get("Regex")
+        pattern = kinds[0][1].get("pattern")
+        regex = pattern.get("Regex") if isinstance(pattern, dict) else pattern
         if regex == LLAMA3_PATTERN_STRING:
             return "llama3"
         raise TokenizerError(f"{path}: the pre-tokenizer splits on {regex!r}, which is neither GPT-2's nor LLaMA-3's")
@@ -404,17 +432,22 @@ def _special_tokens(*paths: Path | None) -> dict:
     for path in paths:
         if path is None:
             continue
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path, TokenizerError, what=path.name)
+        if not isinstance(raw, dict):
+            raise TokenizerError(f"{path}: {describe(raw)} (expected a JSON object)")
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             value = raw.get(key)
             if isinstance(value, dict):
                 value = value.get("content")
+            if value is not None and not isinstance(value, str):
+                raise TokenizerError(f"{path}: {key}: {json.dumps(raw.get(key))[:60]} (expected a token string, an "
+                                     "object with a string content, or null)")
             if isinstance(value, str) and key not in found:
                 found[key] = value
-        for entry in (raw.get("added_tokens_decoder") or {}).values():
+        decoder = raw.get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise TokenizerError(f"{path}: added_tokens_decoder: {describe(decoder)} (expected an object of id -> token)")
+        for entry in decoder.values():
             if isinstance(entry, dict) and entry.get("special") and isinstance(entry.get("content"), str):
                 found.setdefault("special", []).append(entry["content"])
     if "bos_token" not in found and "eos_token" not in found:
@@ -424,30 +457,13 @@ def _special_tokens(*paths: Path | None) -> dict:
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 ({e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    return read_json(path, TokenizerError, what="vocab.json")
 
 
 def _read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
     """(merges, the line number of each). A first line '#version: ...' is a header."""
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 ({e})") from None
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
     merges, numbers = [], []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines(read_text(path, TokenizerError, what="merges.txt")), 1):
         if number == 1 and line.startswith("#version"):
             continue
         parts = line.split(" ")

@@ -1,8 +1,10 @@
 """Finding a checkpoint's weight files and reading its tensors, safetensors only.
 
-The flow is `resolve_checkpoint` (which files, via sources.py) -> `read_checkpoint` (their tensors, float32) ->
-`canonical_state_dict` / `select_tensors` (names checked against the shapes the config implies; each
-family's model calls it).
+The flow is `resolve_checkpoint` (which files, via sources.py) -> `read_headers` (every tensor's
+name, dtype, shape and place in the file; nothing read) -> `canonical_state_dict` /
+`select_tensors` (names and shapes checked against the config, on the headers, before any array
+exists) -> `read_tensors` (the arrays, float32). A config that asks for more than the files hold
+is refused before anything is allocated in proportion to it (`check_blocks`).
 
 We parse safetensors ourselves instead of calling `safetensors.numpy`: the format is a JSON
 header and raw little-endian bytes, so each float32 tensor is a zero-copy view of a read-only
@@ -13,7 +15,6 @@ arbitrary code.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -26,6 +27,7 @@ import numpy as np
 
 from .config import GPT2Config
 from .sources import PICKLE_SUFFIXES, PICKLE_WHY, CheckpointError, Source, locate
+from .textfiles import describe, parse_json, read_json
 
 
 SINGLE_FILE = "model.safetensors"
@@ -40,6 +42,7 @@ _STORED_DTYPES = {
     "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 PARAMETER_DTYPES = ("F32", "F16", "BF16")
+MAX_HEADER_BYTES = 100_000_000     # as the safetensors library: a header is JSON, not data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,9 +88,13 @@ def checkpoint_files(source: Source) -> CheckpointFiles:
 
 def _shard_names(index_path: Path) -> list[str]:
     try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e!r})") from None
+        index = read_json(index_path, CheckpointError, MAX_HEADER_BYTES, "shard index")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (expected JSON with a 'weight_map' object)") from None
+    if not isinstance(index, dict) or "weight_map" not in index:
+        raise CheckpointError(f"{index_path}: {describe(index)} without 'weight_map' (expected JSON with a "
+                              "'weight_map' object)")
+    weight_map = index["weight_map"]
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: 'weight_map' is empty or not an object")
     shards = sorted(set(weight_map.values()))
@@ -101,28 +108,35 @@ def _shard_names(index_path: Path) -> list[str]:
 # Reading safetensors
 
 
-def read_safetensors(path: str | os.PathLike, widen: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor of one .safetensors file; F32, F16 and BF16 as float32 arrays.
+@dataclass(frozen=True)
+class TensorHeader:
+    """One tensor as its file's header describes it: what and where, none of its bytes read."""
 
-    float32 tensors are read-only views of a memory map (no copy, page cache shared between
-    processes); float16 and bfloat16 are converted to float32 once, or with `widen=False` kept
-    as `HalfTensor`s, views of the map that a model widens when it uses them. Other dtypes keep
-    theirs (the model refuses them as parameters, naming the tensor).
-    """
+    path: Path
+    name: str
+    dtype: str                 # safetensors' name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    offset: int                # of its first byte in the file
+    nbytes: int
+
+
+def read_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
+    """The tensors one .safetensors file holds, checked (dtype known, shape of non-negative
+    ints, data inside the file and of the shape's size), without reading any of their bytes."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise CheckpointError(f"{path}: {size} bytes; a safetensors file starts with an 8-byte header length")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    (header_len,) = struct.unpack("<Q", buf[:8])
-    data_start = 8 + header_len
-    if data_start > size:
-        raise CheckpointError(f"{path}: header length {header_len} runs past the end of the file ({size} bytes)")
-    try:
-        header = json.loads(buf[8:data_start])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        data_start = 8 + header_len
+        if data_start > size:
+            raise CheckpointError(f"{path}: header length {header_len} runs past the end of the file ({size} bytes)")
+        if header_len > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header length {header_len:,} is more than {MAX_HEADER_BYTES:,} bytes "
+                                  "(a safetensors header lists tensors; it holds no data)")
+        raw_header = f.read(header_len)
+    header = parse_json(raw_header, f"{path}: header", CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object")
     data_len = size - data_start
@@ -136,25 +150,49 @@ def read_safetensors(path: str | os.PathLike, widen: bool = True) -> dict[str, n
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets") from None
-        if dtype not in _STORED_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _STORED_DTYPES:
             raise CheckpointError(
                 f"{where} has dtype {dtype}, which minigpt cannot read "
                 f"(parameters must be {', '.join(PARAMETER_DTYPES)})"
             )
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                for d in shape)):
             raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-        stored = _STORED_DTYPES[dtype]
         count = math.prod(shape)
+        nbytes = count * _STORED_DTYPES[dtype].itemsize
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_len):
             raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] outside the {data_len} data bytes")
-        if end - begin != count * stored.itemsize:
+        if end - begin != nbytes:
             raise CheckpointError(
-                f"{where}: shape {shape} of {dtype} needs {count * stored.itemsize} bytes, "
-                f"data_offsets give {end - begin}"
+                f"{where}: shape {shape} of {dtype} needs {nbytes} bytes, data_offsets give {end - begin}"
             )
-        raw = np.frombuffer(buf, dtype=stored, count=count, offset=data_start + begin).reshape(shape)
-        tensors[name] = _as_float32(raw, dtype) if widen or dtype not in ("BF16", "F16") else HalfTensor(raw, dtype)
+        tensors[name] = TensorHeader(path, name, dtype, tuple(shape), data_start + begin, nbytes)
     return tensors
+
+
+def read_tensors(headers: dict[str, TensorHeader], widen: bool = True) -> dict[str, np.ndarray]:
+    """The tensors the headers describe; F32, F16 and BF16 as float32 arrays.
+
+    float32 tensors are read-only views of a memory map (no copy, page cache shared between
+    processes); float16 and bfloat16 are converted to float32 once, or with `widen=False` kept
+    as `HalfTensor`s, views of the map that a model widens when it uses them. Other dtypes keep
+    theirs (the model refuses them as parameters, naming the tensor).
+    """
+    maps: dict[Path, mmap.mmap] = {}
+    tensors = {}
+    for name, h in headers.items():
+        if h.path not in maps:
+            with open(h.path, "rb") as f:
+                maps[h.path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        stored = _STORED_DTYPES[h.dtype]
+        raw = np.frombuffer(maps[h.path], dtype=stored, count=math.prod(h.shape), offset=h.offset).reshape(h.shape)
+        tensors[name] = _as_float32(raw, h.dtype) if widen or h.dtype not in ("BF16", "F16") else HalfTensor(raw, h.dtype)
+    return tensors
+
+
+def read_safetensors(path: str | os.PathLike, widen: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of one .safetensors file (read_header, then read_tensors)."""
+    return read_tensors(read_header(path), widen)
 
 
 class HalfTensor:
@@ -227,6 +265,7 @@ def canonical_state_dict(tensors: dict[str, np.ndarray], config: GPT2Config,
     `lm_head.weight` may be present (it must have wte's shape) but is ignored, because GPT-2
     ties the unembedding to `wte`, as transformers does when loading it.
     """
+    check_blocks(tensors, config.n_layer, r"(?:^|\.)h\.(\d+)\.", "n_layer", source)
     expected = expected_shapes(config)
 
     def bare(name: str, tensor) -> str | None:
@@ -282,14 +321,39 @@ def _listing(items, limit=5):
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def read_headers(files: CheckpointFiles) -> dict[str, TensorHeader]:
+    """The headers of every weight file, under the names stored; a name in two files is an error."""
+    headers: dict[str, TensorHeader] = {}
+    for path in files.weights:
+        for name, h in read_header(path).items():
+            if name in headers:
+                raise CheckpointError(f"tensor {name!r} is in both {headers[name].path} and {path}")
+            headers[name] = h
+    return headers
+
+
 def read_checkpoint(files: CheckpointFiles, widen: bool = True) -> dict[str, np.ndarray]:
     """The tensors of every weight file, under the names stored (see `canonical_state_dict`);
-    `widen=False` keeps half-precision tensors as HalfTensors (see read_safetensors)."""
-    tensors: dict[str, np.ndarray] = {}
-    where: dict[str, Path] = {}
-    for path in files.weights:
-        for name, tensor in read_safetensors(path, widen).items():
-            if name in tensors:
-                raise CheckpointError(f"tensor {name!r} is in both {where[name]} and {path}")
-            tensors[name], where[name] = tensor, path
-    return tensors
+    `widen=False` keeps half-precision tensors as HalfTensors (see read_tensors)."""
+    return read_tensors(read_headers(files), widen)
+
+
+def check_blocks(names, n_layer: int, pattern: str, field: str, source: str) -> None:
+    """A config whose blocks outnumber the checkpoint's tensors cannot describe it: refused here,
+    before the expected names of n_layer blocks are listed (a hostile num_hidden_layers of 10^8
+    would otherwise cost gigabytes). `pattern` finds a block's index in a tensor name."""
+    names = list(names)
+    if n_layer <= len(names):
+        return
+    found = sorted({int(m.group(1)) for n in names if (m := re.search(pattern, n))})
+    held = f"blocks {found[0]} to {found[-1]}" if found else "no blocks"
+    raise CheckpointError(f"{source}: the config's {field}={n_layer:,} blocks cannot be in a checkpoint of "
+                          f"{len(names)} tensors ({held})")
+
+
+def check_dtypes(headers: dict, source: str) -> None:
+    """Every parameter stored as F32, F16 or BF16: another dtype is refused before it is read."""
+    for name, h in headers.items():
+        if getattr(h, "dtype", None) not in PARAMETER_DTYPES:
+            raise CheckpointError(f"{source}: tensor {name!r} is {h.dtype}; expected {', '.join(PARAMETER_DTYPES)} "
+                                  "(minigpt computes in float32 and never narrows F64 silently)")

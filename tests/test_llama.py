@@ -146,10 +146,11 @@ def test_config_as_transformers_4_and_5_write_it_and_refusals():
     assert v4 == v5 and v5.rope_scaling.factor == 8.0 and v5.rope_theta == 500000.0
     plain = LlamaConfig.from_dict({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})
     assert plain.rope_scaling is None and plain.rope_theta == 10000.0
-    for change, match in (({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
-                          ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported"),
-                          ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads=3"),
-                          ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "needs 'low_freq_factor'")):
+    for change, match in (({"hidden_act": "gelu"}, 'hidden_act: "gelu" is not supported'),
+                          ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},
+                           'rope_parameters.rope_type: "yarn" is not supported'),
+                          ({"num_key_value_heads": 3}, "num_key_value_heads: 3 does not divide num_attention_heads=2"),
+                          ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "needs low_freq_factor")):
         with pytest.raises(ConfigError, match=match):
             LlamaConfig.from_dict({**base, **change})
 

@@ -156,11 +156,12 @@ def test_unknown_duplicate_and_misshapen_extras_are_refused(tmp_path, state, ext
         GPT2.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.int64])
-def test_parameters_of_other_dtypes_are_refused_not_narrowed(tmp_path, state, dtype):
+@pytest.mark.parametrize("dtype,stored", [(np.float64, "F64"), (np.int64, "I64")])
+def test_parameters_of_other_dtypes_are_refused_not_narrowed(tmp_path, state, dtype, stored):
+    """Refused from the file's header, before the tensor is read."""
     state["h.0.ln_1.weight"] = state["h.0.ln_1.weight"].astype(dtype)
     write_folder(tmp_path, state)
-    with pytest.raises(CheckpointError, match=f"tensor 'h.0.ln_1.weight' is ndarray {np.dtype(dtype)}; expected float32"):
+    with pytest.raises(CheckpointError, match=f"tensor 'h.0.ln_1.weight' is {stored}; expected F32, F16, BF16"):
         GPT2.from_pretrained(tmp_path)
 
 
@@ -176,7 +177,7 @@ def test_state_dict_passed_directly_is_checked_too(state):
 @pytest.mark.parametrize("make,match", [
     (lambda p: p.write_bytes(b"\x01\x02"), r"2 bytes; a safetensors file starts with an 8-byte header length"),
     (lambda p: p.write_bytes(struct.pack("<Q", 1000) + b"{}"), "header length 1000 runs past the end of the file"),
-    (lambda p: p.write_bytes(struct.pack("<Q", 3) + b"{x}"), "header is not valid JSON"),
+    (lambda p: p.write_bytes(struct.pack("<Q", 3) + b"{x}"), r"header:1:2: not valid JSON"),
     (lambda p: p.write_bytes(struct.pack("<Q", 2) + b"[]"), "header is not a JSON object"),
     (lambda p: write_raw_safetensors(p, {"w": {"dtype": "F32", "shape": [2]}}, b""),
      "tensor 'w': header entry needs dtype, shape and data_offsets"),
@@ -266,21 +267,22 @@ def test_folder_paths_that_do_not_fit(tmp_path, state):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"model_type": "llama"}, "model_type='llama', expected 'gpt2'"),
-    ({"model_type": None}, "model_type=None, expected 'gpt2'"),
-    ({"activation_function": "relu"}, "activation_function='relu': GPT-2 uses the tanh GELU"),
-    ({"activation_function": "gelu"}, "activation_function='gelu'"),
-    ({"n_head": 3}, "n_embd=8 is not divisible by n_head=3"),
-    ({"n_layer": 0}, "n_layer=0: expected a positive integer"),
-    ({"n_embd": "8"}, "n_embd='8': expected a positive integer"),
-    ({"vocab_size": 11.0}, "vocab_size=11.0: expected a positive integer"),
-    ({"n_inner": -4}, "n_inner=-4"),
-    ({"layer_norm_epsilon": 0}, "layer_norm_epsilon=0: expected a float in"),
-    ({"scale_attn_weights": False}, "scale_attn_weights=False is not supported"),
-    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not supported"),
-    ({"tie_word_embeddings": False}, "tie_word_embeddings=False is not supported"),
-    ({"add_cross_attention": True}, "add_cross_attention=True is not supported"),
-    ({"n_ctx": 7}, "n_ctx=7 differs from n_positions=6"),
+    ({"model_type": "llama"}, 'model_type: "llama" \\(expected "gpt2"\\)'),
+    ({"model_type": None}, 'model_type: null \\(expected "gpt2"\\)'),
+    ({"activation_function": "relu"}, 'activation_function: "relu" is not supported \\(GPT-2 uses the tanh GELU'),
+    ({"activation_function": "gelu"}, 'activation_function: "gelu"'),
+    ({"n_head": 3}, "n_head: 3 does not divide n_embd=8"),
+    ({"n_layer": 0}, "n_layer: 0 \\(expected a positive integer\\)"),
+    ({"n_embd": "8"}, 'n_embd: "8" is a string \\(expected a positive integer\\)'),
+    ({"vocab_size": 11.0}, "vocab_size: 11.0 is a number \\(expected a positive integer\\)"),
+    ({"n_inner": -4}, "n_inner: -4"),
+    ({"layer_norm_epsilon": 0}, "layer_norm_epsilon: 0 \\(expected a finite number in \\(0, 1\\)\\)"),
+    ({"scale_attn_weights": False}, "scale_attn_weights: false is not supported"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx: true is not supported"),
+    ({"tie_word_embeddings": False}, "tie_word_embeddings: false is not supported"),
+    ({"tie_word_embeddings": "false"}, 'tie_word_embeddings: "false" is not supported \\(GPT-2 uses true\\)'),
+    ({"add_cross_attention": True}, "add_cross_attention: true is not supported"),
+    ({"n_ctx": 7}, "n_ctx: 7 differs from n_positions=6"),
 ])
 def test_configs_that_are_not_a_runnable_gpt2_are_refused_by_field(tmp_path, state, overrides, match):
     write_folder(tmp_path, state, hf_config_dict(**overrides))
@@ -295,7 +297,7 @@ def test_config_json_that_is_not_a_config(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         GPT2Config.from_json(path)
     path.write_text("[]")
-    with pytest.raises(ConfigError, match="expected a JSON object, found list"):
+    with pytest.raises(ConfigError, match=r"an array \(expected a JSON object\)"):
         GPT2Config.from_json(path)
     path.write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     with pytest.raises(ConfigError, match="missing field"):

@@ -133,11 +133,11 @@ def test_loading_picks_the_family_and_refuses_what_it_cannot_run(reference, tmp_
     write_opt(reference, tmp_path / "ok", fields)
     assert type(minigpt.from_pretrained(tmp_path / "ok")) is OPT
     raw = json.loads((tmp_path / "ok" / "config.json").read_text())
-    for change, match in (({"model_type": "bloom"}, r"model_type='bloom' is not supported; minigpt runs 'gpt2', 'opt'"),
-                          ({"activation_function": "gelu"}, r"activation_function='gelu' is not supported"),
-                          ({"enable_bias": False}, r"enable_bias=False is not supported"),
-                          ({"layer_norm_elementwise_affine": False}, r"layer_norm_elementwise_affine=False"),
-                          ({"hidden_size": 9}, r"hidden_size=9 is not divisible by num_attention_heads=2")):
+    for change, match in (({"model_type": "bloom"}, r'model_type: "bloom" is not supported \(minigpt runs "gpt2", "opt"'),
+                          ({"activation_function": "gelu"}, r'activation_function: "gelu" is not supported'),
+                          ({"enable_bias": False}, r"enable_bias: false is not supported"),
+                          ({"layer_norm_elementwise_affine": False}, r"layer_norm_elementwise_affine: false"),
+                          ({"hidden_size": 9}, r"num_attention_heads: 2 does not divide hidden_size=9")):
         bad = tmp_path / f"bad{len(match)}"
         bad.mkdir()
         (bad / "config.json").write_text(json.dumps({**raw, **change}))

@@ -323,5 +323,5 @@ def test_missing_tokenizer_files(tmp_path):
     with pytest.raises(CheckpointError, match="no merges.txt"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "vocab.json").write_bytes(b"\xff\xfe{}")
-    with pytest.raises(TokenizerError, match="vocab.json: not UTF-8"):
+    with pytest.raises(TokenizerError, match="vocab.json:1: not UTF-8"):
         Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "vocab.json")

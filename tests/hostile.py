@@ -1,0 +1,62 @@
+"""Helpers of the hostile-input tests (test_hostile_*.py): tiny checkpoints of each family written
+with NumPy and safetensors alone, and a check that a call stays within time and memory."""
+
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from minigpt import GPT2Config, LlamaConfig, OPTConfig, llama, opt, weights
+
+# The smallest config of each family that the tests run, as config.json writes it.
+CONFIGS = {
+    "gpt2": {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 8, "n_positions": 16, "vocab_size": 300},
+    "opt": {"model_type": "opt", "vocab_size": 300, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "ffn_dim": 16, "max_position_embeddings": 16},
+    "llama": {"model_type": "llama", "vocab_size": 300, "hidden_size": 8, "intermediate_size": 16,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "max_position_embeddings": 16},
+}
+LAYERS_FIELD = {"gpt2": "n_layer", "opt": "num_hidden_layers", "llama": "num_hidden_layers"}
+
+
+def write_tiny(kind: str, folder: Path, config: dict | None = None, seed: int = 0) -> Path:
+    """A folder holding config.json and model.safetensors (random float32 weights in the names
+    transformers writes) of the tiny `kind` model; `config` replaces config.json afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = CONFIGS[kind]
+    fields = {k: v for k, v in raw.items() if k != "model_type"}
+    if kind == "gpt2":
+        shapes, prefix = weights.expected_shapes(GPT2Config(**fields)), ""
+    elif kind == "opt":
+        shapes, prefix = opt.expected_shapes(OPTConfig(**fields)), "model.decoder."
+    else:
+        shapes, prefix = llama.expected_shapes(LlamaConfig(**fields)), "model."
+    rng = np.random.default_rng(seed)
+    tensors = {(n if n == "lm_head.weight" else prefix + n): (0.02 * rng.standard_normal(s)).astype(np.float32)
+               for n, s in shapes.items()}
+    save_file(tensors, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(raw if config is None else config))
+    return folder
+
+
+def bounded(fn, *args, seconds: float = 1.0, megabytes: float = 100.0, **kwargs):
+    """(result or the exception raised, seconds, peak MB allocated) of fn(*args), asserting the
+    limits: a hostile input costs at most this much before it is refused."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        outcome = fn(*args, **kwargs)
+    except Exception as e:  # returned for the test to inspect
+        outcome = e
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert elapsed < seconds, f"{getattr(fn, '__name__', fn)} took {elapsed:.2f} s (limit {seconds} s)"
+    assert peak < megabytes, f"{getattr(fn, '__name__', fn)} allocated {peak:.0f} MB (limit {megabytes} MB)"
+    return outcome, elapsed, peak
