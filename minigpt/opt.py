@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, array_namespace
-from .config import (ConfigError, check_header, config_fields, prefixed, read_json, require_bool, require_divides,
+from .config import (check_header, config_fields, prefixed, read_json, require_bool, require_divides,
                      require_positive_int)
 from .model import HookPoints, KVCache, Transformer, hook_names, linear_t
 from .weights import CheckpointError, check_blocks, select_tensors
