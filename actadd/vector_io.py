@@ -12,12 +12,14 @@ weights too unless `allow_other_weights=True`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from minigpt import Transformer
+from minigpt.textfiles import describe, parse_json
 
 from .direction import DirectionVector
 from .output import atomic_write
@@ -42,6 +44,7 @@ def save(vector: SteeringVector | DirectionVector, path: str | os.PathLike) -> P
     path = Path(path)
     if path.suffix == ".gguf":
         return export_gguf(vector, path)
+    _check_arrays(vector, path)
     if isinstance(vector, DirectionVector):
         manifest = {
             "format": DIRECTION_FORMAT, "format_version": DIRECTION_FORMAT_VERSION, "library_version": library_version(),
@@ -65,53 +68,127 @@ def save(vector: SteeringVector | DirectionVector, path: str | os.PathLike) -> P
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"actadd": json.dumps(manifest)}))
 
 
+def _check_arrays(vector: SteeringVector | DirectionVector, path) -> None:
+    """What is about to be written: float32 of the right shape, finite (a NaN written is a column
+    of <|endoftext|> for whoever loads it)."""
+    if isinstance(vector, DirectionVector):
+        for L, d in zip(vector.layers, vector.directions):
+            check_tensor(d, d.shape[:1], path, f"resid.{L}")
+    else:
+        for i, (a, m) in enumerate(zip(vector.additions, vector.activations)):
+            check_tensor(m, (len(a.tokens), getattr(m, "shape", (0, 0))[-1]), path, f"addition.{i}")
+
+
 def load(path: str | os.PathLike, model: Transformer, allow_other_weights: bool = False) -> SteeringVector | DirectionVector:
-    """Read a vector saved by `save` (or a .gguf control vector), checked against `model`."""
+    """Read a vector saved by `save` (or a .gguf control vector), checked against `model`:
+    every manifest field by its JSON type, every tensor's dtype, shape and finiteness."""
     from safetensors import safe_open
 
     path = Path(path)
     if path.suffix == ".gguf":
         return import_gguf(path, model, allow_other_weights)
+    if not path.is_file():
+        raise VectorFileError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except FileNotFoundError:
-        raise VectorFileError(f"{path}: no such file") from None
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise VectorFileError(f"{path}: not a readable safetensors file ({e})") from None
     if "actadd" not in header:
         raise VectorFileError(f"{path}: no actadd manifest in the header (not a steering vector saved by actadd)")
-    try:
-        manifest = json.loads(header["actadd"])
-        if isinstance(manifest, dict) and manifest.get("format") == DIRECTION_FORMAT:
-            return _load_directions(path, manifest, tensors, model, allow_other_weights)
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            raise VectorFileError(f"{path}: format {manifest.get('format')!r} version "
-                                  f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION}")
-        entries, alignment, padding, made_on = (manifest["additions"], manifest["alignment"], manifest["padding"],
-                                                manifest["model"])
-        additions = tuple(ActivationAddition(tuple(e["tokens"]), e["coeff"], e["layer"], e["prompt"]) for e in entries)
-        activations = tuple(tensors[e["tensor"]] for e in entries)
-        for e in entries:
-            if e["hook_name"] != site(e["layer"]):
-                raise VectorFileError(f"{path}: addition {e['prompt']!r} is for hook {e['hook_name']!r}; "
-                                      f"this library steers at {site(e['layer'])!r}")
-    except VectorFileError:
-        raise
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise VectorFileError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
-    if alignment not in ALIGNMENTS:
-        raise VectorFileError(f"{path}: alignment {alignment!r} is not one of {ALIGNMENTS}")
-    for a, m in zip(additions, activations):
-        if m.dtype != np.float32 or m.shape != (len(a.tokens), model.config.n_embd):
-            raise VectorFileError(f"{path}: tensor for {a.prompt!r} is {m.dtype} {m.shape}; expected float32 "
-                                  f"({len(a.tokens)}, {model.config.n_embd})")
+    manifest = parse_json(header["actadd"], f"{path}: actadd manifest", VectorFileError)
+    check = _Fields(path)
+    check.kind(manifest, "the actadd manifest", dict, "an object")
+    if manifest.get("format") == DIRECTION_FORMAT:
+        return _load_directions(path, manifest, tensors, model, allow_other_weights)
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise VectorFileError(f"{path}: format {manifest.get('format')!r} version "
+                              f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION}")
+    entries = check.field(manifest, "additions", list, "an array of additions")
+    alignment = check.field(manifest, "alignment", str, f"one of {', '.join(ALIGNMENTS)}", choices=ALIGNMENTS)
+    padding = check.field(manifest, "padding", str, "a padding name")
+    made_on = check.field(manifest, "model", dict, "an object: the model's type, config and weights hash")
+    if not entries:
+        raise VectorFileError(f"{path}: additions: [] (expected at least one addition)")
+    additions, activations = [], []
+    for i, e in enumerate(entries):
+        where = f"additions[{i}]"
+        check.kind(e, where, dict, "an object")
+        tokens = check.field(e, "tokens", list, "an array of token ids", where)
+        if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < model.config.vocab_size
+                                 for t in tokens):
+            raise VectorFileError(f"{path}: {where}.tokens: {_short(tokens)} (expected token ids in [0, "
+                                  f"{model.config.vocab_size}), at least one)")
+        coeff = check.field(e, "coeff", (int, float), "a finite number", where)
+        layer = check.field(e, "layer", int, f"a block from 0 to {model.config.n_layer - 1}", where,
+                            within=range(model.config.n_layer))
+        prompt = check.field(e, "prompt", str, "the prompt's text", where)
+        hook = check.field(e, "hook_name", str, f"{site(layer)!r}", where)
+        if hook != site(layer):
+            raise VectorFileError(f"{path}: addition {prompt!r} is for hook {hook!r}; "
+                                  f"this library steers at {site(layer)!r}")
+        name = check.field(e, "tensor", str, "the name of its tensor", where)
+        m = check.tensor(tensors, name, (len(tokens), model.config.n_embd), f"{where}.tensor")
+        try:
+            additions.append(ActivationAddition(tuple(tokens), coeff, layer, prompt))
+        except ValueError as error:
+            raise VectorFileError(f"{path}: {where}: {error}") from None
+        activations.append(m)
     _check_made_on(path, made_on, model, allow_other_weights)
-    return SteeringVector(additions, activations, alignment, padding, made_on)
+    return SteeringVector(tuple(additions), tuple(activations), alignment, padding, made_on)
+
+
+class _Fields:
+    """Checks of a vector file's fields, each error naming the file and the field."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def kind(self, value, where: str, kind, expected: str):
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise VectorFileError(f"{self.path}: {where}: {_short(value)} is {describe(value)} (expected {expected})")
+        return value
+
+    def field(self, obj: dict, key: str, kind, expected: str, where: str = "", choices=None, within=None):
+        name = f"{where}.{key}" if where else key
+        if key not in obj:
+            raise VectorFileError(f"{self.path}: {name}: missing (expected {expected})")
+        value = self.kind(obj[key], name, kind, expected)
+        if isinstance(value, float) and not math.isfinite(value) or choices is not None and value not in choices \
+                or within is not None and value not in within:
+            raise VectorFileError(f"{self.path}: {name}: {_short(value)} (expected {expected})")
+        return value
+
+    def tensor(self, tensors: dict, name: str, shape: tuple, where: str) -> np.ndarray:
+        if name not in tensors:
+            raise VectorFileError(f"{self.path}: {where}: {name!r} is not a tensor of the file (it has "
+                                  f"{', '.join(sorted(tensors)) or 'none'})")
+        return check_tensor(tensors[name], shape, self.path, name)
+
+
+def check_tensor(array, shape: tuple, path, name: str) -> np.ndarray:
+    """`array` float32 of `shape` with finite values, or a VectorFileError naming file and tensor."""
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.shape != tuple(shape):
+        raise VectorFileError(f"{path}: tensor {name} is {getattr(array, 'dtype', type(array).__name__)} "
+                              f"{getattr(array, 'shape', '')}; expected float32 {tuple(shape)}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise VectorFileError(f"{path}: tensor {name} holds {int(bad.sum())} non-finite values (NaN or inf), the "
+                              f"first at {first}; a steering vector must be finite")
+    return array
+
+
+def _short(value, width: int = 60) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _check_made_on(path, made_on: dict, model: Transformer, allow_other_weights: bool) -> None:
+    if not isinstance(made_on, dict):
+        raise VectorFileError(f"{path}: model: {_short(made_on)} (expected an object: the model's type, config and "
+                              "weights hash)")
     if made_on.get("config") != model_config(model):
         raise VectorFileError(f"{path}: made for a model with config {made_on.get('config')}, "
                               f"not this one ({model_config(model)})")
@@ -122,31 +199,57 @@ def _check_made_on(path, made_on: dict, model: Transformer, allow_other_weights:
 
 
 def _load_directions(path, manifest: dict, tensors: dict, model: Transformer, allow_other_weights: bool) -> DirectionVector:
-    try:
-        if manifest.get("format_version") != DIRECTION_FORMAT_VERSION:
-            raise VectorFileError(f"{path}: {DIRECTION_FORMAT} version {manifest.get('format_version')!r}; expected "
-                                  f"{DIRECTION_FORMAT_VERSION}")
-        n = model.config.n_layer
-        layers = [e["layer"] for e in manifest["layers"]]
-        for e in manifest["layers"]:
-            if e["hook_name"] != residual_site(e["layer"], n):
-                raise VectorFileError(f"{path}: layer {e['layer']} is for hook {e['hook_name']!r}; this library "
-                                      f"reads layer {e['layer']} as {residual_site(e['layer'], n)!r}")
-            d = tensors[e["tensor"]]
-            if d.dtype != np.float32 or d.shape != (model.config.n_embd,):
-                raise VectorFileError(f"{path}: tensor {e['tensor']} is {d.dtype} {d.shape}; expected float32 "
-                                      f"({model.config.n_embd},)")
-        directions = [tensors[e["tensor"]] for e in manifest["layers"]]
-        positions = manifest["positions"]
-        vector = DirectionVector(tuple(layers), tuple(directions), n, manifest["coeff"], manifest["reading"],
-                                 positions if isinstance(positions, str) else tuple(positions),
-                                 tuple(tuple(p) for p in manifest["pairs"]), manifest["model"])
-    except VectorFileError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise VectorFileError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
-    _check_made_on(path, vector.fingerprint, model, allow_other_weights)
+    if manifest.get("format_version") != DIRECTION_FORMAT_VERSION:
+        raise VectorFileError(f"{path}: {DIRECTION_FORMAT} version {manifest.get('format_version')!r}; expected "
+                              f"{DIRECTION_FORMAT_VERSION}")
+    check = _Fields(path)
+    n = model.config.n_layer
+    entries = check.field(manifest, "layers", list, "an array of layers")
+    layers, directions = [], []
+    for i, e in enumerate(entries):
+        where = f"layers[{i}]"
+        check.kind(e, where, dict, "an object")
+        layer = check.field(e, "layer", int, f"a layer from 0 to {n}", where, within=range(n + 1))
+        hook = check.field(e, "hook_name", str, f"{residual_site(layer, n)!r}", where)
+        if hook != residual_site(layer, n):
+            raise VectorFileError(f"{path}: layer {layer} is for hook {hook!r}; this library "
+                                  f"reads layer {layer} as {residual_site(layer, n)!r}")
+        name = check.field(e, "tensor", str, "the name of its tensor", where)
+        layers.append(layer)
+        directions.append(check.tensor(tensors, name, (model.config.n_embd,), f"{where}.tensor"))
+    coeff = check.field(manifest, "coeff", (int, float), "a finite number")
+    reading = check.field(manifest, "reading", str, "how it was made")
+    positions = _positions(check, manifest.get("positions"), "positions")
+    pairs = _pairs(check, manifest.get("pairs"), "pairs")
+    made_on = check.field(manifest, "model", dict, "an object: the model's type, config and weights hash")
+    vector = _direction(path, layers, directions, n, coeff, reading, positions, pairs, made_on)
+    _check_made_on(path, made_on, model, allow_other_weights)
     return vector
+
+
+def _positions(check: _Fields, value, where: str):
+    if isinstance(value, str):
+        return value
+    check.kind(value, where, list, '"prompt", "all" or a list of positions')
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in value):
+        raise VectorFileError(f"{check.path}: {where}: {_short(value)} (expected \"prompt\", \"all\" or a list of "
+                              "positions)")
+    return tuple(value)
+
+
+def _pairs(check: _Fields, value, where: str) -> tuple:
+    check.kind(value, where, list, "an array of [plus, minus] pairs")
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in value):
+        raise VectorFileError(f"{check.path}: {where}: {_short(value)} (expected an array of [plus, minus] pairs)")
+    return tuple(tuple(p) for p in value)
+
+
+def _direction(path, layers, directions, n, coeff, reading, positions, pairs, made_on) -> DirectionVector:
+    """The DirectionVector a file describes; what its constructor refuses names the file."""
+    try:
+        return DirectionVector(tuple(layers), tuple(directions), n, float(coeff), reading, positions, pairs, made_on)
+    except ValueError as e:
+        raise VectorFileError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +300,7 @@ def export_gguf(vector: SteeringVector | DirectionVector, path: str | os.PathLik
         raise VectorFileError(
             f"{path}: layer(s) {low} cannot be a llama.cpp control vector: direction.{{i}} goes after block i for i >= 1, "
             "which is our layer i + 1, so layers 0 and 1 (the embeddings, and block 0's output) have no name there")
+    _check_arrays(vector, path)
     if vector.positions != "all":
         warnings.warn(f"{path}: this vector steers positions {vector.positions!r}; llama.cpp adds a control vector at "
                       "every token, generated ones included (our positions='all')", stacklevel=2)
@@ -225,25 +329,41 @@ def export_gguf(vector: SteeringVector | DirectionVector, path: str | os.PathLik
     return atomic_write(path, write)
 
 
-def _field(reader, name: str):
+def _metadata(reader, path: Path, name: str, kind=str, default=None):
+    """A GGUF metadata value of `kind`, or `default` when absent; unreadable (bad UTF-8, a
+    truncated array) or of another type is an error naming the file and the key."""
     f = reader.get_field(name)
-    return None if f is None else f.contents()
+    if f is None:
+        return default
+    try:
+        value = f.contents()
+    except Exception as e:  # the reader's decoding of a malformed field
+        raise VectorFileError(f"{path}: metadata {name}: not readable ({type(e).__name__}: {e})") from None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise VectorFileError(f"{path}: metadata {name}: {_short(value)} is {describe(value)} (expected "
+                              f"{'a string' if kind is str else 'a number'})")
+    return value
+
+
+def _metadata_json(reader, path: Path, name: str):
+    return parse_json(_metadata(reader, path, name, default="null"), f"{path}: metadata {name}", VectorFileError)
 
 
 def import_gguf(path: str | os.PathLike, model: Transformer, allow_other_weights: bool = False) -> DirectionVector:
     """Read a llama.cpp control vector as a DirectionVector for `model`: direction.{i} at layer
     i + 1. One written by export_gguf comes back with its reading, coefficient, positions and
     pairs, checked against the model it was made on; any other applies at every token, as in
-    llama.cpp, with its model hint checked against `model`'s family."""
+    llama.cpp, with its model hint checked against `model`'s family. Each direction must be one
+    finite F32 vector of n_embd values (llama.cpp refuses any other shape)."""
     gguf = _gguf()
     path = Path(path)
     if not path.is_file():
-        raise VectorFileError(f"{path}: no such file")
+        raise VectorFileError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # the reader raises ValueError, struct errors, ... on a malformed file
         raise VectorFileError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-    arch = _field(reader, "general.architecture")
+    arch = _metadata(reader, path, "general.architecture")
     if arch != GGUF_ARCH:
         raise VectorFileError(f"{path}: general.architecture is {arch!r}; a control vector has {GGUF_ARCH!r}")
     n, width = model.config.n_layer, model.config.n_embd
@@ -255,26 +375,33 @@ def import_gguf(path: str | os.PathLike, model: Transformer, allow_other_weights
         if not index.isdigit() or not 1 <= int(index) <= n - 1:
             raise VectorFileError(f"{path}: tensor {t.name}: expected direction.1 to direction.{n - 1} for a model of "
                                   f"{n} blocks (direction.i goes after block i)")
-        if t.tensor_type != gguf.GGMLQuantizationType.F32 or int(t.n_elements) != width:
-            raise VectorFileError(f"{path}: tensor {t.name} is {t.tensor_type.name} of {int(t.n_elements)} values; "
-                                  f"expected F32 of n_embd = {width}")
+        dims = [int(d) for d in t.shape]
+        if t.tensor_type != gguf.GGMLQuantizationType.F32 or dims != [width]:
+            raise VectorFileError(f"{path}: tensor {t.name} is {t.tensor_type.name} of shape {dims}; expected F32 of "
+                                  f"shape [{width}] (n_embd: one direction, as llama.cpp requires)")
         layers.append(int(index) + 1)
-        directions.append(np.array(t.data, dtype=np.float32).reshape(width))   # a copy: the reader maps the file
+        data = np.array(t.data, dtype=np.float32).reshape(width)                # a copy: the reader maps the file
+        directions.append(check_tensor(data, (width,), path, t.name))
     if not layers:
         raise VectorFileError(f"{path}: no direction.{{i}} tensors")
     order = np.argsort(layers)
     layers, directions = [layers[i] for i in order], [directions[i] for i in order]
     family = model.model_type
-    if _field(reader, "actadd.format") == DIRECTION_FORMAT:
-        made_on = json.loads(_field(reader, "actadd.model"))
-        positions = json.loads(_field(reader, "actadd.positions"))
-        vector = DirectionVector(tuple(layers), tuple(directions), n, float(_field(reader, "actadd.coeff")),
-                                 _field(reader, "actadd.reading"), positions if isinstance(positions, str) else tuple(positions),
-                                 tuple(tuple(p) for p in json.loads(_field(reader, "actadd.pairs"))), made_on)
+    if _metadata(reader, path, "actadd.format") == DIRECTION_FORMAT:
+        check = _Fields(path)
+        made_on = check.kind(_metadata_json(reader, path, "actadd.model"), "metadata actadd.model", dict,
+                             "an object: the model's type, config and weights hash")
+        positions = _positions(check, _metadata_json(reader, path, "actadd.positions"), "metadata actadd.positions")
+        pairs = _pairs(check, _metadata_json(reader, path, "actadd.pairs"), "metadata actadd.pairs")
+        coeff = _metadata(reader, path, "actadd.coeff", (int, float))
+        if coeff is None or not math.isfinite(coeff):
+            raise VectorFileError(f"{path}: metadata actadd.coeff: {_short(coeff)} (expected a finite number)")
+        reading = _metadata(reader, path, "actadd.reading")
+        vector = _direction(path, layers, directions, n, coeff, reading, positions, pairs, made_on)
         _check_made_on(path, made_on, model, allow_other_weights)
         return vector
-    hint = _field(reader, "controlvector.model_hint")
+    hint = _metadata(reader, path, "controlvector.model_hint")
     if hint != family and not allow_other_weights:
         raise VectorFileError(f"{path}: a control vector for {hint!r} models, and this is a {family!r} model; pass "
                               "allow_other_weights=True (--allow-other-weights) to apply it anyway")
-    return DirectionVector(tuple(layers), tuple(directions), n, 1.0, "gguf", "all", (), {"model_type": hint})
+    return _direction(path, layers, directions, n, 1.0, "gguf", "all", (), {"model_type": hint})

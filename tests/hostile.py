@@ -60,3 +60,18 @@ def bounded(fn, *args, seconds: float = 1.0, megabytes: float = 100.0, **kwargs)
     assert elapsed < seconds, f"{getattr(fn, '__name__', fn)} took {elapsed:.2f} s (limit {seconds} s)"
     assert peak < megabytes, f"{getattr(fn, '__name__', fn)} allocated {peak:.0f} MB (limit {megabytes} MB)"
     return outcome, elapsed, peak
+
+
+def mutate(doc, place: tuple, value) -> None:
+    """doc[place[0]][place[1]]... = value, where that place exists (or is a new key of an
+    object): how the fuzzes change one field of a valid file."""
+    node = doc
+    for key in place[:-1]:
+        if isinstance(node, dict) and key in node or isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            return
+    last = place[-1]
+    if isinstance(node, dict) and isinstance(last, str) or isinstance(node, list) and isinstance(last, int) \
+            and last < len(node):
+        node[last] = value

@@ -259,15 +259,17 @@ def _manifest(path):
 @pytest.mark.parametrize("corrupt,match", [
     (lambda p, m, t: p.write_bytes(b"not a safetensors file"), "not a readable safetensors file"),
     (lambda p, m, t: save_file(t, p), "no actadd manifest"),
-    (lambda p, m, t: save_file(t, p, metadata={"actadd": "{"}), "malformed manifest"),
+    (lambda p, m, t: save_file(t, p, metadata={"actadd": "{"}), "actadd manifest:1:2: not valid JSON"),
     (lambda p, m, t: save_file(t, p, metadata={"actadd": json.dumps({**m, "format_version": 9})}), "version 9"),
-    (lambda p, m, t: save_file({}, p, metadata={"actadd": json.dumps(m)}), "malformed manifest .*addition.0"),
+    (lambda p, m, t: save_file({}, p, metadata={"actadd": json.dumps(m)}),
+     r"additions\[0\].tensor: 'addition.0' is not a tensor of the file"),
     (lambda p, m, t: save_file({k: v[:, :3] for k, v in t.items()}, p, metadata={"actadd": json.dumps(m)}),
-     r"tensor for 'the ab' is float32 \(\d+, 3\); expected float32"),
+     r"tensor addition.0 is float32 \(\d+, 3\); expected float32 \(\d+, 16\)"),
     (lambda p, m, t: save_file(t, p, metadata={"actadd": json.dumps(
         {**m, "additions": [{**a, "hook_name": "blocks.1.hook_resid_post"} for a in m["additions"]]})}),
      "is for hook 'blocks.1.hook_resid_post'"),
-    (lambda p, m, t: save_file(t, p, metadata={"actadd": json.dumps({**m, "alignment": "side"})}), "alignment 'side'"),
+    (lambda p, m, t: save_file(t, p, metadata={"actadd": json.dumps({**m, "alignment": "side"})}),
+     r'alignment: "side" \(expected one of front, mid, back\)'),
 ])
 def test_malformed_vector_files_are_refused(model, tmp_path, corrupt, match):
     good = actadd.save(steering_vector(model, x_vector(TOK, "the ab", "", 2.5, 1)), tmp_path / "good.safetensors")

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import handmade_tokenizer, write_tokenizer_files
-from hostile import bounded
+from hostile import bounded, mutate
 from minigpt import CheckpointError, Tokenizer, TokenizerError
 
 BASE = handmade_tokenizer()
@@ -126,19 +126,6 @@ PLACES = [("model",), ("model", "type"), ("model", "vocab"), ("model", "merges")
           ("pre_tokenizer",), ("pre_tokenizer", "type"), ("pre_tokenizer", "use_regex"), ("added_tokens",),
           ("added_tokens", 0), ("added_tokens", 0, "id"), ("added_tokens", 0, "content"), ("model", "vocab", "Ġ"),
           ("model", "merges", 0)]
-
-
-def mutate(doc, place, value) -> None:
-    """doc[place[0]][place[1]]... = value, where that place exists (or is a new key of an object)."""
-    node = doc
-    for key in place[:-1]:
-        if isinstance(node, dict) and key in node or isinstance(node, list) and isinstance(key, int) and key < len(node):
-            node = node[key]
-        else:
-            return
-    last = place[-1]
-    if isinstance(node, dict) and isinstance(last, str) or isinstance(node, list) and isinstance(last, int) and last < len(node):
-        node[last] = value
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
