@@ -4,14 +4,20 @@ normal HF cache. The model and the tokenizer resolve their files through this on
 A name that is an existing folder is local; then come the short names of the checkpoints shipped
 in the package (`tiny-books`); anything else must look like a hub id (`gpt2`, `org/name`). Hub
 files are fetched one by one, only those asked for, at `revision`; `HF_HUB_OFFLINE=1` makes
-huggingface_hub answer from the cache alone.
+huggingface_hub answer from the cache alone, and so does a hub whose host name does not resolve
+(no network: an answer at once, not after five retries and 25 s). Timeouts and 5xx answers are
+still retried by huggingface_hub, without its retry messages on the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .checkpoints import SHIPPED
 
@@ -55,19 +61,23 @@ class Source:
 
     def _fetch(self, filename: str, required: bool) -> Path | None:
         # Imported here so that local folders never pay for importing the hub client.
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+        unreachable = _unresolvable(constants.ENDPOINT) if not constants.HF_HUB_OFFLINE else None
         try:
-            return Path(hf_hub_download(self.repo_id, filename, revision=self.revision))
+            with _quiet("huggingface_hub"):
+                return Path(hf_hub_download(self.repo_id, filename, revision=self.revision,
+                                            local_files_only=unreachable is not None))
         except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
             self.uncached.append(filename)
             if not required:
                 return None
+            why = (f"the hub's host {unreachable} does not resolve (no network)" if unreachable
+                   else "the hub could not be reached (no network, or HF_HUB_OFFLINE=1)")
             raise CheckpointError(
-                f"{filename} of {self} is not in the local Hugging Face cache, and the hub could "
-                "not be reached (no network, or HF_HUB_OFFLINE=1). Download it once with network "
-                "access, or pass a local folder."
+                f"{filename} of {self} is not in the local Hugging Face cache, and {why}. Download it once "
+                "with network access, or pass a local folder."
             ) from None
         except EntryNotFoundError:
             if not required:
@@ -75,6 +85,37 @@ class Source:
             raise CheckpointError(f"{self} has no {filename}") from None
         except Exception as e:  # unknown repo or revision, gated repo, network errors, ...
             raise CheckpointError(f"could not fetch {filename} from {self}: {e}") from e
+
+
+_RESOLVED: dict[str, bool] = {}
+
+
+def _unresolvable(endpoint: str) -> str | None:
+    """The hub's host name if it does not resolve here (asked once per process), else None. A
+    machine that reaches the hub through a proxy resolves nothing itself: not asked then."""
+    host = urlparse(endpoint).hostname
+    if not host or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    if host not in _RESOLVED:
+        try:
+            socket.getaddrinfo(host, 443)
+            _RESOLVED[host] = True
+        except (socket.gaierror, UnicodeError):
+            _RESOLVED[host] = False
+    return None if _RESOLVED[host] else host
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """The library's own warnings (its retries: "Retrying in 4s [Retry 3/5]") kept off the
+    terminal while it works for us; its errors still reach us as exceptions."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def locate(name_or_path: str | os.PathLike, revision: str | None = None) -> Source:
