@@ -110,11 +110,15 @@ def test_loading_is_linear_in_the_special_tokens(tmp_path):
         doc["added_tokens"] += added
         path = tmp_path / f"t{n}.json"
         path.write_text(json.dumps(doc))
-        start = time.perf_counter()
-        tok = Tokenizer.from_tokenizer_json(path)
-        times[n] = time.perf_counter() - start
+        best = float("inf")
+        for _ in range(3):                          # best of three: one GC pause must not fail the test
+            start = time.perf_counter()
+            tok = Tokenizer.from_tokenizer_json(path)
+            best = min(best, time.perf_counter() - start)
+        times[n] = best
         assert len(tok.special_tokens) == n + 1
-    assert times[32768] < 1.0 and times[32768] < 20 * max(times[4096], 0.005), times    # 8x the tokens
+    # 8x the tokens: linear is ~8x the time, the quadratic loop it replaced was ~64x
+    assert times[32768] < 2.0 and times[32768] < 24 * max(times[4096], 0.005), times
 
 
 # --- fuzz ---------------------------------------------------------------------------------------
