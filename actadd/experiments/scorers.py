@@ -21,6 +21,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Sequence
 
 SENTIMENT, TOXICITY = "sentiment", "toxicity"
@@ -126,15 +127,19 @@ class HFClassifier(Scorer):
 
     def __init__(self, model: str, task: str, device: str | None = None, batch_size: int = 32,
                  label: str | None = None):
+        refuse_pickles(model, f"hf:{model}")                       # before transformers is even imported
         try:
             from transformers import pipeline
         except ImportError as e:
             raise _missing("transformers (and torch)", "eval-hf", f"hf:{model}", e) from None
         self.name, self.measures, self.batch_size = f"hf:{model}", task, batch_size
-        try:
-            self._pipe = pipeline("text-classification", model=model, tokenizer=model, device=device, top_k=None)
+        try:          # safetensors only: a pickled checkpoint (pytorch_model.bin) is never loaded
+            self._pipe = pipeline("text-classification", model=model, tokenizer=model, device=device, top_k=None,
+                                  model_kwargs={"use_safetensors": True})
         except (OSError, ValueError) as e:
-            raise ScorerError(f"hf:{model}: cannot load a text-classification model ({e})") from None
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ScorerError(f"hf:{model}: cannot load a text-classification model from safetensors "
+                              f"({first[:300]})") from None
         labels = list(self._pipe.model.config.id2label.values())
         self.target = label if label is not None else _target_label(labels, task)
         if self.target not in labels:
@@ -157,6 +162,22 @@ class HFClassifier(Scorer):
         if self.measures == SENTIMENT:
             return "positive" if score >= 0.5 else "negative"
         return "toxic" if score >= 0.5 else "non-toxic"
+
+
+PICKLES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def refuse_pickles(model: str, what: str) -> None:
+    """A local model folder with pickled weights and no safetensors: refused, saying why, before
+    transformers is asked (it would unpickle them)."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLES)
+    if pickles:
+        raise ScorerError(f"{what}: {model} holds {', '.join(pickles)} and no .safetensors file; pickled checkpoints are "
+                          "never loaded (unpickling can run arbitrary code). Convert once, where you trust the file: "
+                          "transformers' from_pretrained(SRC).save_pretrained(DST) writes model.safetensors")
 
 
 def _target_label(labels: list[str], task: str) -> str:
