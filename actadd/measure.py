@@ -17,6 +17,7 @@ import numpy as np
 from minigpt import Tokenizer, Transformer
 from minigpt.backend import array_namespace
 from minigpt.generate import left_pad
+from minigpt.textfiles import lines, read_text
 
 from .output import atomic_write, csv_text, matplotlib_ready
 from .output import progress as progress_bar
@@ -36,16 +37,9 @@ def read_corpus(path: str | Path, tokenizer: Tokenizer, split: str = "sentences"
     by label, as the sentiment set is). Each text gets <|endoftext|> prepended."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {SPLITS}")
-    path = Path(path)
-    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     out: list[tuple[str, list[int]]] = []
-    for file in files:
-        try:
-            raw = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ValueError(f"{file}: no such file") from None
-        except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
-            raise ValueError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+    for file in corpus_files(path):
+        raw = read_text(file, ValueError)
         group = file.name
         if split == "chunks":
             ids = tokenizer.encode(raw, disallowed_special=())
@@ -54,10 +48,10 @@ def read_corpus(path: str | Path, tokenizer: Tokenizer, split: str = "sentences"
         if split == "sentences":
             pieces = [(group, s) for s in re.split(r"(?<=[.!?])\s+", " ".join(raw.split()))]
         elif split == "lines":
-            pieces = [(group, line) for line in raw.splitlines()]
+            pieces = [(group, line) for line in lines(raw)]
         else:
             pieces = []
-            for number, line in enumerate(raw.splitlines(), 1):
+            for number, line in enumerate(lines(raw), 1):
                 if line.strip():
                     if "\t" not in line:
                         raise ValueError(f"{file}:{number}: expected 'text<TAB>label'")
@@ -68,6 +62,20 @@ def read_corpus(path: str | Path, tokenizer: Tokenizer, split: str = "sentences"
     if not out:
         raise ValueError(f"{path}: no text to measure (empty corpus)")
     return out
+
+
+def corpus_files(path: str | Path) -> list[Path]:
+    """The files read_corpus reads: `path`, or the .txt files of a folder (not folders named
+    so); checked to exist, so that a command can say so before loading a model."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"{path}: a folder with no .txt files")
+        return files
+    return [path]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
     write_text(path, text)      the same for a text
     json_safe(value)            NaN and infinities as None: JSON has no NaN
     write_outputs(out, ...)     a command's OUT/summary.json, OUT/summary.csv and OUT/STEM.png
+    writable_folder(out)        an output folder checked (not made) before any work
+    writable_file(path)         the same for one output file
     progress(total, ...)        a progress bar on stderr (tqdm), or nothing
 """
 
@@ -19,6 +21,39 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written: a file where a folder is wanted, a folder where
+    a file is, a path under a file, or a place not writable."""
+
+
+def writable_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check now that the folder `path` can be written (made later if absent): a run that would
+    fail at its end fails before its first step, and a refused run leaves nothing on disk (the
+    check makes and removes one empty file in the nearest folder that exists). `what` names it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{what} {path}: {existing} is a file, so nothing can be made under it")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".actadd-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{what} {path}: {existing} cannot be written ({e.strerror or e})") from None
+    return path
+
+
+def writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check now that the file `path` can be written: not a folder, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: a folder, not a file")
+    writable_folder(path.parent, f"{what} {path}: its folder")
+    return path
 
 
 def _umask() -> int:

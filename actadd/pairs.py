@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from minigpt import Tokenizer, Transformer
+from minigpt.textfiles import lines, read_text
 
 from .direction import DirectionVector
 from .measure import NextToken, log_softmax, logprob_shift, next_distribution, next_token_logprobs, token_set
@@ -51,14 +52,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
     """`plus<TAB>minus` lines of a UTF-8 file (blank lines and lines starting with '#' skipped).
     A prompt may be empty ("weddings<TAB>"), but a line needs exactly one tab."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such pairs file") from None
-    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
-        raise ValueError(f"{path}: cannot read it as UTF-8 text ({e})") from None
     pairs = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines(read_text(path, ValueError, what="pairs file")), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if line.count("\t") != 1:

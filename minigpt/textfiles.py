@@ -65,6 +65,8 @@ def parse_json(text: str | bytes, where: str, error: type[ValueError] = TextFile
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.lineno == 1 and "\n" not in (text if isinstance(text, str) else text.decode("utf-8", "replace")):
+            raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None   # a JSONL line
         raise error(f"{where}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     except UnicodeDecodeError as e:
         raise error(f"{where}: not UTF-8 JSON ({e.reason} at byte {e.start})") from None

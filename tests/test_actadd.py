@@ -259,7 +259,7 @@ def _manifest(path):
 @pytest.mark.parametrize("corrupt,match", [
     (lambda p, m, t: p.write_bytes(b"not a safetensors file"), "not a readable safetensors file"),
     (lambda p, m, t: save_file(t, p), "no actadd manifest"),
-    (lambda p, m, t: save_file(t, p, metadata={"actadd": "{"}), "actadd manifest:1:2: not valid JSON"),
+    (lambda p, m, t: save_file(t, p, metadata={"actadd": "{"}), "actadd manifest: not valid JSON .* at column 2"),
     (lambda p, m, t: save_file(t, p, metadata={"actadd": json.dumps({**m, "format_version": 9})}), "version 9"),
     (lambda p, m, t: save_file({}, p, metadata={"actadd": json.dumps(m)}),
      r"additions\[0\].tensor: 'addition.0' is not a tensor of the file"),

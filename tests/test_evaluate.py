@@ -361,7 +361,7 @@ def test_a_scorer_failing_midway_loses_no_generated_sample(books, tmp_path):
 
 @pytest.mark.parametrize("content,name,match", [
     ("good film\t1\nno tab here\n", "a.txt", r"a.txt:2: expected 'text<TAB>label', found no tab"),
-    ("good film\tmaybe\n", "a.txt", r"a.txt:1: label 'maybe' is not one of 0/1"),
+    ("good film\tmaybe\n", "a.txt", r'a.txt:1: label "maybe" \(expected 0/1, neg/pos or negative/positive\)'),
     ('{"text": "fine", "label": 1}\n{"text": "oops"\n', "a.jsonl", r"a.jsonl:2: not valid JSON"),
     ('{"text": "fine", "label": 1}\n{"label": 0}\n', "a.jsonl", r"a.jsonl:2: no field 'text'"),
     ("\n\n", "a.txt", "no labelled texts"),
@@ -384,7 +384,7 @@ def test_labelled_data_in_jsonl_and_folders(tmp_path):
     assert [(p.text, p.label) for p in data.read_labelled(imdb)] == [("hated it", "negative"), ("loved it", "positive")]
     with pytest.raises(ValueError, match="no such file or folder"):
         data.read_labelled(tmp_path / "missing.txt")
-    with pytest.raises(ValueError, match=r"r.jsonl:1: no field 'prompt.text' \(missing 'prompt'\)"):
+    with pytest.raises(ValueError, match=r"r.jsonl:1: no field 'prompt.text' \(missing 'prompt' in an object\)"):
         (tmp_path / "r.jsonl").write_text('{"text": "a"}\n')
         data.read_prompts(tmp_path / "r.jsonl")
 

@@ -114,7 +114,7 @@ def test_a_two_dimensional_direction_is_refused_as_llama_cpp_does(model, tmp_pat
 @pytest.mark.parametrize("key,value,message", [
     ("actadd.model", '"a string"', 'metadata actadd.model: "a string" is a string (expected an object'),
     ("actadd.model", "[1, 2]", "metadata actadd.model: [1, 2] is an array (expected an object"),
-    ("actadd.model", "{", "metadata actadd.model:1:2: not valid JSON"),
+    ("actadd.model", "{", "metadata actadd.model: not valid JSON (Expecting property name"),
     ("actadd.model", "[" * 100 + "]" * 100, "metadata actadd.model: JSON nested deeper than 64 levels"),
     ("actadd.positions", "7", "metadata actadd.positions: 7 is an integer"),
     ("actadd.positions", '[1, "2"]', 'metadata actadd.positions: [1, "2"] (expected'),

@@ -86,13 +86,16 @@ def test_select_chunks_takes_the_most_relevant_half_and_random_unrelated_ones():
 # P@K: ranks and LAMA
 
 
-def test_ranks_break_ties_by_token_id_as_a_stable_sort():
+def test_ranks_count_every_tie_against_the_object():
+    """A tie with a token of a smaller or a larger id counts against the object (it used to count
+    only the smaller ids: a stable sort's order)."""
     logits = np.array([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 1.0, 1.0, 1.0, 2.0]])
     for target in range(5):
         got = likelihood.ranks(logits, [target] * 3)
-        want = [int(np.flatnonzero(np.argsort(-row, kind="stable") == target)[0]) for row in logits]
+        want = [sum(1 for i, v in enumerate(row) if i != target and v >= row[target]) for row in logits]
         assert got.tolist() == want
-    assert likelihood.ranks(logits, [2, 3, 0]).tolist() == [1, 3, 0]
+    assert likelihood.ranks(logits, [2, 3, 0]).tolist() == [2, 4, 0]
+    assert likelihood.ranks(logits, [1, 0, 4]).tolist() == [2, 4, 1]    # the first of three equal: third place
 
 
 def write_lama(path, records):

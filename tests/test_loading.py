@@ -177,7 +177,7 @@ def test_state_dict_passed_directly_is_checked_too(state):
 @pytest.mark.parametrize("make,match", [
     (lambda p: p.write_bytes(b"\x01\x02"), r"2 bytes; a safetensors file starts with an 8-byte header length"),
     (lambda p: p.write_bytes(struct.pack("<Q", 1000) + b"{}"), "header length 1000 runs past the end of the file"),
-    (lambda p: p.write_bytes(struct.pack("<Q", 3) + b"{x}"), r"header:1:2: not valid JSON"),
+    (lambda p: p.write_bytes(struct.pack("<Q", 3) + b"{x}"), r"header: not valid JSON .* at column 2"),
     (lambda p: p.write_bytes(struct.pack("<Q", 2) + b"[]"), "header is not a JSON object"),
     (lambda p: write_raw_safetensors(p, {"w": {"dtype": "F32", "shape": [2]}}, b""),
      "tensor 'w': header entry needs dtype, shape and data_offsets"),

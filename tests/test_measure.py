@@ -249,7 +249,7 @@ def test_bad_corpora_and_texts_are_refused(model, tmp_path, texts):
         measure.read_corpus(empty, TOK)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00text")
-    with pytest.raises(ValueError, match="binary.txt: cannot read it as UTF-8 text"):
+    with pytest.raises(ValueError, match=r"binary.txt:1: not UTF-8 text \(byte 0x"):
         measure.read_corpus(binary, TOK)
     with pytest.raises(ValueError, match="missing.txt: no such file"):
         measure.read_corpus(tmp_path / "missing.txt", TOK)

@@ -90,8 +90,6 @@ class DaskRunner:
     scheduler is at `scheduler`. `backend`: the workers' array backend when it is not the
     client's (a client on a CPU driving GPU workers). Use as a context manager, or call close()."""
 
-    ordered = False                     # units finish in any order
-
     def __init__(self, workers: int | None = None, scheduler: str | None = None, timeout: float = 60,
                  backend: str | None = None):
         if (workers is None) == (scheduler is None):

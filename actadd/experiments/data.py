@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt import Tokenizer
+from minigpt.textfiles import describe, lines, parse_json, read_text
 
 # The paper's wedding words (its topic experiment and perplexity by relevance), whole words, any case.
 WEDDING_WORDS = ("wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon")
 LABELS = {"0": "negative", "neg": "negative", "negative": "negative",
           "1": "positive", "pos": "positive", "positive": "positive"}
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as the experiment's data: the file, line and field say where."""
 
 
 def digest(items) -> str:
@@ -44,14 +49,17 @@ class Prompt:
         return [tokenizer.bos_token_id] + ids
 
 
-def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Prompt]:
+def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label",
+                  header: bool | None = None) -> list[Prompt]:
     """Labelled texts from `text<TAB>label` lines, a JSONL file (`text_field`, `label_field`,
     dotted for nested objects), or a folder: with pos/ and neg/ subfolders (IMDb's layout, one
-    text a file) or of .txt / .tsv / .jsonl files read as above (README files left out). Labels 0/1, neg/pos or
-    negative/positive (any case); anything else is an error naming the file and line."""
+    text a file) or of .txt / .tsv / .jsonl files read as above (README files left out). Labels
+    0/1, neg/pos or negative/positive (any case); anything else is an error naming the file and
+    line. `header`: whether a tab-separated file's first line names its columns (None: it does
+    when its label is no label and the next line's is one)."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         if (path / "pos").is_dir() and (path / "neg").is_dir():
             items = [(t, LABELS[d], src) for d in ("neg", "pos") for t, src in _folder_texts(path / d)]
@@ -59,59 +67,70 @@ def read_labelled(path: str | Path, text_field: str = "text", label_field: str =
             files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".tsv", ".jsonl") and p.is_file()
                            and p.stem.lower() != "readme")
             if not files:
-                raise ValueError(f"{path}: a folder with no .txt, .tsv or .jsonl files and no pos/ and neg/ subfolders")
-            items = [item for f in files for item in _labelled_file(f, text_field, label_field)]
+                raise DataError(f"{path}: a folder with no .txt, .tsv or .jsonl files and no pos/ and neg/ subfolders")
+            items = [item for f in files for item in _labelled_file(f, text_field, label_field, header)]
     else:
-        items = _labelled_file(path, text_field, label_field)
+        items = _labelled_file(path, text_field, label_field, header)
     if not items:
-        raise ValueError(f"{path}: no labelled texts")
+        raise DataError(f"{path}: no labelled texts")
     return [Prompt(i, text, src, label) for i, (text, label, src) in enumerate(items)]
 
 
+def _files(folder: Path, pattern: str) -> list[Path]:
+    """The files (not folders, whatever their name) of `folder` matching `pattern`, in order."""
+    return sorted(p for p in folder.glob(pattern) if p.is_file())
+
+
 def _folder_texts(folder: Path):
-    for f in sorted(folder.glob("*.txt")):
+    for f in _files(folder, "*.txt"):
         yield _read(f).strip(), f"{f}"
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    return read_text(path, DataError)
 
 
 def _label(value, where: str) -> str:
-    label = LABELS.get(str(value).strip().lower())
+    label = LABELS.get(str(value).strip().lower()) if isinstance(value, (str, int)) and not isinstance(value, bool) \
+        else None
     if label is None:
-        raise ValueError(f"{where}: label {value!r} is not one of 0/1, neg/pos, negative/positive")
+        raise DataError(f"{where}: label {json.dumps(value)[:40]} (expected 0/1, neg/pos or negative/positive)")
     return label
 
 
-def _labelled_file(path: Path, text_field: str, label_field: str) -> list[tuple[str, str, str]]:
+def _labelled_file(path: Path, text_field: str, label_field: str, header: bool | None = None) -> list[tuple[str, str, str]]:
     if path.suffix == ".jsonl":
         return [(_field(obj, text_field, where), _label(_field(obj, label_field, where, text=False), where), where)
                 for obj, where in _jsonl(path)]
-    out = []
-    for number, line in enumerate(_read(path).splitlines(), 1):
+    rows = []
+    for number, line in enumerate(lines(_read(path)), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         if "\t" not in line:
-            raise ValueError(f"{where}: expected 'text<TAB>label', found no tab")
+            raise DataError(f"{where}: expected 'text<TAB>label', found no tab")
         text, label = line.rsplit("\t", 1)
-        out.append((text.strip(), _label(label, where), where))
-    return out
+        rows.append((text.strip(), label, where))
+    if rows and (header or header is None and _is_header(rows)):
+        rows = rows[1:]
+    return [(text, _label(label, where), where) for text, label, where in rows]
+
+
+def _is_header(rows) -> bool:
+    """A first row whose label is no label, followed by one whose label is: column names."""
+    def valid(label):
+        return LABELS.get(label.strip().lower()) is not None
+    return len(rows) > 1 and not valid(rows[0][1]) and valid(rows[1][1])
 
 
 def _jsonl(path: Path):
-    for number, line in enumerate(_read(path).splitlines(), 1):
+    """(object, "file:line") of each non-blank line. Lines split on "\n" only: U+2028 and the
+    other breaks that str.splitlines() knows are text inside a JSON string."""
+    for number, line in enumerate(lines(_read(path)), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
-        yield obj, f"{path}:{number}"
+        where = f"{path}:{number}"
+        yield parse_json(line, where, DataError), where
 
 
 def _field(obj, dotted: str, where: str, text: bool = True):
@@ -119,10 +138,10 @@ def _field(obj, dotted: str, where: str, text: bool = True):
     value = obj
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
-            raise ValueError(f"{where}: no field {dotted!r} (missing {part!r})")
+            raise DataError(f"{where}: no field {dotted!r} (missing {part!r} in {describe(value)})")
         value = value[part]
     if text and not isinstance(value, str):
-        raise ValueError(f"{where}: field {dotted!r} is {type(value).__name__}, expected text")
+        raise DataError(f"{where}: {dotted}: {describe(value)} (expected text)")
     return value
 
 
@@ -131,13 +150,13 @@ def read_prompts(path: str | Path, field: str = "prompt.text") -> list[Prompt]:
     ...}}), or from a text file, one prompt a line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
     if path.suffix == ".jsonl":
         items = [(_field(obj, field, where), where) for obj, where in _jsonl(path)]
     else:
-        items = [(line, f"{path}:{n}") for n, line in enumerate(_read(path).splitlines(), 1) if line.strip()]
+        items = [(line, f"{path}:{n}") for n, line in enumerate(lines(_read(path)), 1) if line.strip()]
     if not items:
-        raise ValueError(f"{path}: no prompts")
+        raise DataError(f"{path}: no prompts")
     return [Prompt(i, text, where) for i, (text, where) in enumerate(items)]
 
 
@@ -146,19 +165,19 @@ def read_documents(path: str | Path, field: str = "text") -> list[tuple[str, str
     sample: {"filename", "text"}), a .txt file (one document), or a folder of .txt files."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        docs = [(str(f), _read(f)) for f in sorted(path.glob("*.txt"))]
+        docs = [(str(f), _read(f)) for f in _files(path, "*.txt")]
     elif path.suffix == ".jsonl":
         docs = []
         for obj, where in _jsonl(path):
             if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise ValueError(f"{where}: expected an object with a text field {field!r}")
+                raise DataError(f"{where}: expected an object with a text field {field!r}")
             docs.append((where, obj[field]))
     else:
         docs = [(str(path), _read(path))]
     if not docs:
-        raise ValueError(f"{path}: no documents")
+        raise DataError(f"{path}: no documents")
     return docs
 
 
@@ -179,12 +198,12 @@ def read_lama(path: str | Path, tokenizer: Tokenizer) -> tuple[list[Fact], list[
     returned as skipped, each with its file:line and reason."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
     facts, skipped = [], []
     for obj, where in _jsonl(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("obj_label"), str) \
                 or not isinstance(obj.get("masked_sentences"), list):
-            raise ValueError(f"{where}: expected a LAMA record with 'masked_sentences' (a list) and 'obj_label' (text)")
+            raise DataError(f"{where}: expected a LAMA record with 'masked_sentences' (a list) and 'obj_label' (text)")
         label = obj["obj_label"].strip()
         for sentence in obj["masked_sentences"]:
             if not isinstance(sentence, str) or sentence.count("[MASK]") != 1:
@@ -198,6 +217,6 @@ def read_lama(path: str | Path, tokenizer: Tokenizer) -> tuple[list[Fact], list[
                 continue
             facts.append(Fact(len(facts) + len(skipped), where, prompt, label, ids[0]))
     if not facts:
-        raise ValueError(f"{path}: no fact with a one-token object ({len(skipped)} masked sentences skipped: "
+        raise DataError(f"{path}: no fact with a one-token object ({len(skipped)} masked sentences skipped: "
                          f"{skipped[0]['reason'] if skipped else 'the file is empty'}); P@K needs one-token objects")
     return facts, skipped

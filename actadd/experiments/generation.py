@@ -42,14 +42,14 @@ from minigpt import Tokenizer, Transformer
 
 from ..measure import next_token_logprobs, topic_pattern
 from ..output import progress as progress_bar
-from ..output import write_outputs
+from ..output import writable_folder, write_outputs
 from ..provenance import ModelSource, fingerprint
 from ..steering import PAPER_SAMPLING, Steering, row_hooks, steering_vector, x_vector
 from . import stats
 from .data import WEDDING_WORDS, Prompt, digest
-from .results import ResultsFile
+from .results import NUMBER, OPTIONAL_NUMBER, ResultsFile
 from .runner import Here, open_runner
-from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
+from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer, refuse_pickles
 
 TOPIC_PROMPT = "I went up to my friend and said"
 DIRECTIONS = {"neg-to-pos": ("negative", "positive", "Love", "Hate"),
@@ -195,6 +195,15 @@ def score_records(scorer: Scorer, records: list[dict]) -> list[dict]:
 # Running a task
 
 
+# The records of results.jsonl, by kind: what a resumed run reads back (results.check_record).
+RECORDS = {
+    "sample": {"condition": str, "prompt_id": int, "sample": int, "seed": list, "layer": (int, type(None)),
+               "coeff": OPTIONAL_NUMBER, "prompt": str, "text": str, "tokens": list, "stopped": bool,
+               "fluency": {"tokens": int, "logprob": NUMBER, "perplexity": OPTIONAL_NUMBER}},
+    "score": {"condition": str, "prompt_id": int, "sample": int, "scorer": str, "score": NUMBER, "label": str},
+}
+
+
 @dataclass
 class Run:
     """A finished (or resumed and finished) run: its settings, records and summary."""
@@ -215,7 +224,7 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
     appended as each unit finishes. `runner` (runner.open_runner; default Here): where the units
     run; if they finish out of order, the file is put in unit order at the end."""
     runner = runner or Here()
-    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
+    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings, RECORDS)
     work = units(conditions, prompts, samples, batch_rows)
     have = {(r["condition"], r["prompt_id"], r["sample"]) for r in results.records if r["kind"] == "sample"}
     complete = [all(k in have for k in u.keys) for u in work]
@@ -252,9 +261,11 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
         for i in range(0, len(unscored), batch_rows):
             results.append(score_records(scorer, unscored[i:i + batch_rows]))
     order = {k: i for i, k in enumerate(k for u in work for k in u.keys)}
-    if not runner.ordered:                            # as one process writes it: unit by unit, samples then scores
-        unit_of = {k: n for n, u in enumerate(work) for k in u.keys}
-        results.reorder(lambda r: (unit_of[key(r)], r["kind"] != "sample", order[key(r)]))
+    # Unit by unit, samples then scores: the file is then the same bytes whether the units ran
+    # here or on Dask, and wherever a stop cut the run (scores of samples generated before it
+    # come after the last unit otherwise).
+    unit_of = {k: n for n, u in enumerate(work) for k in u.keys}
+    results.reorder(lambda r: (unit_of[key(r)], r["kind"] != "sample", order[key(r)]))
     return Run(task, settings, sorted(samples_.values(), key=lambda r: order[key(r)]),
                {key(r): r for r in results.records if r["kind"] == "score"})
 
@@ -334,6 +345,8 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
     (which, with `padding`, are then not used). `workers` / `scheduler`: run the units on Dask
     (actadd.experiments.dask), with the same records."""
     _check_common(samples, max_new_tokens, batch_rows, seed)
+    if out is not None:
+        writable_folder(out, "out")
     layers = list(range(model.config.n_layer)) if layers is None else [int(L) for L in layers]
     if not layers or not coeffs:
         raise ValueError("the grid is empty: give at least one layer and one coefficient")
@@ -432,6 +445,8 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
                   scorer, seed, padding, fluency_model, relevance_model, batch_rows, progress, sampling, extra,
                   workers=None, scheduler=None, worker_backend=None, vector=None) -> Run:
     _check_common(samples, max_new_tokens, batch_rows, seed)
+    if out is not None:
+        writable_folder(out, "out")
     if not prompts:
         raise ValueError(f"{task}: no prompts to run")
     if vector is None:
@@ -673,10 +688,12 @@ def _relevance(name: str) -> Callable:
     except ImportError as e:
         raise ValueError(f"relevance needs sentence-transformers, which cannot be imported here ({e}); install it "
                          "with: pip install 'minigpt-actadd[eval-hf]'") from None
-    try:
-        encoder = SentenceTransformer(name)                   # its own choice of device
+    refuse_pickles(name, "relevance model")
+    try:                       # its own choice of device; safetensors only, never a pickled checkpoint
+        encoder = SentenceTransformer(name, model_kwargs={"use_safetensors": True})
     except (OSError, ValueError) as e:
-        raise ValueError(f"relevance model {name!r} cannot be loaded ({e})") from None
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"relevance model {name!r} cannot be loaded from safetensors ({first[:300]})") from None
 
     def cosines(prompts, continuations):
         a = encoder.encode(list(prompts), normalize_embeddings=True, convert_to_numpy=True)

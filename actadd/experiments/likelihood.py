@@ -33,14 +33,20 @@ from minigpt import Tokenizer, Transformer
 
 from ..measure import length_batches, log_softmax, picked_logprobs, topic_pattern
 from ..output import progress as progress_bar
-from ..output import write_outputs
+from ..output import writable_folder, write_outputs
 from ..provenance import fingerprint
 from ..steering import SteeringVector, site, steering_vector, x_vector
 from . import stats
 from .data import WEDDING_WORDS, Fact, digest
-from .results import ResultsFile
+from .results import NUMBER, ResultsFile
 from .runner import ModelContext, open_runner
 
+# The records of results.jsonl, by kind: what a resumed run reads back (results.check_record).
+CHUNK_RECORDS = {"chunk": {"id": int, "source": str, "start": int, "words": int, "topic_words": int,
+                           "relevance": NUMBER, "predictions": int, "unsteered_logprob": NUMBER,
+                           "steered_logprob": NUMBER}}
+FACT_RECORDS = {"fact": {"id": int, "source": str, "prompt": str, "obj": str, "target": int, "rank_unsteered": int,
+                         "rank_steered": int, "logprob_unsteered": NUMBER, "logprob_steered": NUMBER}}
 PAPER_LAYER = (16, 48)       # " weddings" - "" at layer 16 of GPT-2-XL's 48 blocks
 KS = tuple(range(1, 11))     # P@1 .. P@10
 
@@ -107,9 +113,8 @@ def _run_batches(results: ResultsFile, todo: list, work, model, tokenizer, progr
             results.append(records)
             bar.update(len(records))
     bar.close()
-    if not runner.ordered:                            # as one process writes it: batch by batch, by id within
-        batch_of = {i: k for k, ids in enumerate(batch_ids) for i in ids}
-        results.reorder(lambda r: (batch_of.get(r.get("id"), -1), r.get("id", -1)))
+    batch_of = {i: k for k, ids in enumerate(batch_ids) for i in ids}     # batch by batch, by id within, as
+    results.reorder(lambda r: (batch_of.get(r.get("id"), -1), r.get("id", -1)))   # one process writes it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +244,8 @@ def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tupl
     paper's 16 of 48, rescaled) x `coeff`; the first predictions, where the addition sits, are
     masked. Per bin: chunks, tokens, both perplexities, and the ratio steered / unsteered =
     exp(-mean over chunks of the chunk's mean log-prob difference), with a t interval over chunks."""
+    if out is not None:
+        writable_folder(out, "out")
     layer = paper_layer(model.config.n_layer) if layer is None else layer
     vector = topic_vector(model, tokenizer, plus, minus, coeff, layer, padding)
     chunks, dropped = chunk_documents(documents, tokenizer, chunk_tokens, words)
@@ -255,7 +262,7 @@ def relevance(model: Transformer, tokenizer: Tokenizer, documents: Sequence[tupl
                 "padding": padding, "words": list(words), "chunk_tokens": chunk_tokens, "chunks": len(chunks),
                 "max_chunks": max_chunks, "seed": seed, "chunks_sha256": digest([c.tokens for c in chunks]),
                 "model": fingerprint(model)}
-    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
+    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings, CHUNK_RECORDS)
     masked = vector.masked_positions(chunk_tokens + 1)[:-1]                    # [chunk_tokens] predictions
     seqs = [[tokenizer.bos_token_id, *c.tokens] for c in chunks]
     batches = [RelevanceBatch(vector, layer, masked, tuple(chunks[i] for i in rows), tokens, mask)
@@ -373,14 +380,13 @@ def relevance_table(summary: dict) -> str:
 
 
 def ranks(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """Each row's target's rank, 0 for the most likely: the tokens above it are those with a
-    larger logit, and those with an equal logit and a smaller id (a stable sort's order, so a
-    tie is never counted in the target's favour and the ranks are a permutation)."""
+    """Each row's target's rank, 0 for the most likely: the number of other tokens whose logit
+    is at least the target's. A tie counts against the target, whichever its id: P@K never
+    credits the object with a place it shares (the conservative reading)."""
     logits = np.asarray(logits)
     t = np.asarray(targets)
     own = logits[np.arange(len(t)), t][:, None]
-    ids = np.arange(logits.shape[1])[None]
-    return ((logits > own) | ((logits == own) & (ids < t[:, None]))).sum(axis=1)
+    return (logits >= own).sum(axis=1) - 1
 
 
 @dataclass(frozen=True)
@@ -425,6 +431,8 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
     at `layer` (default the paper's 16 of 48, rescaled) x `coeff` over the whole prompt; each
     with its Wilson interval, and the paired difference (t over facts). Prompts shorter than the
     steering matrix, or too long for the context, are skipped and counted."""
+    if out is not None:
+        writable_folder(out, "out")
     layer = paper_layer(model.config.n_layer) if layer is None else layer
     vector = topic_vector(model, tokenizer, plus, minus, coeff, layer, padding)
     facts = list(facts)[:limit] if limit is not None else list(facts)
@@ -443,7 +451,7 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
     settings = {"task": "knowledge", "plus": plus, "minus": minus, "layer": layer, "coeff": float(coeff),
                 "padding": padding, "facts": len(kept), "facts_sha256": digest(
                     [[f.prompt, f.obj, f.target] for f in kept]), "model": fingerprint(model)}
-    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings)
+    results = ResultsFile(Path(out) / "results.jsonl" if out is not None else None, settings, FACT_RECORDS)
     seqs = [[tokenizer.bos_token_id] + tokenizer.encode(f.prompt, disallowed_special=()) for f in kept]
     batches = [KnowledgeBatch(vector, tuple(kept[i] for i in rows), tokens, mask, tuple(len(seqs[i]) for i in rows))
                for rows, tokens, mask in length_batches(seqs, batch_tokens)]

@@ -24,7 +24,7 @@ import numpy as np
 
 from minigpt import Tokenizer, Transformer
 
-from ..output import json_safe, write_text
+from ..output import json_safe, writable_folder, write_text
 from . import data, generation, likelihood, overhead
 
 PAPER = "Turner et al., *Steering Language Models With Activation Engineering*, arXiv 2308.10248v5"
@@ -65,7 +65,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
     words at every layer (the quick preset: 4 layers, 32 samples); relevance and knowledge the
     paper's layer rescaled to this depth; overhead the paper's batch 32 x 64 at the middle block.
     `workers` / `scheduler`: topic, relevance and knowledge on Dask (overhead is timed here)."""
-    out = Path(out)
+    out = Path(writable_folder(out, "out"))
     dask = {"workers": workers, "scheduler": scheduler, "worker_backend": worker_backend}
     preset = PRESETS["quick" if quick else "full"]
     n_layer = model.config.n_layer

@@ -14,7 +14,12 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+from minigpt.textfiles import describe, parse_json
+
 from ..output import json_safe, write_text
+
+NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
 
 
 class ResumeError(ValueError):
@@ -26,14 +31,16 @@ class ResultsFile:
 
     A new file is created with the settings line. An existing one is read back: its settings
     must equal `settings` (else ResumeError naming each one that differs), a last line cut off
-    by a crash is dropped, and the records are in `records`. `append` writes finished records
-    with one write call and fsync, so what is reported done is on disk. With path None nothing
-    is written (a run kept in memory)."""
+    by a crash is dropped, every other line must be a record of one of `kinds` ({kind: {field:
+    type}}, nested for objects) or the error names the line and field, and the records are in
+    `records`. `append` writes finished records with one write call and fsync, so what is
+    reported done is on disk. With path None nothing is written (a run kept in memory)."""
 
     FORMAT = "actadd-eval-results"
 
-    def __init__(self, path: str | os.PathLike | None, settings: dict):
+    def __init__(self, path: str | os.PathLike | None, settings: dict, kinds: dict | None = None):
         self.path = Path(path) if path is not None else None
+        self.kinds = kinds
         self.settings = json.loads(json.dumps(json_safe(settings)))  # as it reads back from the file
         self.records: list[dict] = []
         self.torn = False
@@ -55,8 +62,8 @@ class ResultsFile:
         if not lines:
             raise ResumeError(f"{self.path}: empty, or its settings line is incomplete; delete it to start again")
         try:
-            first = json.loads(lines[0])
-        except ValueError:
+            first = parse_json(lines[0], f"{self.path}:1", ResumeError)
+        except ResumeError:
             first = None
         if not isinstance(first, dict) or first.get("kind") != "settings" or first.get("format") != self.FORMAT:
             raise ResumeError(f"{self.path}:1: not an actadd eval results file (no settings line); "
@@ -70,11 +77,13 @@ class ResultsFile:
                               "use another output folder, or the same settings to resume it. Differences: "
                               + "; ".join(diffs))
         for number, line in enumerate(lines[1:], 2):
+            where = f"{self.path}:{number}"
             try:
-                record = json.loads(line)
-            except ValueError:
-                raise ResumeError(f"{self.path}:{number}: not a JSON record; the file is damaged "
-                                  "(delete that line, or the file, to go on)") from None
+                record = parse_json(line, where, ResumeError)
+            except ResumeError as e:
+                raise ResumeError(f"{e}; the file is damaged (delete that line, or the file, to go on)") from None
+            if self.kinds is not None:
+                check_record(record, self.kinds, where)
             self.records.append(record)
 
     def append(self, records: Iterable[dict]) -> None:
@@ -114,6 +123,32 @@ class ResultsFile:
             lines = [json.dumps({"kind": "settings", "format": self.FORMAT, **self.settings})] + [json.dumps(r) for r in ordered]
             write_text(self.path, "".join(line + "\n" for line in lines))
         self.records = ordered
+
+
+def check_record(record, kinds: dict, where: str) -> None:
+    """`record` an object whose kind is one of `kinds` and whose fields have their types, or a
+    ResumeError naming the line and the field (a damaged file is refused, not summarized)."""
+    if not isinstance(record, dict) or not isinstance(record.get("kind"), str) or record["kind"] not in kinds:
+        raise ResumeError(f"{where}: {_short(record)} (expected a record: an object whose kind is "
+                          f"{' or '.join(json.dumps(k) for k in kinds)}); the file is damaged (delete that line, or the "
+                          "file, to go on)")
+    _check_fields(record, kinds[record["kind"]], where, "")
+
+
+def _check_fields(obj: dict, fields: dict, where: str, prefix: str) -> None:
+    for key, kind in fields.items():
+        name = prefix + key
+        if key not in obj:
+            raise ResumeError(f"{where}: {name}: missing; the file is damaged (delete that line, or the file, to go on)")
+        value = obj[key]
+        if isinstance(kind, dict):
+            if not isinstance(value, dict):
+                raise ResumeError(f"{where}: {name}: {_short(value)} is {describe(value)} (expected an object)")
+            _check_fields(value, kind, where, name + ".")
+        elif not isinstance(value, kind) or isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                   else (kind,)):
+            raise ResumeError(f"{where}: {name}: {_short(value)} is {describe(value)}; the file is damaged (delete "
+                              "that line, or the file, to go on)")
 
 
 def _short(value) -> str:

@@ -29,8 +29,6 @@ from ..provenance import ModelSource
 class Here:
     """Runs every unit in this process, in order."""
 
-    ordered = True                      # units finish in the order given
-
     def describe(self) -> str | None:
         return None
 
