@@ -20,7 +20,8 @@ from minigpt.cli import BACKEND_HELP
 
 from . import interpret, measure, pairs
 from .experiments import data, generation, likelihood, overhead, paper
-from .output import json_safe, write_outputs
+from .experiments.scorers import SENTIMENT, TOXICITY, get_scorer
+from .output import json_safe, writable_file, writable_folder, write_outputs
 from .pairs import READINGS
 from .steering import ALIGNMENTS, PADDINGS, PAPER_SAMPLING, generate, norm_report, steering_vector, x_vector
 from .vector_io import VectorFileError, load, save
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _check_recipe(parser, args, minus_required=True)
     try:
-        model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+        _vector_inputs(parser, args)
+        model, tok = _load(args)
         vector = _vector(parser, args, model, tok)
         args.align = args.align or vector.alignment
         if args.save:
@@ -166,13 +168,33 @@ def _positions(text: str):
     return text if text in ("prompt", "all") else tuple(_numbers(text, int, "--positions"))
 
 
+def _load(args):
+    """The model and tokenizer: after everything the command can check without them."""
+    return minigpt.load(args.model, revision=args.revision, backend=args.backend)
+
+
+def _vector_inputs(parser, args) -> None:
+    """The vector's recipe and files, checked before a model is loaded: a pairs file read, a
+    --vector file that exists, a --save place that can be written."""
+    _check_recipe(parser, args)
+    args.pair_list = pairs.read_pairs(args.pairs) if args.pairs is not None else None
+    if args.vector is not None and not Path(args.vector).is_file():
+        raise ValueError(f"--vector {args.vector}: no such file")
+    if getattr(args, "save", None):
+        writable_file(args.save, "--save")
+    if args.layer is not None:
+        _numbers(args.layer, int, "--layer")                             # a typo in a list: now, not after loading
+    _positions(args.positions)
+
+
 def _vector(parser, args, model, tok):
     _check_recipe(parser, args)
     if args.vector is not None:
         return load(args.vector, model, allow_other_weights=args.allow_other_weights)
     layers = _numbers(args.layer, int, "--layer")
     if args.pairs is not None:
-        vector = pairs.mean_of_pairs(model, tok, pairs.read_pairs(args.pairs), args.coeff, layers, args.reading, args.pad,
+        contrast = args.pair_list if getattr(args, "pair_list", None) is not None else pairs.read_pairs(args.pairs)
+        vector = pairs.mean_of_pairs(model, tok, contrast, args.coeff, layers, args.reading, args.pad,
                                      _positions(args.positions))
         return vector if args.reading != "actadd" else replace(vector, alignment=args.align or "front")
     additions = [a for L in layers for a in x_vector(tok, args.plus, args.minus, args.coeff, L, args.pad)]
@@ -405,7 +427,9 @@ def _add_paper_command(sub):
 
 
 def _logprobs(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    _vector_inputs(parser, args)
+    measure.corpus_files(args.corpus)
+    model, tok = _load(args)
     vector = _vector(parser, args, model, tok)
     texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens)
     summary = measure.logprob_shift(model, texts, vector, mask=not args.no_mask, skip_short=args.skip_short).summary()
@@ -430,7 +454,8 @@ def _topic_ids(tok, strings):
 
 
 def _nexttoken(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    _vector_inputs(parser, args)
+    model, tok = _load(args)
     vector = _vector(parser, args, model, tok)
     nt = measure.next_token(model, tok, args.prompt, vector)
     topic = _topic_ids(tok, args.topic)
@@ -472,7 +497,10 @@ def _sweep(parser, args):
     for a in alignments:
         if a not in ALIGNMENTS:
             parser.error(f"--align {a!r}: expected one of {ALIGNMENTS}")
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    if args.corpus:
+        measure.corpus_files(args.corpus)
+    writable_file(Path(args.out).with_suffix(".csv"), "--out")
+    model, tok = _load(args)
     texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens) if args.corpus else None
     rows = measure.sweep(model, tok, args.plus, args.minus, layers, coeffs, alignments, args.pad, texts=texts,
                          prompt=args.prompt, topic_tokens=_topic_ids(tok, args.topic), mask=not args.no_mask,
@@ -490,7 +518,17 @@ def _sweep(parser, args):
 def _eval(parser, args):
     if args.task in ("relevance", "knowledge", "overhead"):
         return _eval_likelihood(parser, args)
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    # Everything that can be wrong without a model is found before one is loaded.
+    writable_folder(args.out, "--out")
+    if args.task == "topic":
+        layers = _numbers(args.layers, int, "--layers") if args.layers else None
+        coeffs = _numbers(args.coeffs, float, "--coeffs")
+    else:
+        inputs = (data.read_labelled(args.data, args.text_field, args.label_field) if args.task == "sentiment"
+                  else data.read_prompts(args.data, args.field))
+        scorer = get_scorer(args.scorer, SENTIMENT if args.task == "sentiment" else TOXICITY, device=args.device,
+                            label=args.scorer_label)
+    model, tok = _load(args)
     fluency = minigpt.load(args.fluency_model, backend=args.backend) if args.fluency_model else None
     common = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed, padding=args.pad,
                   fluency_model=fluency, relevance_model=args.relevance_model, batch_rows=args.batch_rows,
@@ -498,20 +536,16 @@ def _eval(parser, args):
                   freq_penalty=args.freq_penalty, workers=args.workers, scheduler=args.scheduler,
                   worker_backend=args.worker_backend)
     if args.task == "topic":
-        layers = _numbers(args.layers, int, "--layers") if args.layers else None
         words = [w for w in args.words.split(",") if w.strip()]
         run = generation.topic(model, tok, args.out, prompt=args.prompt, plus=args.plus, minus=args.minus, layers=layers,
-                               coeffs=_numbers(args.coeffs, float, "--coeffs"), words=words, **common)
+                               coeffs=coeffs, words=words, **common)
     else:
-        scoring = dict(layer=args.layer, coeff=args.coeff, limit=args.limit, scorer=args.scorer,
-                       scorer_label=args.scorer_label, device=args.device)
+        scoring = dict(layer=args.layer, coeff=args.coeff, limit=args.limit, scorer=scorer)
         if args.task == "sentiment":
-            texts = data.read_labelled(args.data, args.text_field, args.label_field)
-            run = generation.sentiment(model, tok, texts, args.out, direction=args.direction, plus=args.plus,
+            run = generation.sentiment(model, tok, inputs, args.out, direction=args.direction, plus=args.plus,
                                        minus=args.minus, prefix=args.prefix, truncate=args.truncate, **scoring, **common)
         else:
-            prompts = data.read_prompts(args.data, args.field)
-            run = generation.toxicity(model, tok, prompts, args.out, plus=args.plus, minus=args.minus, **scoring, **common)
+            run = generation.toxicity(model, tok, inputs, args.out, plus=args.plus, minus=args.minus, **scoring, **common)
     if args.json:
         print(json.dumps(json_safe(run.summary), indent=2))
     else:
@@ -521,11 +555,12 @@ def _eval(parser, args):
 
 
 def _eval_likelihood(parser, args):
+    writable_folder(args.out, "--out")
     if args.task == "overhead":
         if args.shape:
             model = overhead.random_model(args.shape, seed=args.seed, backend=args.backend)
         else:
-            model, _ = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+            model, _ = _load(args)
         summary = overhead.overhead(model, layer=args.layer, batch=args.batch, tokens=args.tokens, repeats=args.repeats,
                                     generate_rows=args.generate_rows, prompt_tokens=args.prompt_tokens,
                                     new_tokens=args.new_tokens, control=not args.no_control, seed=args.seed,
@@ -536,19 +571,21 @@ def _eval_likelihood(parser, args):
         if not args.json:
             print("wrote " + ", ".join(str(p) for p in written))
         return 0
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     common = dict(plus=args.plus, minus=args.minus, layer=args.layer, coeff=args.coeff, padding=args.pad,
                   progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
                   worker_backend=args.worker_backend)
     if args.task == "relevance":
-        words = [w for w in args.words.split(",") if w.strip()]
+        documents = data.read_documents(args.data, args.field)
         edges = _numbers(args.bins, float, "--bins") if args.bins else None
-        result = likelihood.relevance(model, tok, data.read_documents(args.data, args.field), args.out,
+        model, tok = _load(args)
+        words = [w for w in args.words.split(",") if w.strip()]
+        result = likelihood.relevance(model, tok, documents, args.out,
                                       words=words, chunk_tokens=args.chunk_tokens, edges=edges, quantiles=args.quantiles,
                                       max_chunks=args.max_chunks, seed=args.seed, **common)
         text = likelihood.relevance_table(result.summary)
-    else:
-        facts, skipped = data.read_lama(args.data, tok)
+    else:                                   # the facts need the tokenizer (one-token objects), not the model
+        facts, skipped = data.read_lama(args.data, minigpt.Tokenizer.from_pretrained(args.model, revision=args.revision))
+        model, tok = _load(args)
         result = likelihood.knowledge(model, tok, facts, args.out, limit=args.limit, skipped=skipped, **common)
         text = likelihood.knowledge_table(result.summary)
     if args.json:
@@ -560,8 +597,13 @@ def _eval_likelihood(parser, args):
 
 
 def _paper(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    writable_folder(args.out, "--out")
     layers = _numbers(args.layers, int, "--layers") if args.layers else None
+    if args.relevance_data is not None:
+        data.read_documents(args.relevance_data)                        # read now: a typo costs no load
+    if args.lama is not None:
+        data.read_lama(args.lama, minigpt.Tokenizer.from_pretrained(args.model, revision=args.revision))
+    model, tok = _load(args)
     report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
                        progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
@@ -571,7 +613,7 @@ def _paper(parser, args):
 
 
 def _reproduce(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    model, tok = _load(args)
     ours = measure.reproduce(model, tok)
     rows = [(kind, ours[f"{kind}_loss"], measure.ORIGINAL_GPT2_XL[kind]) for kind in ("unsteered", "steered")]
     if args.json:
@@ -591,7 +633,12 @@ def _pairs(parser, args):
     if args.prompt is not None and not args.topic:
         parser.error("--prompt needs --topic: the tokens whose next-token log-probability is the metric")
     contrast = pairs.read_pairs(args.pairs)
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    if args.corpus is not None:
+        measure.corpus_files(args.corpus)
+    writable_folder(args.out, "--out")
+    if args.save:
+        writable_file(args.save, "--save")
+    model, tok = _load(args)
     if args.prompt is not None:
         metric = pairs.effectiveness_metric(model, tok, args.prompt, _topic_ids(tok, args.topic))
     else:
@@ -616,8 +663,9 @@ def _calibrate(parser, args):
     if (args.plus is None) == (args.pairs is None):
         parser.error("give --plus (and --minus) or --pairs")
     contrast = pairs.read_pairs(args.pairs) if args.pairs else [(args.plus, args.minus)]
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
     layers = _numbers(args.layers, int, "--layers") if args.layers else None
+    writable_folder(args.out, "--out")
+    model, tok = _load(args)
     result = interpret.calibrate(model, tok, args.prompt, contrast, layers, _numbers(args.ratios, float, "--ratios"),
                                  args.reading, args.pad)
     written = write_outputs(args.out, "calibrate", {"model": args.model, **result.document()}, result.rows, result.plot)
@@ -628,7 +676,9 @@ def _calibrate(parser, args):
 
 
 def _lens(parser, args):
-    model, tok = minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    _vector_inputs(parser, args)
+    writable_folder(args.out, "--out")
+    model, tok = _load(args)
     vector = _vector(parser, args, model, tok)
     report = interpret.lens(model, tok, vector, args.prompt, args.k)
     rows = [{"layer": r["layer"], "position": r["position"], "kind": kind, "rank": i, "token": t, "value": v}
