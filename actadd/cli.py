@@ -308,6 +308,8 @@ def _add_eval_commands(sub):
                            "subfolders, or such files)")
     sentiment.add_argument("--text-field", default="text", help="JSONL: the text's field (dotted for nested)")
     sentiment.add_argument("--label-field", default="label", help="JSONL: the label's field (0/1, neg/pos)")
+    sentiment.add_argument("--html-breaks", action="store_true", help="make each <br /> tag a line break (IMDb's raw "
+                           "reviews, for a model trained on clean text such as tiny-imdb)")
     sentiment.add_argument("--direction", choices=list(generation.DIRECTIONS), default="neg-to-pos")
     sentiment.add_argument("--plus", help="default Love (neg-to-pos) or Hate (pos-to-neg)")
     sentiment.add_argument("--minus", help="default Hate (neg-to-pos) or Love (pos-to-neg)")
@@ -342,8 +344,9 @@ def _add_eval_commands(sub):
             task.add_argument("--coeff", type=float, required=True)
             task.add_argument("--limit", type=int, help="the first N prompts only")
             task.add_argument("--scorer", default="vader" if task is sentiment else "profanity",
-                              help="vader, profanity, perspective or hf:MODEL (default "
-                                   f"{'vader' if task is sentiment else 'profanity'})")
+                              help=("vader, imdb (the shipped TF-IDF classifier), tfidf:FILE or hf:MODEL"
+                                    if task is sentiment else "profanity, perspective or hf:MODEL") +
+                              f" (default {'vader' if task is sentiment else 'profanity'})")
             task.add_argument("--scorer-label", help="hf: the classifier's label whose probability is the score")
             task.add_argument("--device", help="hf: the classifier's torch device (e.g. cuda:0)")
 
@@ -524,7 +527,8 @@ def _eval(parser, args):
         layers = _numbers(args.layers, int, "--layers") if args.layers else None
         coeffs = _numbers(args.coeffs, float, "--coeffs")
     else:
-        inputs = (data.read_labelled(args.data, args.text_field, args.label_field) if args.task == "sentiment"
+        inputs = (data.read_labelled(args.data, args.text_field, args.label_field, html_breaks=args.html_breaks)
+                  if args.task == "sentiment"
                   else data.read_prompts(args.data, args.field))
         scorer = get_scorer(args.scorer, SENTIMENT if args.task == "sentiment" else TOXICITY, device=args.device,
                             label=args.scorer_label)

@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from actadd.experiments import scorers
 from actadd.experiments.scorers import ScorerError, get_scorer
@@ -238,11 +240,132 @@ def test_perspective_without_a_key_says_which_variable(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# The TF-IDF classifier (imdb, tfidf:FILE), against scikit-learn
+
+REVIEWS = [("A wonderful, moving film with great acting.", 1), ("Terrible plot and awful, boring acting.", 0),
+           ("I loved every minute of it; a beautiful story.", 1), ("The worst movie I have seen, a waste of time.", 0),
+           ("Great fun, brilliant cast, highly recommended!", 1), ("Dull, stupid and badly written. Avoid it.", 0),
+           ("Not good at all: the acting was bad and the story was dull.", 0), ("A great, great film. Loved it.", 1)]
+WORDS = ["good", "bad", "great", "awful", "film", "not", "the", "loved", "boring", "a", "it", "was", "acting",
+         "Great", "GOOD", "été", "x", "1999", "don't", "!", "\n", "<br />"]
+
+
+def fitted(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, token_pattern=r"(?u)\b\w\w+\b"):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    texts, labels = zip(*(REVIEWS * 3))
+    vectorizer = TfidfVectorizer(ngram_range=ngram_range, sublinear_tf=sublinear_tf, lowercase=lowercase,
+                                 token_pattern=token_pattern)
+    return vectorizer, LogisticRegression(C=10).fit(vectorizer.fit_transform(texts), labels)
+
+
+@pytest.mark.parametrize("options", [{}, {"ngram_range": (1, 1), "sublinear_tf": False}, {"ngram_range": (2, 3)},
+                                     {"lowercase": False}, {"token_pattern": r"(?u)\b\w+\b"}])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.lists(st.sampled_from(WORDS), max_size=30).map(" ".join), min_size=1, max_size=6))
+def test_the_tfidf_scorer_is_scikit_learns_predict_proba(tmp_path_factory, options, texts):
+    vectorizer, model = fitted(**options)
+    path = scorers.export_tfidf(vectorizer, model, tmp_path_factory.mktemp("c") / "c.safetensors")
+    ours = np.array(get_scorer(f"tfidf:{path}", "sentiment")(texts + [r for r, _ in REVIEWS]))
+    theirs = model.predict_proba(vectorizer.transform(texts + [r for r, _ in REVIEWS]))[:, 1]
+    assert np.abs(ours - theirs).max() < 1e-12, np.abs(ours - theirs).max()
+
+
+def test_the_shipped_classifier_is_scikit_learns_on_its_own_arrays():
+    """The shipped file's arrays put back into scikit-learn objects score as TfidfLogistic does."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    imdb = get_scorer("imdb", "sentiment")
+    assert imdb.name == "imdb" and imdb.labels == ["negative", "positive"] and len(imdb.terms) > 10_000
+    vectorizer = TfidfVectorizer(ngram_range=imdb.ngram_range, sublinear_tf=imdb.sublinear_tf,
+                                 token_pattern=imdb.metadata["token_pattern"], lowercase=imdb.lowercase)
+    vectorizer.vocabulary_ = {t: i for i, t in enumerate(imdb.terms)}
+    vectorizer.idf_ = imdb.idf
+    model = LogisticRegression()
+    model.coef_, model.intercept_, model.classes_ = imdb.coef[None], np.array([imdb.intercept]), np.array([0, 1])
+    texts = [r for r, _ in REVIEWS] + ["", "The film was not bad.", "what a waste", "<br /><br />Simply superb."]
+    theirs = model.predict_proba(vectorizer.transform(texts))[:, 1]
+    assert np.abs(np.array(imdb(texts)) - theirs).max() < 1e-12
+    assert [imdb.label(s) for s in imdb([r for r, _ in REVIEWS[:6]])] == ["positive", "negative"] * 3
+
+
+def test_the_shipped_classifier_reads_imdb_test_reviews_and_continuation_windows(corpora_dir):
+    """The card's accuracies, on the first 500 negative and 500 positive test reviews (never fitted
+    on). The issue's bar: 85% on whole reviews (below is a defect; measured 0.902 here). Windows
+    of 24 words need not share their review's sentiment, so their bar is lower: three standard
+    errors under the measured 0.724, far above the 50% of a classifier blind to them."""
+    import json
+
+    rows = [json.loads(line) for line in open(corpora_dir / "imdb" / "test.jsonl", encoding="utf-8")]
+    chosen = [r for r in rows if r["label"] == "neg"][:500] + [r for r in rows if r["label"] == "pos"][:500]
+    labels = np.array([r["label"] == "pos" for r in chosen])
+    imdb = get_scorer("imdb", "sentiment")
+    whole = np.array(imdb([r["text"] for r in chosen])) >= 0.5
+    assert (whole == labels).mean() >= 0.85, (whole == labels).mean()
+    windows = [" ".join(r["text"].replace("<br />", " ").split()[24:48]) for r in chosen]
+    on_windows = ((np.array(imdb(windows)) >= 0.5) == labels).mean()
+    assert on_windows >= 0.68, on_windows      # measured 0.724 here; the card's 0.727 is on all 19,502
+
+
+@pytest.mark.parametrize("change,message", [
+    ("format", "format 'x' (expected 'actadd-tfidf-logistic/1'"),
+    ("terms", "metadata terms: missing or not JSON"),
+    ("labels", "metadata labels: str (expected list)"),
+    ("idf", "tensor idf: float32 [3] (expected float64 [3])"),
+    ("coef", "tensor coef: holds NaN or infinite values"),
+    ("intercept", "tensor intercept: missing (expected float64 [1])"),
+    ("not-safetensors", "not a safetensors file"),
+    ("measures", "a toxicity classifier with labels"),
+])
+def test_a_bad_classifier_file_is_refused_naming_the_file_and_field(tmp_path, change, message):
+    from safetensors.numpy import save_file
+
+    arrays = {"idf": np.ones(3), "coef": np.zeros(3), "intercept": np.zeros(1)}
+    meta = {"format": scorers.TFIDF_FORMAT, "terms": '["a", "b", "c"]', "labels": '["negative", "positive"]',
+            "ngram_range": "[1, 1]", "token_pattern": '"\\\\w+"', "sublinear_tf": "false", "lowercase": "true",
+            "measures": '"sentiment"'}
+    path = tmp_path / "c.safetensors"
+    if change == "format":
+        meta["format"] = "x"
+    elif change == "terms":
+        del meta["terms"]
+    elif change == "labels":
+        meta["labels"] = '"negative"'
+    elif change == "idf":
+        arrays["idf"] = np.ones(3, np.float32)
+    elif change == "coef":
+        arrays["coef"] = np.array([0.0, np.nan, 1.0])
+    elif change == "intercept":
+        del arrays["intercept"]
+    elif change == "measures":
+        meta["measures"] = '"toxicity"'
+    if change == "not-safetensors":
+        path.write_bytes(b"\xff" * 20)
+    else:
+        save_file(arrays, str(path), metadata=meta)
+    with pytest.raises(ScorerError) as e:
+        get_scorer(f"tfidf:{path}", "sentiment")
+    assert str(e.value).startswith(str(path)) and message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_export_refuses_a_vectorizer_it_cannot_write():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer, model = fitted()
+    chars = TfidfVectorizer(analyzer="char").fit([r for r, _ in REVIEWS])
+    with pytest.raises(ValueError, match="only the default word analyzer"):
+        scorers.export_tfidf(chars, model, "unused.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
 # Choosing a scorer
 
 
 def test_unknown_or_mismatched_scorers_are_refused():
-    with pytest.raises(ScorerError, match="unknown scorer 'vadr'; expected one of vader, hf:MODEL, perspective, profanity"):
+    with pytest.raises(ScorerError, match="unknown scorer 'vadr'; expected one of vader, imdb, tfidf:FILE, hf:MODEL, "
+                                          "perspective, profanity"):
         get_scorer("vadr", "sentiment")
     with pytest.raises(ScorerError, match="the 'vader' scorer measures sentiment, not toxicity"):
         get_scorer("vader", "toxicity")

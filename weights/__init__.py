@@ -5,7 +5,7 @@ it to this folder), so an installed copy finds them as a checkout does: `minigpt
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
-SHIPPED = {"tiny-books": FOLDER / "tiny-books"}  # short name -> Hugging Face folder
+SHIPPED = {"tiny-books": FOLDER / "tiny-books", "tiny-imdb": FOLDER / "tiny-imdb"}  # short name -> HF folder
 
 HELD_OUT = 0.05  # the end of each training text that tiny-books never saw
 
@@ -25,3 +25,15 @@ def held_out_chunks(tokenizer, path, n: int = 64, count: int = 40) -> list[tuple
     if len(ids) < n * count:
         raise ValueError(f"{path}: the held-out part has {len(ids)} tokens, fewer than {count} chunks of {n}")
     return [(path.name, [tokenizer.bos_token_id] + ids[i:i + n]) for i in range(0, n * count, n)]
+
+
+IMDB_DEV = 20  # every 20th labelled IMDb training review is tiny-imdb's dev split
+
+
+def imdb_dev(review_id: str) -> bool:
+    """Whether an IMDb review (id "train/neg/120", as in corpora/imdb) is in the dev split that
+    tiny-imdb and the imdb classifier never saw: the labelled training reviews whose number is a
+    multiple of 20 (982 of 19,683: 492 negative, 490 positive). Their validation perplexity is
+    the model card's, and the steering setting is chosen on them, never on the test reviews."""
+    split, label, number = review_id.split("/")
+    return split == "train" and label in ("neg", "pos") and int(number) % IMDB_DEV == 0

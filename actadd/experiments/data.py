@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from minigpt.textfiles import describe, lines, parse_json, read_text
 WEDDING_WORDS = ("wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon")
 LABELS = {"0": "negative", "neg": "negative", "negative": "negative",
           "1": "positive", "pos": "positive", "positive": "positive"}
+
+
+BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def line_breaks(text: str) -> str:
+    """Each HTML line-break tag (`<br />`, as IMDb's reviews mark paragraphs) made a line break:
+    the text as tiny-imdb was trained on it."""
+    return BR.sub("\n", text)
 
 
 class DataError(ValueError):
@@ -50,13 +60,14 @@ class Prompt:
 
 
 def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label",
-                  header: bool | None = None) -> list[Prompt]:
+                  header: bool | None = None, html_breaks: bool = False) -> list[Prompt]:
     """Labelled texts from `text<TAB>label` lines, a JSONL file (`text_field`, `label_field`,
     dotted for nested objects), or a folder: with pos/ and neg/ subfolders (IMDb's layout, one
     text a file) or of .txt / .tsv / .jsonl files read as above (README files left out). Labels
     0/1, neg/pos or negative/positive (any case); anything else is an error naming the file and
     line. `header`: whether a tab-separated file's first line names its columns (None: it does
-    when its label is no label and the next line's is one)."""
+    when its label is no label and the next line's is one). `html_breaks`: make each `<br />`
+    tag a line break (IMDb's raw reviews, for a model trained on clean text such as tiny-imdb)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
@@ -73,7 +84,7 @@ def read_labelled(path: str | Path, text_field: str = "text", label_field: str =
         items = _labelled_file(path, text_field, label_field, header)
     if not items:
         raise DataError(f"{path}: no labelled texts")
-    return [Prompt(i, text, src, label) for i, (text, label, src) in enumerate(items)]
+    return [Prompt(i, line_breaks(text) if html_breaks else text, src, label) for i, (text, label, src) in enumerate(items)]
 
 
 def _files(folder: Path, pattern: str) -> list[Path]:

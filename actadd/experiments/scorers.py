@@ -3,6 +3,11 @@
     vader          sentiment: VADER's compound polarity in [-1, 1] (vaderSentiment ships its
                    lexicon: offline). Labels as VADER's authors define them: positive >= 0.05,
                    negative <= -0.05, neutral between.
+    imdb           sentiment, offline, NumPy alone: the probability that a text is positive
+                   under the TF-IDF logistic regression shipped in minigpt.checkpoints
+                   (imdb-sentiment/, trained by scripts/train_imdb_classifier.py on IMDb training
+                   reviews cut to windows of continuation length); positive >= 0.5.
+    tfidf:FILE     the same for a classifier file of your own (export_tfidf writes one).
     hf:MODEL       sentiment or toxicity: the probability of one label of a Hugging Face
                    text-classification model (hub id or local folder), through transformers.
     perspective    toxicity: the Perspective API's TOXICITY summary score in [0, 1] (the
@@ -24,8 +29,10 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 SENTIMENT, TOXICITY = "sentiment", "toxicity"
-SCORERS = ("vader", "hf:MODEL", "perspective", "profanity")
+SCORERS = ("vader", "imdb", "tfidf:FILE", "hf:MODEL", "perspective", "profanity")
 
 
 class ScorerError(ValueError):
@@ -61,7 +68,12 @@ def get_scorer(name: str, task: str, *, device: str | None = None, batch_size: i
         raise ValueError(f"task={task!r}: expected {SENTIMENT!r} or {TOXICITY!r}")
     if name.startswith("hf:") and len(name) > 3:
         return HFClassifier(name[3:], task, device=device, batch_size=batch_size, label=label)
-    makers = {"vader": Vader, "perspective": Perspective, "profanity": Profanity}
+    if name.startswith("tfidf:") and len(name) > 6:
+        scorer = TfidfLogistic(name[6:], name=name)
+        if scorer.measures != task:
+            raise ScorerError(f"the {name!r} scorer measures {scorer.measures}, not {task}")
+        return scorer
+    makers = {"vader": Vader, "imdb": TfidfLogistic.imdb, "perspective": Perspective, "profanity": Profanity}
     if name not in makers:
         raise ScorerError(f"unknown scorer {name!r}; expected one of {', '.join(SCORERS)}")
     scorer = makers[name]()
@@ -114,6 +126,137 @@ class Profanity(Scorer):
 
     def label(self, score):
         return "profane" if score >= 0.5 else "clean"
+
+
+# ---------------------------------------------------------------------------------------------
+# A TF-IDF logistic regression, scored in NumPy
+
+
+TFIDF_FORMAT = "actadd-tfidf-logistic/1"
+
+
+class TfidfLogistic(Scorer):
+    """The positive-class probability of a logistic regression over TF-IDF features, computed
+    as scikit-learn's TfidfVectorizer + LogisticRegression.predict_proba compute it (word n-grams
+    of `token_pattern` over the lower-cased text, optionally 1 + log tf, times idf, rows scaled
+    to unit length; sigmoid of coef . x + intercept), from the plain arrays of a safetensors
+    file: no scikit-learn and no pickle at run time. The arrays are float64, as scikit-learn's."""
+
+    measures = SENTIMENT
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        path = Path(path)
+        self.path, self.name = path, name or f"tfidf:{path}"
+        meta, arrays = _read_tfidf(path)
+        self.terms = meta["terms"]
+        self._index = {t: i for i, t in enumerate(self.terms)}
+        self.idf, self.coef, self.intercept = arrays["idf"], arrays["coef"], float(arrays["intercept"][0])
+        self._pattern = re.compile(meta["token_pattern"])
+        self.ngram_range = tuple(meta["ngram_range"])
+        self.sublinear_tf, self.lowercase = meta["sublinear_tf"], meta["lowercase"]
+        self.labels = meta["labels"]             # [the label of p < 0.5, the label of p >= 0.5]
+        self.metadata = meta
+
+    @classmethod
+    def imdb(cls) -> TfidfLogistic:
+        from minigpt.checkpoints import FOLDER
+
+        return cls(FOLDER / "imdb-sentiment" / "classifier.safetensors", name="imdb")
+
+    def ngrams(self, text: str) -> list[str]:
+        """The text's features, as TfidfVectorizer's word analyzer makes them."""
+        tokens = self._pattern.findall(text.lower() if self.lowercase else text)
+        low, high = self.ngram_range
+        out = list(tokens) if low == 1 else []
+        for n in range(max(low, 2), min(high, len(tokens)) + 1):
+            out += [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        return out
+
+    def decision(self, text: str) -> float:
+        columns = [self._index[g] for g in self.ngrams(text) if g in self._index]
+        if not columns:
+            return self.intercept               # no known feature: the zero vector
+        columns, counts = np.unique(np.array(columns), return_counts=True)
+        tf = counts.astype(np.float64)
+        if self.sublinear_tf:
+            tf = 1.0 + np.log(tf)
+        x = tf * self.idf[columns]                                   # (k,) TF-IDF of the k features seen
+        x /= np.sqrt((x * x).sum())
+        return float(x @ self.coef[columns] + self.intercept)
+
+    def __call__(self, texts):
+        return [float(1.0 / (1.0 + np.exp(-self.decision(t)))) for t in texts]
+
+    def label(self, score):
+        return self.labels[1] if score >= 0.5 else self.labels[0]
+
+
+def _read_tfidf(path: Path) -> tuple[dict, dict]:
+    """A classifier file's metadata and arrays, each checked: one-line errors naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ScorerError(f"{path}: no such classifier file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw, arrays = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScorerError(f"{path}: not a safetensors file ({str(e).splitlines()[0][:200]})") from None
+    if raw.get("format") != TFIDF_FORMAT:
+        raise ScorerError(f"{path}: format {raw.get('format')!r} (expected {TFIDF_FORMAT!r}, as export_tfidf writes)")
+    meta = {"format": TFIDF_FORMAT}
+    for key, kind in (("terms", list), ("labels", list), ("ngram_range", list), ("token_pattern", str),
+                      ("sublinear_tf", bool), ("lowercase", bool), ("measures", str)):
+        try:
+            meta[key] = json.loads(raw[key])
+        except (KeyError, ValueError):
+            raise ScorerError(f"{path}: metadata {key}: missing or not JSON") from None
+        if not isinstance(meta[key], kind):
+            raise ScorerError(f"{path}: metadata {key}: {type(meta[key]).__name__} (expected {kind.__name__})")
+    if meta["measures"] != SENTIMENT or len(meta["labels"]) != 2:
+        raise ScorerError(f"{path}: a {meta['measures']} classifier with labels {meta['labels']} (expected a "
+                          "sentiment classifier with two labels)")
+    n = len(meta["terms"])
+    for key, shape in (("idf", (n,)), ("coef", (n,)), ("intercept", (1,))):
+        a = arrays.get(key)
+        if a is None or a.shape != shape or a.dtype != np.float64:
+            found = "missing" if a is None else f"{a.dtype} {list(a.shape)}"
+            raise ScorerError(f"{path}: tensor {key}: {found} (expected float64 {list(shape)})")
+        if not np.isfinite(a).all():
+            raise ScorerError(f"{path}: tensor {key}: holds NaN or infinite values")
+    try:
+        re.compile(meta["token_pattern"])
+    except re.error as e:
+        raise ScorerError(f"{path}: metadata token_pattern: {e}") from None
+    return meta, arrays
+
+
+def export_tfidf(vectorizer, classifier, path: str | Path, labels: Sequence[str] = ("negative", "positive"),
+                 info: dict | None = None) -> Path:
+    """Write a fitted scikit-learn TfidfVectorizer (word analyzer, l2 norm, no preprocessor or
+    stop words of its own) and binary LogisticRegression as a classifier file for TfidfLogistic.
+    `labels`: the names of classifier.classes_[0] and [1]; `info`: what to remember (data, accuracy)."""
+    from safetensors.numpy import save_file
+
+    from ..output import atomic_write
+
+    v = vectorizer
+    if (v.analyzer != "word" or v.norm != "l2" or v.preprocessor is not None or v.tokenizer is not None
+            or v.stop_words is not None or v.strip_accents is not None or not v.use_idf):
+        raise ValueError("export_tfidf: only the default word analyzer with idf and l2 norm can be written "
+                         "(no preprocessor, tokenizer, stop words or accent stripping)")
+    if classifier.coef_.shape[0] != 1 or len(classifier.classes_) != 2:
+        raise ValueError("export_tfidf: a binary classifier is needed")
+    terms = [None] * len(v.vocabulary_)
+    for term, column in v.vocabulary_.items():
+        terms[column] = term
+    arrays = {"idf": np.asarray(v.idf_, np.float64), "coef": np.asarray(classifier.coef_[0], np.float64),
+              "intercept": np.asarray(classifier.intercept_, np.float64).reshape(1)}
+    meta = {"format": TFIDF_FORMAT, "terms": json.dumps(terms), "labels": json.dumps(list(labels)),
+            "ngram_range": json.dumps(list(v.ngram_range)), "token_pattern": json.dumps(v.token_pattern),
+            "sublinear_tf": json.dumps(bool(v.sublinear_tf)), "lowercase": json.dumps(bool(v.lowercase)),
+            "measures": json.dumps(SENTIMENT), "info": json.dumps(info or {})}
+    return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
 
 # ---------------------------------------------------------------------------------------------
