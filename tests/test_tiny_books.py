@@ -1,65 +1,20 @@
-"""The small GPT-2 shipped in weights/tiny-books: it loads by its short name from an installed
-package, its tokenizer round-trips the books, minigpt computes what transformers computes on it,
-and steering it does what the model card says."""
+"""The small GPT-2 shipped in weights/tiny-books: its tokenizer round-trips the books, and
+steering it does what the model card says. (What every shipped checkpoint must be, loading and
+parity with transformers included: test_shipped.py.)"""
 
-import json
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minigpt
-from conftest import assert_close, max_abs, record_parity
 from minigpt.checkpoints import SHIPPED, held_out_chunks
 
 FOLDER = SHIPPED["tiny-books"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return minigpt.load("tiny-books")
-
-
-def test_the_folder_is_a_small_float16_hugging_face_checkpoint_with_its_card():
-    names = sorted(p.name for p in FOLDER.iterdir())
-    assert names == ["README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
-                     "training.json", "vocab.json"]
-    assert sum(p.stat().st_size for p in FOLDER.iterdir()) < 25e6
-    header_len = int.from_bytes((FOLDER / "model.safetensors").read_bytes()[:8], "little")
-    header = json.loads((FOLDER / "model.safetensors").read_bytes()[8:8 + header_len])
-    assert {t["dtype"] for name, t in header.items() if name != "__metadata__"} == {"F16"}
-    stats = json.loads((FOLDER / "training.json").read_text())
-    card = (FOLDER / "README.md").read_text()
-    for figure in (f"{stats['validation_loss']:.3f}", f"{stats['validation_perplexity']:.1f}", f"{stats['steps']:,}"):
-        assert figure in card, f"the model card does not state {figure} from training.json"
-
-
-def test_loads_by_short_name_outside_the_checkout(tmp_path):
-    """From another folder (no weights/ beside it), as an installed package would."""
-    script = ("import minigpt; m, t = minigpt.load('tiny-books'); "
-              "print(m.config.n_layer, m.config.n_embd, m.config.vocab_size, len(t.encode('The whale')))")
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
-    config = json.loads((FOLDER / "config.json").read_text())
-    assert out.stdout.split()[:3] == [str(config["n_layer"]), str(config["n_embd"]), str(config["vocab_size"])]
-
-
-def test_a_built_wheel_carries_every_module_and_the_checkpoint(tmp_path):
-    """`pip install .` (not only -e) must ship every module of both packages (subpackages
-    included) and weights/tiny-books as minigpt/checkpoints/."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for p in FOLDER.iterdir():
-        assert f"minigpt/checkpoints/tiny-books/{p.name}" in names
-    assert "minigpt/checkpoints/__init__.py" in names
-    modules = [p.relative_to(ROOT).as_posix() for package in ("minigpt", "actadd") for p in (ROOT / package).rglob("*.py")]
-    assert "actadd/experiments/generation.py" in modules
-    assert [m for m in modules if m not in names] == []
 
 
 def test_tokenizer_round_trips_the_books_and_matches_tokenizers(tiny, corpora_dir, tok_reference):
@@ -74,21 +29,6 @@ def test_tokenizer_round_trips_the_books_and_matches_tokenizers(tiny, corpora_di
         assert ids == hf.encode(text).ids
         total += len(ids)
     assert total > 1_000_000
-
-
-def test_logits_and_hidden_states_match_transformers(tiny, reference):
-    model, tok = tiny
-    text = "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about."
-    tokens = np.array([[tok.bos_token_id] + tok.encode(text)])
-    ref_logits, ref_hidden, _ = reference.reference_run(FOLDER, tokens)
-    logits, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_resid_pre"))
-    scaled = assert_close(logits, ref_logits, "logits")
-    for L in range(model.config.n_layer):
-        assert_close(cache[f"blocks.{L}.hook_resid_pre"], ref_hidden[L], f"hidden_states[{L}]")
-    assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
-    record_parity("shipped tiny-books (float16 file)", logits=max_abs(logits, ref_logits),
-                  hidden_states=max(max_abs(cache[f"blocks.{L}.hook_resid_pre"], ref_hidden[L])
-                                    for L in range(model.config.n_layer)), scaled=scaled)
 
 
 # ---------------------------------------------------------------------------------------------

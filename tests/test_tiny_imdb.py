@@ -1,25 +1,18 @@
 """The small GPT-2 of movie reviews shipped in weights/tiny-imdb, and the sentiment claim on it:
-it loads by its short name, minigpt computes what transformers computes on it, its dev split is
-the one the card and the search name, and the vector docs/sentiment.md chose turns
-continuations of negative reviews positive, as it measured on 1,000 test reviews."""
+its tokenizer is tokenizers', its dev split is the one the card and the search name, and the
+vector docs/sentiment.md chose turns continuations of negative reviews positive, as it measured
+on 1,000 test reviews. (What every shipped checkpoint must be, loading and parity with
+transformers included: test_shipped.py.)"""
 
 import json
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 import minigpt
 from actadd.experiments import data, generation
-from conftest import assert_close, max_abs, record_parity
-from minigpt.checkpoints import FOLDER as CHECKPOINTS
 from minigpt.checkpoints import SHIPPED, imdb_dev
 
 FOLDER = SHIPPED["tiny-imdb"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,60 +20,11 @@ def tiny():
     return minigpt.load("tiny-imdb")
 
 
-def test_the_folder_is_a_float16_hugging_face_checkpoint_with_its_card():
-    names = sorted(p.name for p in FOLDER.iterdir())
-    assert names == ["README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
-                     "training.json", "vocab.json"]
-    header_len = int.from_bytes((FOLDER / "model.safetensors").read_bytes()[:8], "little")
-    header = json.loads((FOLDER / "model.safetensors").read_bytes()[8:8 + header_len])
-    assert {t["dtype"] for name, t in header.items() if name != "__metadata__"} == {"F16"}
+def test_the_card_names_its_data_its_citation_and_its_dev_split():
     stats = json.loads((FOLDER / "training.json").read_text())
     card = (FOLDER / "README.md").read_text()
-    assert stats["corpus"] == "imdb" and "Maas" in card
-    for figure in (f"{stats['validation_loss']:.3f}", f"{stats['validation_perplexity']:.1f}", f"{stats['steps']:,}",
-                   f"{stats['data']['dev']:,}"):
-        assert figure in card, f"the model card does not state {figure} from training.json"
-
-
-def test_the_shipped_files_stay_under_the_packages_budget():
-    """The issue's bound: the package under ~40 MB installed; the checkpoints are nearly all of it."""
-    shipped = sum(p.stat().st_size for p in CHECKPOINTS.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    code = sum(p.stat().st_size for package in ("minigpt", "actadd") for p in (ROOT / package).rglob("*.py"))
-    assert shipped + code < 40e6, (shipped, code)
-
-
-def test_loads_by_short_name_outside_the_checkout(tmp_path):
-    script = ("import minigpt; m, t = minigpt.load('tiny-imdb'); "
-              "print(m.config.n_layer, m.config.n_embd, m.config.vocab_size, t.decode(t.encode('A great film.')))")
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
-    config = json.loads((FOLDER / "config.json").read_text())
-    assert out.stdout.split()[:3] == [str(config["n_layer"]), str(config["n_embd"]), str(config["vocab_size"])]
-    assert out.stdout.strip().endswith("A great film.")
-
-
-def test_a_built_wheel_carries_tiny_imdb_and_the_classifier(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for folder in ("tiny-imdb", "imdb-sentiment"):
-        for p in (CHECKPOINTS / folder).iterdir():
-            assert f"minigpt/checkpoints/{folder}/{p.name}" in names
-
-
-def test_logits_and_hidden_states_match_transformers(tiny, reference):
-    model, tok = tiny
-    text = "I rented this movie last night.\nThe acting was wooden and the plot made no sense at all, but the music"
-    tokens = np.array([[tok.bos_token_id] + tok.encode(text)])
-    ref_logits, ref_hidden, _ = reference.reference_run(FOLDER, tokens)
-    logits, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_resid_pre"))
-    scaled = assert_close(logits, ref_logits, "logits")
-    for L in range(model.config.n_layer):
-        assert_close(cache[f"blocks.{L}.hook_resid_pre"], ref_hidden[L], f"hidden_states[{L}]")
-    assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
-    record_parity("shipped tiny-imdb (float16 file)", logits=max_abs(logits, ref_logits),
-                  hidden_states=max(max_abs(cache[f"blocks.{L}.hook_resid_pre"], ref_hidden[L])
-                                    for L in range(model.config.n_layer)), scaled=scaled)
+    assert stats["corpus"] == "imdb" and "Maas" in card and "imdb_dev" in card
+    assert f"{stats['data']['dev']:,} labelled training reviews" in card
 
 
 def test_the_tokenizer_matches_tokenizers_on_reviews(tiny, tok_reference):
