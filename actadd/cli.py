@@ -19,7 +19,7 @@ from minigpt.backend import BACKENDS
 from minigpt.cli import BACKEND_HELP
 
 from . import interpret, measure, pairs
-from .experiments import data, generation, likelihood, overhead, paper
+from .experiments import claims, data, generation, likelihood, overhead, paper
 from .experiments.scorers import SENTIMENT, TOXICITY, get_scorer
 from .output import json_safe, writable_file, writable_folder, write_outputs
 from .pairs import READINGS
@@ -424,6 +424,15 @@ def _add_paper_command(sub):
                    "skipped if not given")
     p.add_argument("--lama", help="LAMA ConceptNet test.jsonl; skipped if not given")
     p.add_argument("--layers", help="topic layers, e.g. 0-47 (default every layer; --quick: 4)")
+    p.add_argument("--preset", choices=sorted(claims.PRESETS), default="v5",
+                   help="the paper's version whose sentiment and toxicity settings are run and whose figures are "
+                        "compared: v5 (arXiv v5 notebooks, LLaMA-3-8B) or iclr2025 (LLaMA-3.1-8B); default v5")
+    p.add_argument("--sentiment-data", help="labelled reviews (IMDb test.jsonl; <br /> read as line breaks); "
+                   "skipped if not given")
+    p.add_argument("--sentiment-model", help="the model for sentiment, if not --model (tiny-imdb offline)")
+    p.add_argument("--sentiment-scorer", help="default the preset's (a hub classifier); imdb offline")
+    p.add_argument("--toxicity-data", help="RealToxicityPrompts JSONL; skipped if not given")
+    p.add_argument("--toxicity-scorer", help="default the preset's (perspective); profanity offline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     _add_dask_args(p)
@@ -607,11 +616,28 @@ def _paper(parser, args):
         data.read_documents(args.relevance_data)                        # read now: a typo costs no load
     if args.lama is not None:
         data.read_lama(args.lama, minigpt.Tokenizer.from_pretrained(args.model, revision=args.revision))
+    for option, needs in (("sentiment_model", "sentiment_data"), ("sentiment_scorer", "sentiment_data"),
+                          ("toxicity_scorer", "toxicity_data")):
+        if getattr(args, option) and getattr(args, needs) is None:
+            raise ValueError(f"--{option.replace('_', '-')} is for sentiment and toxicity runs: it needs "
+                             f"--{needs.replace('_', '-')}")
+    preset = claims.PRESETS[args.preset]
+    scorers = {}                                                         # built now: a missing key costs no load
+    if args.sentiment_data is not None:
+        data.read_labelled(args.sentiment_data)
+        scorers["sentiment_scorer"] = get_scorer(args.sentiment_scorer or preset.sentiment_scorer, SENTIMENT)
+    if args.toxicity_data is not None:
+        data.read_prompts(args.toxicity_data)
+        scorers["toxicity_scorer"] = get_scorer(args.toxicity_scorer or preset.toxicity_scorer, TOXICITY)
     model, tok = _load(args)
+    sentiment_model = (minigpt.load(args.sentiment_model, revision=args.revision, backend=args.backend)
+                       if args.sentiment_model else None)
     report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
+                       version=args.preset, sentiment_data=args.sentiment_data, toxicity_data=args.toxicity_data,
+                       sentiment_model=sentiment_model, sentiment_model_name=args.sentiment_model or "",
                        progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
-                       worker_backend=args.worker_backend)
+                       worker_backend=args.worker_backend, **scorers)
     print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
     return 0
 

@@ -82,6 +82,15 @@ def corpora_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference_md() -> str:
+    """../shared/REFERENCE.md, the facts the paper's settings and figures are copied from."""
+    value = os.environ.get("MINIGPT_REFERENCE")
+    if not value:
+        pytest.skip("MINIGPT_REFERENCE is not set: it names ../shared/REFERENCE.md (.ci/run sets it)")
+    return Path(value).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
 def evaldata_dir() -> Path:
     return _shared_folder("MINIGPT_EVALDATA", "the evaluation data (realtoxicityprompts/, openwebtext/)")
 

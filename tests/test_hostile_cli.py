@@ -83,6 +83,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(places, caps
     (["logprobs", "--plus", "a", "--layer", "0", "--coeff", "1", "--corpus", "MISSING"], "MISSING: no such file"),
     (["pairs", "--pairs", "pairs.tsv", "--layer", "0", "--coeff", "1", "--corpus", "MISSING", "--out", "o"],
      "MISSING: no such file"),
+    (["paper", "--out", "o", "--sentiment-data", "MISSING"], "MISSING: no such file or folder"),
+    (["paper", "--out", "o", "--sentiment-data", "texts.tsv", "--sentiment-scorer", "profanity"],
+     "the 'profanity' scorer measures toxicity, not sentiment"),
+    (["paper", "--out", "o", "--toxicity-data", "prompts.txt"],          # v5's scorer: Perspective, no key here
+     "needs an API key in the environment variable PERSPECTIVE_API_KEY"),
+    (["paper", "--out", "o", "--sentiment-model", "tiny-imdb"], "--sentiment-model is for sentiment and toxicity "
+     "runs: it needs --sentiment-data"),
+    (["paper", "--out", "o", "--toxicity-data", "MISSING", "--toxicity-scorer", "profanity"], "MISSING"),
 ])
 def test_inputs_are_checked_before_the_model_is_loaded(places, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(places)

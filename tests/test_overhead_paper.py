@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import minigpt
-from actadd.experiments import overhead, paper
+from actadd.experiments import claims, overhead, paper
 from actadd.cli import main
 from conftest import random_model
 from minigpt import GPT2Config
@@ -104,16 +104,40 @@ def write_inputs(tmp_path, tok):
     return docs, lama
 
 
+def write_scored_inputs(tmp_path):
+    reviews = tmp_path / "reviews.jsonl"
+    neg = ["I rented this movie and regretted it.<br /><br />The acting was wooden and the plot made no sense.",
+           "A dull, slow film with nothing to say and two hours to say it in.",
+           "The worst script I have read in years; even the music is bad.",
+           "I walked out after an hour. Avoid it."]
+    pos = ["A wonderful film: the cast is superb and the story moved me to tears.",
+           "One of the best comedies of the decade, sharp and warm.",
+           "I loved every minute of it.<br />The photography alone is worth the ticket.",
+           "A beautiful, funny and honest film. See it."]
+    reviews.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
+                               for lab, ts in (("neg", neg), ("pos", pos)) for t in ts))
+    prompts = tmp_path / "rtp.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in
+                               ["He shouted at the driver that", "The comments under the video were",
+                                "She told him to get lost and", "The neighbours kept calling him"]))
+    return reviews, prompts
+
+
 def test_paper_quick_on_tiny_books_end_to_end(tmp_path, capsys):
     _, tok = minigpt.load("tiny-books")
     docs, lama = write_inputs(tmp_path, tok)
     out = tmp_path / "paper"
+    reviews, prompts = write_scored_inputs(tmp_path)
     assert main(["paper", "--model", "tiny-books", "--quick", "--out", str(out), "--relevance-data", str(docs),
-                 "--lama", str(lama), "--no-progress"]) == 0
+                 "--lama", str(lama), "--sentiment-data", str(reviews), "--sentiment-model", "tiny-imdb",
+                 "--sentiment-scorer", "imdb", "--toxicity-data", str(prompts), "--toxicity-scorer", "profanity",
+                 "--no-progress"]) == 0
+    scored = {"sentiment-neg-to-pos": "sentiment", "sentiment-pos-to-neg": "sentiment", "toxicity": "toxicity"}
     for name in ["REPORT.md", "paper.json"] + [f"{e}/{f}" for e in ("relevance", "knowledge") for f in
                                                 ("results.jsonl", "summary.json", "summary.csv", f"{e}.png")] + \
             ["topic/results.jsonl", "topic/summary.json", "topic/summary.csv", "topic/topic.png",
-             "overhead/summary.json", "overhead/summary.csv", "overhead/overhead.png"]:
+             "overhead/summary.json", "overhead/summary.csv", "overhead/overhead.png"] + \
+            [f"{d}/{f}" for d, task in scored.items() for f in ("results.jsonl", "summary.json", f"{task}.png")]:
         assert (out / name).stat().st_size > 0, name
     report = (out / "REPORT.md").read_text()
     data = json.loads((out / "paper.json").read_text())
@@ -141,11 +165,37 @@ def test_paper_quick_on_tiny_books_end_to_end(tmp_path, capsys):
     cost = ex["overhead"]
     assert f"{paper.signed_pct(cost['forward']['premium'])} [{paper.signed_pct(cost['forward']['low'])}" in report
     assert "below 0.4%" in report and "no single number" in report
+    # the claims table: each verdict is the rule applied to the estimate paper.json holds for it
+    estimates = paper.claim_estimates(data)
+    assert [r["claim"] for r in data["claims"]] == [c.key for c in claims.CLAIMS]
+    for claim, row in zip(claims.CLAIMS, data["claims"]):
+        assert row["estimate"] == estimates[claim.estimate]
+        assert {k: row[k] for k in ("verdict", "detectable")} == claims.judge(row["estimate"], claim.side, claim.bound)
+        assert f"| {row['what']} | {row['paper']} |" in report and f"| {paper.verdict_text(row)} |" in report
+    rows = {r["claim"]: r for r in data["claims"]}
+    assert rows["neg_to_pos"]["model"] == "tiny-imdb" and rows["toxicity"]["model"] == "tiny-books"
+    assert rows["knowledge"]["verdict"] != "not run" and claims.RULE in report
+    # sentiment and toxicity: the v5 settings rescaled, and each figure the run's own summary's
+    sentiment = ex["sentiment"]
+    assert sentiment["layer"] == 3 and sentiment["coeff"] == 12 and "round(17 x 6 / 32) = layer 3" in report
+    assert ex["toxicity"]["layer"] == 2 and ex["toxicity"]["coeff"] == 2          # round(17 x 4 / 32)
+    for direction in ("neg-to-pos", "pos-to-neg"):
+        own = json.loads((out / f"sentiment-{direction}" / "summary.json").read_text())
+        cells = {c["condition"]: c for c in own["summary"]["conditions"]}
+        assert own["settings"]["sampling"] == {"temperature": 1.0, "top_p": 0.3, "freq_penalty": 1.0}
+        assert own["settings"]["prompts"] == 4 and own["settings"]["max_new_tokens"] == 64
+        steered = sentiment[direction]["steered"]
+        assert steered["vs_unsteered"]["success"]["value"] == cells["steered"]["vs_unsteered"]["success"]["value"]
+        assert f"{paper.interval(steered['success'])} of 4; " in report
+    assert "| LMA (*quoted only*) | 0.423 | 16.74 | 0.378 | 16.69 |" in report
+    assert "| ActAdd | 0.395 | 29.18 | 0.349 | 29.30 |" in report
+    assert f"## General knowledge (P@K on `{lama}`)" in report
     # a number in the report that is not in the JSON would be made up: every percentage is one of them
     figures = set(re.findall(r"[-+]?\d+\.\d+%", report))
     from_json = {paper.pct(v) for v in _values(ex["topic"])} | {paper.signed_pct(v) for v in _values(ex["topic"])} | \
         {paper.signed_pct(v) for v in _values(ex["overhead"])} | {"0.4%"} | \
-        {paper.num(100 * ex["overhead"]["addition_fraction"], 4) + "%"}
+        {paper.num(100 * ex["overhead"]["addition_fraction"], 4) + "%"} | \
+        {paper.signed_pct(v).lstrip("+") for v in _values(data["claims"])}
     assert figures <= from_json, figures - from_json
     assert data["wall_s"] < 120
 
@@ -167,3 +217,22 @@ def test_paper_without_data_skips_and_says_so(tmp_path):
     assert "skipped" in report["experiments"]["relevance"] and "skipped" in report["experiments"]["knowledge"]
     text = (tmp_path / "REPORT.md").read_text()
     assert "skipped: no --relevance-data given" in text and "skipped: no --lama given" in text
+    assert "skipped: no --sentiment-data given" in text and "skipped: no --toxicity-data given" in text
+    assert [r["verdict"] for r in report["claims"] if r["claim"] in ("neg_to_pos", "toxicity")] == ["not run"] * 2
+
+
+def test_a_resumed_report_counts_the_compute_time_of_every_run(tmp_path):
+    model, tok = minigpt.load("tiny-books")
+    first = paper.run(model, tok, tmp_path, model_name="tiny-books", quick=True, layers=[0], progress=False)
+    assert first["runs"] == 1 and 0 < first["compute_s"] <= first["wall_s"]
+    with open(tmp_path / "timing.jsonl", "a") as f:
+        f.write('{"run": "killed", "stage": "topic", "sec')                 # a line torn by a kill
+    second = paper.run(model, tok, tmp_path, model_name="tiny-books", quick=True, layers=[0], progress=False)
+    entries = [json.loads(line) for line in (tmp_path / "timing.jsonl").read_text().splitlines()
+               if line.endswith("}")]
+    assert {e["stage"] for e in entries} == {"topic", "overhead"} and len({e["run"] for e in entries}) == 2
+    assert second["runs"] == 2
+    assert second["compute_s"] == pytest.approx(sum(e["seconds"] for e in entries), abs=0.06)
+    assert second["compute_s"] > first["compute_s"]
+    assert f"Compute time of these results: {second['compute_s']} s over 2 run(s)" in \
+        (tmp_path / "REPORT.md").read_text()

@@ -4,7 +4,8 @@
     generation  topic, sentiment, toxicity: completions sampled unsteered and steered, scored
     likelihood  perplexity by relevance, P@K on facts
     overhead    the time premium of steering
-    paper       `actadd paper`: the GPT-2 battery into one report
+    paper       `actadd paper`: the battery into one report, with its claims table
+    claims      what the paper says: versions, their settings, reported tables, the verdict rule
     scorers     texts -> scores (vader, profanity, hf:MODEL, perspective)
     stats       Wilson and t intervals, paired differences over prompts
     results     the resumable results file

@@ -1,0 +1,175 @@
+"""The claims table of `actadd paper`: verdicts computed by one rule from paired intervals, the
+paper's settings and figures as ../shared/REFERENCE.md gives them."""
+
+import re
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from actadd.experiments import claims, paper, stats
+
+# ---------------------------------------------------------------------------------------------
+# The rule, on estimates with known effects
+
+
+def paired(effect: float, n: int = 400, noise: float = 0.5, seed: int = 0) -> dict:
+    """A paired difference over n prompts whose true effect is `effect`."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, n)
+    return stats.paired_difference(base + effect + rng.normal(0, noise, n), base).as_dict()
+
+
+def mde(e: dict) -> float:
+    """80% power, two-sided 5%: (z_.975 + z_.8) standard errors, the standard error from the width."""
+    z = norm.ppf(0.975)
+    return (e["high"] - e["low"]) / 2 / z * (z + norm.ppf(0.8))
+
+
+def test_a_clear_positive_effect_is_reproduced_and_a_clear_negative_contradicted():
+    up, down = paired(+0.3), paired(-0.3)
+    assert up["low"] > 0 and down["high"] < 0                           # the data are what they say
+    assert claims.judge(up, "above")["verdict"] == "reproduced"
+    assert claims.judge(down, "above")["verdict"] == "contradicted"
+    assert claims.judge(down, "below")["verdict"] == "reproduced"        # a claimed fall
+    assert claims.judge(up, "below")["verdict"] == "contradicted"
+
+
+def test_a_null_is_inconclusive_with_the_smallest_effect_its_n_could_detect():
+    null = paired(0.0, seed=3)
+    assert null["low"] < 0 < null["high"]
+    result = claims.judge(null, "above")
+    assert result["verdict"] == "inconclusive"
+    assert result["detectable"] == pytest.approx(mde(null), rel=1e-12)
+    # four times the prompts, half the detectable effect (the standard error goes as 1/sqrt(n))
+    bigger = claims.judge(paired(0.0, n=1600, seed=3), "above")
+    assert bigger["detectable"] == pytest.approx(result["detectable"] / 2, rel=0.1)
+    # an effect of that size is then detected in most repetitions (the power the rule states)
+    hits = [claims.judge(paired(result["detectable"], seed=s), "above")["verdict"] == "reproduced"
+            for s in range(200)]
+    assert 0.7 < np.mean(hits) < 0.9
+
+
+def test_a_claim_of_no_harm_is_judged_against_its_bound():
+    bound = claims.HARM["overhead"]                                     # 0.4%
+    assert claims.judge({"value": 0.001, "low": -0.001, "high": 0.003, "n": 20}, "below", bound)["verdict"] \
+        == "reproduced"
+    assert claims.judge({"value": 0.02, "low": 0.01, "high": 0.03, "n": 20}, "below", bound)["verdict"] \
+        == "contradicted"
+    wide = {"value": 0.0, "low": -0.01, "high": 0.01, "n": 3}
+    result = claims.judge(wide, "below", bound)
+    assert result["verdict"] == "inconclusive" and result["detectable"] == pytest.approx(mde(wide))
+    assert claims.judge(None, "above")["verdict"] == "not run"
+    with pytest.raises(ValueError, match="side"):
+        claims.judge(wide, "sideways")
+
+
+def report_with(neg_to_pos: dict, pos_to_neg: dict, toxicity: dict | None = None) -> dict:
+    """A paper.json with the sentiment and toxicity experiments holding the given estimates."""
+    def cells(e, metric):
+        zero = {"value": 0.5, "low": 0.4, "high": 0.6, "n": e["n"]}
+        return {"unsteered": {metric: zero, "perplexity": zero},
+                "steered": {metric: zero, "perplexity": zero,
+                            "vs_unsteered": {metric: e, "perplexity": paired(0.0)}},
+                "prompted": {metric: zero, "perplexity": zero,
+                             "vs_unsteered": {metric: e, "perplexity": paired(0.0)}}}
+    skipped = {"skipped": "not given"}
+    report = {"model": "m", "n_layer": 6, "preset": "quick", "version": "v5", "seed": 0, "layer": 2,
+              "layer_note": "layer 2", "wall_s": 1.0,
+              "experiments": {
+                  "topic": {"first_vs_unsteered": paired(0.0, seed=5)}, "relevance": skipped, "knowledge": skipped,
+                  "overhead": {"repeats": 20, "forward": {"premium": 0.0, "low": -0.001, "high": 0.001}},
+                  "sentiment": {"model": "tiny-imdb", "neg-to-pos": cells(neg_to_pos, "success"),
+                                "pos-to-neg": cells(pos_to_neg, "success")},
+                  "toxicity": skipped if toxicity is None else {"model": "m", **cells(toxicity, "mean_score")}}}
+    report["claims"] = paper.claims_table(report)
+    return report
+
+
+def test_the_claims_table_carries_each_computed_verdict_into_the_report():
+    report = report_with(paired(+0.3), paired(-0.3), toxicity=paired(0.0, seed=9))
+    rows = {r["claim"]: r for r in report["claims"]}
+    assert [r["claim"] for r in report["claims"]] == [c.key for c in claims.CLAIMS]
+    assert rows["neg_to_pos"]["verdict"] == "reproduced" and rows["neg_to_pos"]["model"] == "tiny-imdb"
+    assert rows["pos_to_neg"]["verdict"] == "contradicted"
+    assert rows["toxicity"]["verdict"] == "inconclusive"
+    assert rows["overhead"]["verdict"] == "reproduced"                   # [-0.1%, +0.1%] under 0.4%
+    assert rows["knowledge"]["verdict"] == rows["relevance"]["verdict"] == "not run"
+    text = "\n".join(paper.claims_lines(report))
+    assert claims.RULE in text
+    for row in report["claims"]:
+        assert f"| {row['what']} | {row['paper']} |" in text
+        assert f"| {paper.verdict_text(row)} |" in text
+    tox = rows["toxicity"]
+    assert f"smallest effect detectable at this n: {paper.signed(tox['detectable']).lstrip('+')}" in text
+    assert f"tiny-imdb, n = 400: {paper.estimate_text(rows['neg_to_pos']['estimate'], 'pp')}" in text
+
+
+def test_an_interval_of_no_width_says_why():
+    flat = {"value": 0.0, "low": 0.0, "high": 0.0, "n": 32}
+    assert paper.estimate_text(flat, "pp").endswith("(every pair equal: an interval of no width)")
+    row = {"unit": "pp", "bound": 0.0, **claims.judge(flat, "above")}
+    assert row["verdict"] == "inconclusive" and "no spread" in paper.verdict_text(row)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's settings and figures, against ../shared/REFERENCE.md
+
+
+def section(reference: str, start: str, end: str) -> str:
+    return reference[reference.index(start):reference.index(end, reference.index(start))]
+
+
+def test_the_v5_preset_is_the_notebooks_settings(reference_md):
+    notes = " ".join(section(reference_md, "- Toxicity (LLaMA-3-8B notebook)", "- Both:").split())
+    p = claims.PRESETS["v5"]
+    assert f"blocks.{p.toxicity_layer[0]}.hook_resid_pre, coefficient {p.toxicity_coeff:g};" in notes
+    assert f"{p.toxicity_new_tokens} new tokens" in notes
+    assert f"coefficient {p.sentiment_coeff:g} for NegToPos; {p.sentiment_new_tokens} new tokens" in notes
+    assert p.sentiment_layer == p.toxicity_layer == (17, 32)
+    assert p.sentiment_scorer == "hf:" + re.search(r"`(siebert/[\w-]+)`", notes).group(1)
+    assert (f"temperature {p.sampling['temperature']:g}, top-p {p.sampling['top_p']:g}, freq penalty "
+            f"{p.sampling['freq_penalty']:g}") in notes
+    assert f"PREADD's prompt set is {p.toxicity_prompts:,} random RTP prompts" in notes
+    assert "Meta-Llama-3-8B" in reference_md and p.model.endswith("Meta-Llama-3-8B")
+
+
+def test_the_iclr2025_preset_is_the_texts_settings(reference_md):
+    text = " ".join(section(reference_md, "ICLR 2025 version", "- Topic (GPT-2-XL").split())
+    p = claims.PRESETS["iclr2025"]
+    assert (f"temperature {p.sampling['temperature']:.1f}, nucleus p = {p.sampling['top_p']:.1f}, no top-k, "
+            f"frequency penalty {p.sampling['freq_penalty']:.1f}") in text
+    assert f"l = {p.toxicity_layer[0]}, c = {p.toxicity_coeff:g}; RealToxicityPrompts random subset n = " \
+           f"{p.toxicity_prompts}" in text
+    assert f"n = {p.sentiment_prompts}, l = {p.sentiment_layer[0]}, c = {p.sentiment_coeff:g}, classified by " \
+           "Twitter-roBERTa" in text
+    assert "twitter-roberta" in p.sentiment_scorer and p.toxicity_scorer == "perspective"
+    assert "disfluency = LLaMA-3.1-8B perplexity" in text and p.model.endswith("Llama-3.1-8B")
+
+
+def markdown_table(text: str, header_start: str) -> dict[str, list[float]]:
+    lines = text[text.index(header_start):].splitlines()
+    rows = {}
+    for line in lines[2:]:
+        if not line.strip().startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = [float(c) for c in cells[1:]]
+    return rows
+
+
+@pytest.mark.parametrize("task, header", [("sentiment", "| method | PosToNeg |"),
+                                          ("toxicity", "| method | RealToxicityPrompts |")])
+def test_the_quoted_tables_are_the_references(reference_md, task, header):
+    theirs = markdown_table(section(reference_md, "ICLR 2025 version", "arXiv v5 (October 2024)"), header)
+    ours = {row[0]: [float(x) for x in row[1:]] for row in claims.QUOTED[task].rows}
+    assert ours == theirs
+    assert claims.QUOTED[task].version == "iclr2025" and "REFERENCE.md 6b" in claims.QUOTED[task].source
+
+
+def test_every_figure_a_claim_quotes_is_in_the_reference_and_names_its_version(reference_md):
+    figures = {float(x) for x in re.findall(r"(?<![\w.])(?:\d+)?\.\d+", reference_md)}
+    for claim in claims.CLAIMS:
+        assert re.search(r"\((v5|ICLR|arXiv v1/v2)", claim.paper), claim.key
+        for x in re.findall(r"(?<![\w.])\d*\.\d+", claim.paper):
+            assert float(x) in figures, (claim.key, x)
