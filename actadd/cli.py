@@ -16,7 +16,8 @@ from pathlib import Path
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
-from minigpt.cli import BACKEND_HELP
+from minigpt.cli import BACKEND_HELP, WEIGHTS_HELP
+from minigpt.weights import WEIGHT_POLICIES
 
 from . import interpret, measure, pairs
 from .experiments import claims, data, generation, likelihood, overhead, paper
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     steer.add_argument("--model", default="gpt2", help="local Hugging Face folder or hub id (default gpt2)")
     steer.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     steer.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    steer.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     steer.add_argument("--prompt", required=True, help="the prompt to complete (<|endoftext|> is prepended)")
     steer.add_argument("--plus", help="steering prompt added with +coeff")
     steer.add_argument("--minus", help="steering prompt added with -coeff (may be \"\")")
@@ -126,6 +128,7 @@ def _add_model_args(p, default_model="gpt2"):
     p.add_argument("--model", default=default_model, help=f"local folder or hub id (default {default_model})")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -168,9 +171,14 @@ def _positions(text: str):
     return text if text in ("prompt", "all") else tuple(_numbers(text, int, "--positions"))
 
 
+def _weights(args) -> dict:
+    """--weights as from_pretrained's option, where given (each family's default otherwise)."""
+    return {"weights": args.weights} if getattr(args, "weights", None) else {}
+
+
 def _load(args):
     """The model and tokenizer: after everything the command can check without them."""
-    return minigpt.load(args.model, revision=args.revision, backend=args.backend)
+    return minigpt.load(args.model, revision=args.revision, backend=args.backend, **_weights(args))
 
 
 def _vector_inputs(parser, args) -> None:
@@ -324,6 +332,7 @@ def _add_eval_commands(sub):
         task.add_argument("--model", required=True, help="local folder, shipped name (tiny-books) or hub id")
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+        task.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
         task.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes it)")
         task.add_argument("-n", "--samples", type=int, default=samples, help=f"samples per prompt (default {samples})")
         task.add_argument("--max-new-tokens", type=int, default=tokens, help=f"default {tokens}")
@@ -370,6 +379,7 @@ def _add_eval_commands(sub):
         task.add_argument("--model", required=True, help="local folder, shipped name (tiny-books) or hub id")
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+        task.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
         task.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes it)")
         task.add_argument("--plus", default=" weddings", help="default ' weddings'")
         task.add_argument("--minus", default="", help="default ''")
@@ -385,6 +395,7 @@ def _add_eval_commands(sub):
     which.add_argument("--shape", choices=list(overhead.SHAPES), help="random weights of a GPT-2 shape")
     cost.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     cost.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    cost.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     cost.add_argument("--out", required=True, help="output folder")
     cost.add_argument("--layer", type=int, help="steered block (default the middle one, as the paper)")
     cost.add_argument("--batch", type=int, default=32, help="forward pass rows (default 32, as the paper)")
@@ -417,6 +428,7 @@ def _add_paper_command(sub):
     p.add_argument("--model", required=True, help="gpt2-xl for the paper's model; tiny-books offline")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, help="output folder (reruns resume each experiment)")
     p.add_argument("--quick", action="store_true", help="4 topic layers x 32 samples, 300 chunks, 200 facts, "
                    "3 timing repeats: a demonstration in under 2 minutes on tiny-books")
@@ -542,7 +554,7 @@ def _eval(parser, args):
         scorer = get_scorer(args.scorer, SENTIMENT if args.task == "sentiment" else TOXICITY, device=args.device,
                             label=args.scorer_label)
     model, tok = _load(args)
-    fluency = minigpt.load(args.fluency_model, backend=args.backend) if args.fluency_model else None
+    fluency = minigpt.load(args.fluency_model, backend=args.backend, **_weights(args)) if args.fluency_model else None
     common = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed, padding=args.pad,
                   fluency_model=fluency, relevance_model=args.relevance_model, batch_rows=args.batch_rows,
                   progress=not args.no_progress, temperature=args.temperature, top_p=args.top_p,
@@ -630,7 +642,7 @@ def _paper(parser, args):
         data.read_prompts(args.toxicity_data)
         scorers["toxicity_scorer"] = get_scorer(args.toxicity_scorer or preset.toxicity_scorer, TOXICITY)
     model, tok = _load(args)
-    sentiment_model = (minigpt.load(args.sentiment_model, revision=args.revision, backend=args.backend)
+    sentiment_model = (minigpt.load(args.sentiment_model, revision=args.revision, backend=args.backend, **_weights(args))
                        if args.sentiment_model else None)
     report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,

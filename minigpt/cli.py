@@ -10,6 +10,7 @@ import numpy as np
 
 from . import from_pretrained, load
 from .backend import BACKENDS, BackendError
+from .weights import WEIGHT_POLICIES
 from .config import ConfigError
 from .generate import Sampling, stream
 from .model import Transformer, softmax
@@ -25,7 +26,15 @@ def top_next_tokens(model: Transformer, ids: list[int], k: int) -> list[tuple[in
     return [(int(i), float(logits[i]), float(probs[i])) for i in order]
 
 
+def _weights(args) -> dict:
+    """--weights as from_pretrained's option, where given (each family's default otherwise)."""
+    return {"weights": args.weights} if args.weights else {}
+
+
 BACKEND_HELP = "numpy (the CPU, the default) or cupy (a CUDA GPU: pip install 'minigpt-actadd[cuda12]')"
+WEIGHTS_HELP = ("how a float16/bfloat16 checkpoint is held: float32 (widened at load), lazy (left in the mapped "
+                "file, half the memory, slower; LLaMA only for now) or auto (the default: lazy for LLaMA when "
+                "float32 would exceed 12 GB)")
 ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 
@@ -37,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     nxt.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
     nxt.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     nxt.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    nxt.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     nxt.add_argument("--ids", type=int, nargs="+", help="the prompt as token ids instead of text")
     nxt.add_argument("--bos", action="store_true", help="prepend the BOS token (GPT-2: <|endoftext|>; OPT: </s>), as TransformerLens and ActAdd do")
     nxt.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
@@ -46,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
     gen.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     gen.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    gen.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     gen.add_argument("--max-new-tokens", type=int, default=40)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 means greedy (default 1)")
     gen.add_argument("--top-k", type=int, default=None)
@@ -66,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
         if args.text is not None:
-            model, tokenizer = load(args.model, revision=args.revision, backend=args.backend)
+            model, tokenizer = load(args.model, revision=args.revision, backend=args.backend, **_weights(args))
             ids = tokenizer.encode(args.text)
         else:
-            model, ids = from_pretrained(args.model, revision=args.revision, backend=args.backend), list(args.ids)
+            model, ids = from_pretrained(args.model, revision=args.revision, backend=args.backend, **_weights(args)), list(args.ids)
             try:  # token strings are nice to have; a folder without tokenizer files still works
                 tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
             except CheckpointError:
@@ -101,7 +112,7 @@ def _generate(parser, args) -> int:
         parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.freq_penalty, args.presence_penalty)
-        model, tok = load(args.model, revision=args.revision, backend=args.backend)
+        model, tok = load(args.model, revision=args.revision, backend=args.backend, **_weights(args))
         prompts = [[tok.bos_token_id] * args.bos + tok.encode(p) for p in args.prompts]
         rows = [(j, ids) for j, ids in enumerate(prompts) for _ in range(args.num_samples)]
         steps = stream(model, [ids for _, ids in rows], max_new_tokens=args.max_new_tokens, sampling=sampling,

@@ -29,9 +29,8 @@ from .backend import Backend, array_namespace, get_backend
 from .config import (ConfigError, check_header, config_fields, prefixed, read_json, require_bool, require_divides,
                      require_number, require_positive_int, show)
 from .model import HookPoints, KVCache, Transformer, linear_t, mean_last
-from .weights import CheckpointError, HalfTensor, check_blocks, read_tensors, select_tensors
+from .weights import WEIGHT_POLICIES, CheckpointError, HalfTensor, check_blocks, read_tensors, select_tensors
 
-WEIGHT_POLICIES = ("auto", "float32", "lazy")
 LAZY_ABOVE_BYTES = 12e9    # "auto": float32 weights above this stay half precision on the host
 
 HOOK_NAME_HELP = (

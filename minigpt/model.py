@@ -18,7 +18,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import CheckpointError, HalfTensor, check_dtypes, read_headers, read_tensors, resolve_checkpoint
+from .weights import (WEIGHT_POLICIES, CheckpointError, HalfTensor, check_dtypes, read_headers, read_tensors,
+                      resolve_checkpoint)
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -293,9 +294,16 @@ class Transformer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-                        backend: str | Backend = "numpy"):
+                        backend: str | Backend = "numpy", weights: str = "auto"):
         """Load a local Hugging Face folder or a hub id of this family (`gpt2`, `facebook/opt-125m`,
-        `org/name`, ...) onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device)."""
+        `org/name`, ...) onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device).
+        `weights`: "auto" and "float32" widen half-precision files at load; "lazy" (matrices
+        left in the mapped file) is LLaMA's only, for now, and refused here by name."""
+        if weights not in WEIGHT_POLICIES:
+            raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
+        if weights == "lazy":
+            raise ValueError(f"weights='lazy': {cls.__name__} loads its weights as float32 (the lazy policy is "
+                             "LLaMA's for now); use 'auto' or 'float32'")
         backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
         files, config, headers, source = cls._checked_files(name_or_path, revision)
         return cls(config, read_tensors(headers), source=source, backend=backend)

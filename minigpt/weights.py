@@ -195,6 +195,11 @@ def read_safetensors(path: str | os.PathLike, widen: bool = True) -> dict[str, n
     return read_tensors(read_header(path), widen)
 
 
+# How a model holds a float16/bfloat16 checkpoint's matrices: widened to float32 at load, left in
+# the mapped file (LLaMA only, for now), or chosen by size ("auto").
+WEIGHT_POLICIES = ("auto", "float32", "lazy")
+
+
 class HalfTensor:
     """A float16 or bfloat16 tensor left in the memory-mapped file: 2 bytes a number until
     `widen()` (or indexing, which widens only the rows taken) makes float32 of it, the floats

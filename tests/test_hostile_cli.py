@@ -116,3 +116,12 @@ def test_the_api_refuses_an_output_folder_before_any_work(tmp_path):
     with pytest.raises(OutputError, match="out .*a-file is a file"):
         generation.toxicity(Unusable(), None, [], tmp_path / "a-file" / "x", layer=0, coeff=1.0, scorer="profanity",
                             progress=False)
+
+
+@pytest.mark.parametrize("command", range(11))
+def test_every_command_that_loads_a_model_checks_its_weight_policy(places, capsys, command):
+    argv, option, _ = outputs(places)[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + [option, str(places / "out"), "--weights", "half"])
+    assert exit_.value.code == 2
+    assert "argument --weights: invalid choice: 'half'" in capsys.readouterr().err

@@ -236,3 +236,35 @@ def test_lazy_prefill_of_the_llama_3_2_1b_shape_stays_within_the_file_and_the_he
     print(f"lazy prefill, Llama-3.2-1B shape: peak RSS {peak / 1e9:.2f} GB; file {size / 1e9:.2f} GB + "
           f"head {head / 1e9:.2f} GB")
     assert peak <= size + head + 0.5e9
+
+
+def test_every_command_that_loads_a_model_takes_the_weight_policy(reference, tmp_path, monkeypatch, capsys):
+    """--weights on the command lines reaches LLaMA's from_pretrained (the policy each load asked
+    for is recorded), lazy and float32 print the same greedy tokens, and a family without the
+    lazy policy refuses it by name instead of ignoring it."""
+    import torch
+
+    from actadd.cli import main as actadd_main
+    from minigpt.cli import main as minigpt_main
+
+    hf = write_llama(reference, tmp_path / "f32", FIELDS, seed=4)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    asked = []
+    original = Llama.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append(kwargs.get("weights", "auto"))
+        return original(cls, *args, **kwargs)
+    monkeypatch.setattr(Llama, "from_pretrained", classmethod(spy))
+    printed = {}
+    for policy in ("lazy", "float32"):
+        assert minigpt_main(["next", "--model", str(tmp_path / "bf16"), "--ids", "1", "5", "9", "--weights", policy,
+                             "--top-k", "5"]) == 0
+        printed[policy] = capsys.readouterr().out
+    assert asked == ["lazy", "float32"] and printed["lazy"] == printed["float32"] and printed["lazy"].strip()
+    assert minigpt_main(["next", "--model", str(tmp_path / "bf16"), "--ids", "1", "5", "--top-k", "3"]) == 0
+    assert asked[-1] == "auto"                                           # not given: the family's default
+    capsys.readouterr()
+    assert actadd_main(["steer", "--model", "tiny-books", "--prompt", "In the morning we", "--plus", "whale",
+                        "--minus", "", "--layer", "0", "--coeff", "4", "--weights", "lazy"]) == 2
+    assert "weights='lazy': GPT2 loads its weights as float32" in capsys.readouterr().err
