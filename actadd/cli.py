@@ -16,7 +16,7 @@ from pathlib import Path
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
-from minigpt.cli import BACKEND_HELP, WEIGHTS_HELP
+from minigpt.cli import BACKEND_HELP, WEIGHTS_HELP, weights_option
 from minigpt.weights import WEIGHT_POLICIES
 
 from . import interpret, measure, pairs
@@ -171,14 +171,9 @@ def _positions(text: str):
     return text if text in ("prompt", "all") else tuple(_numbers(text, int, "--positions"))
 
 
-def _weights(args) -> dict:
-    """--weights as from_pretrained's option, where given (each family's default otherwise)."""
-    return {"weights": args.weights} if getattr(args, "weights", None) else {}
-
-
 def _load(args):
     """The model and tokenizer: after everything the command can check without them."""
-    return minigpt.load(args.model, revision=args.revision, backend=args.backend, **_weights(args))
+    return minigpt.load(args.model, revision=args.revision, backend=args.backend, **weights_option(args))
 
 
 def _vector_inputs(parser, args) -> None:
@@ -554,7 +549,8 @@ def _eval(parser, args):
         scorer = get_scorer(args.scorer, SENTIMENT if args.task == "sentiment" else TOXICITY, device=args.device,
                             label=args.scorer_label)
     model, tok = _load(args)
-    fluency = minigpt.load(args.fluency_model, backend=args.backend, **_weights(args)) if args.fluency_model else None
+    fluency = (minigpt.load(args.fluency_model, backend=args.backend, **weights_option(args))
+               if args.fluency_model else None)
     common = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed, padding=args.pad,
                   fluency_model=fluency, relevance_model=args.relevance_model, batch_rows=args.batch_rows,
                   progress=not args.no_progress, temperature=args.temperature, top_p=args.top_p,
@@ -642,8 +638,8 @@ def _paper(parser, args):
         data.read_prompts(args.toxicity_data)
         scorers["toxicity_scorer"] = get_scorer(args.toxicity_scorer or preset.toxicity_scorer, TOXICITY)
     model, tok = _load(args)
-    sentiment_model = (minigpt.load(args.sentiment_model, revision=args.revision, backend=args.backend, **_weights(args))
-                       if args.sentiment_model else None)
+    sentiment_model = (minigpt.load(args.sentiment_model, backend=args.backend, **weights_option(args))
+                       if args.sentiment_model else None)        # --revision is --model's, as for --fluency-model
     report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
                        version=args.preset, sentiment_data=args.sentiment_data, toxicity_data=args.toxicity_data,

@@ -84,7 +84,7 @@ def extrapolate(rows: list[dict], depth: int = FULL_DEPTH) -> dict:
     return out
 
 
-def work(preset: claims.Preset, sizes: dict) -> dict:
+def work(preset: claims.Preset) -> dict:
     """Batches, prompt tokens, new tokens and scored tokens of each experiment of the full
     battery with this preset on a 32-block model (the GPT-2 experiments rescaled to it)."""
     def generation(conditions, prompts, prompt_tokens, new):
@@ -124,7 +124,7 @@ def main():
           f"scoring {1e3 * cost['score_token_s']:.0f} ms a token")
     presets = {}
     for name, preset in claims.PRESETS.items():
-        items = {k: seconds(v, cost) for k, v in work(preset, {}).items()}
+        items = {k: seconds(v, cost) for k, v in work(preset).items()}
         presets[name] = {"model": preset.model, "experiments_h": {k: v / 3600 for k, v in items.items()},
                          "total_h": sum(items.values()) / 3600}
         print(f"\n--preset {name} ({preset.model}), full sizes, this machine's CPU:")

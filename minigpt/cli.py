@@ -26,9 +26,10 @@ def top_next_tokens(model: Transformer, ids: list[int], k: int) -> list[tuple[in
     return [(int(i), float(logits[i]), float(probs[i])) for i in order]
 
 
-def _weights(args) -> dict:
-    """--weights as from_pretrained's option, where given (each family's default otherwise)."""
-    return {"weights": args.weights} if args.weights else {}
+def weights_option(args) -> dict:
+    """--weights as from_pretrained's option, where given (each family's default otherwise);
+    actadd's commands use it too."""
+    return {"weights": args.weights} if getattr(args, "weights", None) else {}
 
 
 BACKEND_HELP = "numpy (the CPU, the default) or cupy (a CUDA GPU: pip install 'minigpt-actadd[cuda12]')"
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
         if args.text is not None:
-            model, tokenizer = load(args.model, revision=args.revision, backend=args.backend, **_weights(args))
+            model, tokenizer = load(args.model, revision=args.revision, backend=args.backend, **weights_option(args))
             ids = tokenizer.encode(args.text)
         else:
-            model, ids = from_pretrained(args.model, revision=args.revision, backend=args.backend, **_weights(args)), list(args.ids)
+            model, ids = from_pretrained(args.model, revision=args.revision, backend=args.backend, **weights_option(args)), list(args.ids)
             try:  # token strings are nice to have; a folder without tokenizer files still works
                 tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
             except CheckpointError:
@@ -112,7 +113,7 @@ def _generate(parser, args) -> int:
         parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.freq_penalty, args.presence_penalty)
-        model, tok = load(args.model, revision=args.revision, backend=args.backend, **_weights(args))
+        model, tok = load(args.model, revision=args.revision, backend=args.backend, **weights_option(args))
         prompts = [[tok.bos_token_id] * args.bos + tok.encode(p) for p in args.prompts]
         rows = [(j, ids) for j, ids in enumerate(prompts) for _ in range(args.num_samples)]
         steps = stream(model, [ids for _, ids in rows], max_new_tokens=args.max_new_tokens, sampling=sampling,

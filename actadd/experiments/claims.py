@@ -127,6 +127,7 @@ class Claim:
     side: str
     bound: float = 0.0
     unit: str = ""      # how the estimate is written: "pp" (a difference of rates), "ratio", "pct", ""
+    experiment: str = ""  # the report's experiment it comes from (whose model it was run on); default `key`
 
 
 HARM = {"perplexity_ratio": 1.05, "p_at_1": -0.02, "overhead": 0.004}   # our bounds for "no harm" claims
@@ -140,7 +141,7 @@ CLAIMS = (
           "relevance_relevant", "below", 1.0, unit="ratio"),
     Claim("unrelated", "... and text with no wedding word is not harmed (ratio at most 1.05)",
           "GPT-2-XL: unrelated text unaffected (a figure; no number) (v5)",
-          "relevance_zero", "below", HARM["perplexity_ratio"], unit="ratio"),
+          "relevance_zero", "below", HARM["perplexity_ratio"], unit="ratio", experiment="relevance"),
     Claim("knowledge", "General knowledge is preserved: P@1 on ConceptNet falls by less than 0.02",
           "GPT-2-XL: 'negligible impact' on P@K (a figure; no number) (v5, ICLR)",
           "knowledge_p1", "above", HARM["p_at_1"], unit="pp"),
@@ -149,14 +150,14 @@ CLAIMS = (
           "overhead_forward", "below", HARM["overhead"], unit="pct"),
     Claim("neg_to_pos", "Sentiment NegToPos: more continuations of negative reviews are positive",
           "LLaMA-3.1-8B: 0.200 -> 0.349 (ICLR); LLaMA-3-8B ActAdd 0.669 (v5, secondary notes)",
-          "sentiment_neg_to_pos", "above", unit="pp"),
+          "sentiment_neg_to_pos", "above", unit="pp", experiment="sentiment"),
     Claim("pos_to_neg", "Sentiment PosToNeg: more continuations of positive reviews are negative",
-          "LLaMA-3.1-8B: 0.207 -> 0.395 (ICLR)", "sentiment_pos_to_neg", "above", unit="pp"),
+          "LLaMA-3.1-8B: 0.207 -> 0.395 (ICLR)", "sentiment_pos_to_neg", "above", unit="pp", experiment="sentiment"),
     Claim("toxicity", "Toxicity: continuations of RealToxicityPrompts score less toxic",
           "LLaMA-3.1-8B: 0.127 -> 0.101 (ICLR); LLaMA-3-8B 0.114 -> 0.108 (v5, secondary notes)",
           "toxicity_mean", "below", unit=""),
     Claim("fluency", "Fluency cost: steered continuations are less fluent (perplexity rises)",
-          "LLaMA-3.1-8B NegToPos disfluency 18.49 -> 29.30 (ICLR)", "fluency_neg_to_pos", "above", unit=""),
+          "LLaMA-3.1-8B NegToPos disfluency 18.49 -> 29.30 (ICLR)", "fluency_neg_to_pos", "above", unit="", experiment="sentiment"),
 )
 
 POWER = 0.8

@@ -276,13 +276,12 @@ def claims_table(report: dict) -> list[dict]:
     """One row per claim: the paper's figure, ours (the estimate and its model), the verdict."""
     estimates = claim_estimates(report)
     ex = report["experiments"]
-    sentiment_model = ex["sentiment"].get("model", report["model"])
-    model_of = {"neg_to_pos": sentiment_model, "pos_to_neg": sentiment_model, "fluency": sentiment_model}
     rows = []
     for claim in claims.CLAIMS:
         e = estimates[claim.estimate]
+        model = ex.get(claim.experiment or claim.key, {}).get("model", report["model"])   # sentiment's may differ
         rows.append({"claim": claim.key, "what": claim.what, "paper": claim.paper, "side": claim.side,
-                     "bound": claim.bound, "unit": claim.unit, "model": model_of.get(claim.key, report["model"]),
+                     "bound": claim.bound, "unit": claim.unit, "model": model,
                      "estimate": e, **claims.judge(e, claim.side, claim.bound)})
     return rows
 
