@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             b = right[k] if k < len(right) else ""
             print(f"{a:<{width}} | {b}")
         print()
+    print(model.memory_report())
     return 0
 
 

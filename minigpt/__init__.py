@@ -26,7 +26,7 @@ __all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Llama", "LlamaConfig", "Tr
 def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None,
                     backend: str | Backend = "numpy", **options) -> Transformer:
     """The model of a folder or hub id, of the family its config.json's model_type names;
-    `options` go to that family's from_pretrained (LLaMA: weights="auto"|"float32"|"lazy")."""
+    `options` go to that family's from_pretrained (weights="auto"|"float32"|"lazy")."""
     from .config import read_json, show
 
     path = locate(name_or_path, revision).file("config.json")

@@ -34,8 +34,8 @@ def weights_option(args) -> dict:
 
 BACKEND_HELP = "numpy (the CPU, the default) or cupy (a CUDA GPU: pip install 'minigpt-actadd[cuda12]')"
 WEIGHTS_HELP = ("how a float16/bfloat16 checkpoint is held: float32 (widened at load), lazy (left in the mapped "
-                "file, half the memory, slower; LLaMA only for now) or auto (the default: lazy for LLaMA when "
-                "float32 would exceed 12 GB)")
+                "file and widened a slab at a time: half the memory, the same floats, slower) or auto (the "
+                "default: lazy when float32 would exceed 12 GB)")
 ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'rank':>4}  {'id':>6}  {'token':<16}  {'logit':>9}  {'prob':>7}")
     for rank, (i, logit, prob) in enumerate(top, 1):
         print(f"{rank:>4}  {i:>6}  {show(i):<16}  {logit:>9.3f}  {prob:>7.4f}")
+    print(model.memory_report())
     return 0
 
 

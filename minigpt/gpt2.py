@@ -21,7 +21,7 @@ import numpy as np
 
 from .backend import Backend
 from .config import GPT2Config
-from .model import HookPoints, KVCache, Transformer, gelu_new, hook_names, linear
+from .model import HookPoints, KVCache, Transformer, gelu_new, hook_names, linear, linear_t
 from .weights import canonical_state_dict
 
 
@@ -98,7 +98,7 @@ class GPT2(Transformer):
             x = x[:, -1:]
             hook.positions = positions[:, -1:]
         x = self.layer_norm("ln_final", x, self.ln_f, hook, self.config.layer_norm_epsilon)
-        return linear(x, self.wte.T)                                           # [batch, pos, vocab]
+        return linear_t(x, self.wte)                                           # [batch, pos, vocab]
 
     def block(self, L: int, p: dict, x, hook: HookPoints, mask_bias, kv, start: int):
         b = f"blocks.{L}."

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend, array_namespace, get_backend
+from .backend import Backend, array_namespace
 from .config import (ConfigError, check_header, config_fields, prefixed, read_json, require_bool, require_divides,
                      require_number, require_positive_int, show)
 from .model import HookPoints, KVCache, Transformer, linear_t, mean_last
-from .weights import WEIGHT_POLICIES, CheckpointError, HalfTensor, check_blocks, read_tensors, select_tensors
+from .weights import CheckpointError, check_blocks, select_tensors
 
-LAZY_ABOVE_BYTES = 12e9    # "auto": float32 weights above this stay half precision on the host
 
 HOOK_NAME_HELP = (
     "valid names: hook_embed, blocks.{L}.hook_resid_pre, blocks.{L}.ln1.hook_{scale,normalized}, "
@@ -236,15 +235,6 @@ def silu(x):
     return x / (1.0 + xp.exp(-x))
 
 
-def _widened(params):
-    """float32 of a block's parameters (or one matrix): lazily read ones widened for this use."""
-    if isinstance(params, HalfTensor):
-        return params.widen()
-    if isinstance(params, dict):
-        return {k: _widened(v) for k, v in params.items()}
-    return params
-
-
 def parameter_count(config: LlamaConfig) -> int:
     return sum(math.prod(shape) for shape in expected_shapes(config).values())
 
@@ -272,9 +262,6 @@ class Llama(Transformer):
 
     def __init__(self, config: LlamaConfig, state_dict: dict, source: str = "state_dict",
                  backend: str | Backend = "numpy"):
-        """`state_dict` may hold HalfTensors (from_pretrained with weights="lazy"): those
-        matrices stay float16/bfloat16 in the mapped file and each block's are widened to
-        float32 when the block runs."""
         tree = self._to_device(canonical_state_dict(state_dict, config, source=source), source, backend)
         self.config = config
         self.embed_tokens = tree["embed_tokens"]["weight"]
@@ -296,23 +283,6 @@ class Llama(Transformer):
             angles = np.concatenate([angles, angles], axis=-1)                # [rows, d_head]: (i, i + d/2) share
             self.cos, self.sin = (self.backend.to_device(f(angles)) for f in (np.cos, np.sin))
         return self.cos, self.sin
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, revision: str | None = None, backend: str | Backend = "numpy",
-                        weights: str = "auto") -> Llama:
-        """As Transformer.from_pretrained, with the memory policy for half-precision files:
-        "float32" widens every matrix once at load (full speed; 4 bytes a parameter), "lazy"
-        leaves them in the mapped file and widens each block's when it runs (2 bytes a
-        parameter held, plus one block's float32; slower), "auto" is lazy on the host when the
-        float32 weights would exceed LAZY_ABOVE_BYTES (Llama-3-8B: 32 GB) and float32 otherwise."""
-        if weights not in WEIGHT_POLICIES:
-            raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
-        backend = get_backend(backend)
-        files, config, headers, source = cls._checked_files(name_or_path, revision)
-        if weights == "auto":                         # the parameters the files hold, 4 bytes each in float32
-            float32_bytes = 4 * sum(math.prod(h.shape) for h in headers.values())
-            weights = "lazy" if backend.name == "numpy" and float32_bytes > LAZY_ABOVE_BYTES else "float32"
-        return cls(config, read_tensors(headers, widen=weights == "float32"), source=source, backend=backend)
 
     def _tree(self) -> dict:
         tree = {"embed_tokens": {"weight": self.embed_tokens}, "norm": self.norm,
@@ -342,7 +312,7 @@ class Llama(Transformer):
             x = hook("hook_embed", self.embed_tokens[tokens])                  # [batch, pos, d_model]
         for L, block in enumerate(self.layers[start_at_layer:stop_at_layer], start_at_layer):
             kv = (cache.keys[L], cache.values[L]) if cache is not None else None
-            x = self.block(L, _widened(block), x, hook, mask_bias, kv, start, rotary)
+            x = self.block(L, block, x, hook, mask_bias, kv, start, rotary)
         if stop_at_layer is not None:
             return x                                                           # [batch, pos, d_model]
         self._advance(cache, ids.shape[1], real)
@@ -350,7 +320,7 @@ class Llama(Transformer):
             x = x[:, -1:]
             hook.positions = positions[:, -1:]
         x = self.rms_norm("ln_final", x, self.norm, hook)
-        return linear_t(x, _widened(self.lm_head))                             # [batch, pos, vocab]
+        return linear_t(x, self.lm_head)                                       # [batch, pos, vocab]
 
     def block(self, L: int, p: dict, x, hook: HookPoints, mask_bias, kv, start: int, rotary):
         b = f"blocks.{L}."

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import (WEIGHT_POLICIES, CheckpointError, HalfTensor, check_dtypes, read_headers, read_tensors,
-                      resolve_checkpoint)
+from .weights import (LAZY_ABOVE_BYTES, WEIGHT_POLICIES, CheckpointError, HalfTensor, check_dtypes, matmul,
+                      read_headers, read_tensors, resolve_checkpoint)
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -29,18 +29,19 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def linear(x, weight, bias=None):
-    """x @ weight + bias, with HF Conv1D's [in, out] weight. As one 2-D matmul: a stacked one
-    ([batch, 1, in] while decoding) would read the whole weight once per batch row."""
-    flat = x.reshape(-1, x.shape[-1]) @ weight
+    """x @ weight + bias, with HF Conv1D's [in, out] weight (float32, or a HalfTensor left in its
+    file). As one 2-D product: a stacked one ([batch, 1, in] while decoding) would read the
+    whole weight once per batch row; by slabs of columns, see weights.matmul."""
+    flat = matmul(x.reshape(-1, x.shape[-1]), weight)
     if bias is not None:
         flat += bias
     return flat.reshape(*x.shape[:-1], weight.shape[-1])
 
 
 def linear_t(x, weight, bias=None):
-    """x @ weight.T + bias for torch Linear's [out, in] weight (OPT's and LLaMA's checkpoints), as
-    one 2-D matmul; the transposed view costs no copy."""
-    flat = x.reshape(-1, x.shape[-1]) @ weight.T
+    """x @ weight.T + bias for torch Linear's [out, in] weight (OPT's and LLaMA's checkpoints,
+    and every tied unembedding), as linear; the transposed view costs no copy."""
+    flat = matmul(x.reshape(-1, x.shape[-1]), weight, transposed=True)
     if bias is not None:
         flat += bias
     return flat.reshape(*x.shape[:-1], weight.shape[0])
@@ -73,10 +74,11 @@ def softmax(x, out=None):
 
 def attention_scores(q, k, mask_bias):
     """q k^T / sqrt(d_head) + mask_bias: [batch, head, query, d_head] x [batch, head, key, d_head]
-    -> [batch, head, query, key], -inf where the key is in the query's future or padding."""
+    -> [batch, head, query, key], -inf where the key is in the query's future or padding. (Any
+    leading axes that broadcast: grouped-query attention passes [batch, kv_head, group, ...].)"""
     # Scaling q (d_head wide) costs less than scaling the scores (key wide); for GPT-2's
     # d_head = 64 the factor is 1/8 and both give the same floats.
-    scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(0, 1, 3, 2)
+    scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2)
     scores += mask_bias
     return scores
 
@@ -93,7 +95,7 @@ def causal_attention(q, k, v, mask_bias, start, block=None):
     key, d_head] with key = start + query; mask_bias as for attention_scores.
     Equal to the full computation up to float rounding (the tests hold it to that)."""
     block = block or ATTENTION_BLOCK
-    seq = q.shape[2]
+    seq = q.shape[-2]
     if seq <= block:
         scores = attention_scores(q, k, mask_bias)
         return softmax(scores, out=scores) @ v
@@ -102,8 +104,8 @@ def causal_attention(q, k, v, mask_bias, start, block=None):
     for i in range(0, seq, block):
         end = min(i + block, seq)
         seen = start + end                                                     # keys visible to this block
-        scores = attention_scores(q[:, :, i:end], k[:, :, :seen], mask_bias[..., i:end, :seen])
-        z[:, :, i:end] = softmax(scores, out=scores) @ v[:, :, :seen]
+        scores = attention_scores(q[..., i:end, :], k[..., :seen, :], mask_bias[..., i:end, :seen])
+        z[..., i:end, :] = softmax(scores, out=scores) @ v[..., :seen, :]
     return z
 
 
@@ -296,17 +298,23 @@ class Transformer:
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
                         backend: str | Backend = "numpy", weights: str = "auto"):
         """Load a local Hugging Face folder or a hub id of this family (`gpt2`, `facebook/opt-125m`,
-        `org/name`, ...) onto `backend`: "numpy" (the host) or "cupy" (the current CUDA device).
-        `weights`: "auto" and "float32" widen half-precision files at load; "lazy" (matrices
-        left in the mapped file) is LLaMA's only, for now, and refused here by name."""
+        `meta-llama/Llama-3.2-1B`, ...) onto `backend`: "numpy" (the host) or "cupy" (the
+        current CUDA device).
+
+        `weights`, the memory policy for float16/bfloat16 files: "float32" widens every matrix
+        once at load (4 bytes a parameter), "lazy" leaves the matrices in the mapped file and
+        widens a slab at a time where they are used (2 bytes a parameter; the same floats),
+        "auto" is lazy on the host when the float32 weights would exceed LAZY_ABOVE_BYTES
+        (Llama-3-8B: 32 GB, opt-6.7b: 26.8 GB) and float32 otherwise. float32 files are
+        mapped as they are under every policy."""
         if weights not in WEIGHT_POLICIES:
             raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
-        if weights == "lazy":
-            raise ValueError(f"weights='lazy': {cls.__name__} loads its weights as float32 (the lazy policy is "
-                             "LLaMA's for now); use 'auto' or 'float32'")
         backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
         files, config, headers, source = cls._checked_files(name_or_path, revision)
-        return cls(config, read_tensors(headers), source=source, backend=backend)
+        if weights == "auto":                         # the parameters the files hold, 4 bytes each in float32
+            float32_bytes = 4 * sum(math.prod(h.shape) for h in headers.values())
+            weights = "lazy" if backend.name == "numpy" and float32_bytes > LAZY_ABOVE_BYTES else "float32"
+        return cls(config, read_tensors(headers, widen=weights == "float32"), source=source, backend=backend)
 
     @classmethod
     def _checked_files(cls, name_or_path, revision):
@@ -321,8 +329,18 @@ class Transformer:
 
     def __repr__(self):
         on = "" if self.backend.name == "numpy" else f", backend={self.backend.name!r}"
+        on += ", weights='lazy'" if self.lazy_weights else ""
         shown = ", ".join(f"{f}={getattr(self.config, f)}" for f in self.repr_fields)
         return f"{type(self).__name__}({shown}{on})"
+
+    def memory_report(self) -> str:
+        """The weight policy and what it holds, and this process's peak resident memory so far
+        (which counts the pages of a mapped file it has touched)."""
+        lazy = [t.nbytes for t in _leaves(self._tree()) if isinstance(t, HalfTensor)]
+        held = (f"weights lazy: {_size(sum(lazy))} of float16/bfloat16 matrices read from the mapped file a slab "
+                "at a time" if lazy else "weights float32")
+        peak = peak_memory_bytes()
+        return held + (f"; peak resident memory {_size(peak)}" if peak is not None else "")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter under its bare checkpoint name (the inverse of loading), as arrays of
@@ -425,26 +443,33 @@ class Transformer:
         """Causal attention of hooked q, k, v [batch, pos, head, d_head]: with a KV cache, this
         pass's keys and values are appended to it and everything in it is attended to. Returns
         hook_z [batch, pos, head, d_head], before the output projection."""
-        seq = q.shape[1]
+        batch, seq, n_head, d_head = q.shape
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
         if kv is not None:  # append to the cache, attend to everything in it
             keys, values = kv
             keys[:, :, start:start + seq] = k
             values[:, :, start:start + seq] = v
             k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
-        group = q.shape[1] // k.shape[1]
-        if group > 1:  # grouped-query attention: each key/value head serves `group` query heads
-            serves = self.backend.to_device(np.repeat(np.arange(k.shape[1]), group))
-            k, v = k[:, serves], v[:, serves]                                  # [batch, head, key, d_head]
+        n_kv_head = k.shape[1]
+        if n_kv_head < n_head:  # grouped-query attention: query heads g*group..(g+1)*group-1 share
+            # key/value head g; viewed as [batch, kv_head, group, ...], every key and value head is
+            # read where it is (a copy per query head would cost group x the cache each pass)
+            q = q.reshape(batch, n_kv_head, n_head // n_kv_head, seq, d_head)
+            k, v, mask_bias = k[:, :, None], v[:, :, None], mask_bias[:, :, None]  # [batch, kv_head, 1, key, .]
+
+        def heads(t):    # [batch, (kv_head, group) or head, ., .] -> [batch, head, ., .], a view
+            return t.reshape(batch, n_head, *t.shape[-2:])
+
+        def grouped(t):  # and back
+            return t.reshape(*q.shape[:-2], *t.shape[-2:])
 
         if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
-            scores = attention_scores(q, k, mask_bias)                         # [batch, head, query, key]
-            scores = hook(name + ".hook_attn_scores", scores)
+            scores = hook(name + ".hook_attn_scores", heads(attention_scores(q, k, mask_bias)))  # [batch, head, query, key]
             pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
-            z = pattern @ v                                                    # [batch, head, pos, d_head]
+            z = grouped(pattern) @ v                                           # [batch, (kv_head, group | head), pos, d_head]
         else:
             z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
-        return hook(name + ".hook_z", z.transpose(0, 2, 1, 3))                 # [batch, pos, head, d_head]
+        return hook(name + ".hook_z", heads(z).transpose(0, 2, 1, 3))          # [batch, pos, head, d_head]
 
     # --- the pass's bookkeeping, on the host ---------------------------------------------------
 
@@ -574,6 +599,28 @@ class Transformer:
         return mask
 
 
+
+
+def _leaves(tree):
+    for node in tree.values():
+        yield from _leaves(node) if isinstance(node, dict) else (node,)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f} MB"
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak resident set (getrusage: kilobytes on Linux, bytes on macOS); None
+    where there is no getrusage (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _nest(flat: dict) -> dict:

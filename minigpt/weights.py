@@ -3,8 +3,10 @@
 The flow is `resolve_checkpoint` (which files, via sources.py) -> `read_headers` (every tensor's
 name, dtype, shape and place in the file; nothing read) -> `canonical_state_dict` /
 `select_tensors` (names and shapes checked against the config, on the headers, before any array
-exists) -> `read_tensors` (the arrays, float32). A config that asks for more than the files hold
-is refused before anything is allocated in proportion to it (`check_blocks`).
+exists) -> `read_tensors` (the arrays, float32, or half-precision left in the file) ->
+`matmul` (a model's products with its weights, a slab of columns at a time). A config that asks
+for more than the files hold is refused before anything is allocated in proportion to it
+(`check_blocks`).
 
 We parse safetensors ourselves instead of calling `safetensors.numpy`: the format is a JSON
 header and raw little-endian bytes, so each float32 tensor is a zero-copy view of a read-only
@@ -20,6 +22,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,18 +199,20 @@ def read_safetensors(path: str | os.PathLike, widen: bool = True) -> dict[str, n
 
 
 # How a model holds a float16/bfloat16 checkpoint's matrices: widened to float32 at load, left in
-# the mapped file (LLaMA only, for now), or chosen by size ("auto").
+# the mapped file, or chosen by size ("auto": lazy on the host above LAZY_ABOVE_BYTES of float32).
 WEIGHT_POLICIES = ("auto", "float32", "lazy")
+LAZY_ABOVE_BYTES = 12e9
 
 
 class HalfTensor:
     """A float16 or bfloat16 tensor left in the memory-mapped file: 2 bytes a number until
-    `widen()` (or indexing, which widens only the rows taken) makes float32 of it, the floats
-    that loading would have made."""
+    `widen()` (or indexing, which widens only the rows taken, or `widen_into`) makes float32 of
+    it, the floats that loading would have made."""
 
     def __init__(self, raw: np.ndarray, dtype: str):
         self.raw, self.dtype_name = raw, dtype
         self.shape, self.nbytes = raw.shape, raw.nbytes
+        self._finite = None       # float16: no inf or NaN anywhere (found out on first use)
 
     def widen(self) -> np.ndarray:
         return _as_float32(self.raw, self.dtype_name)
@@ -215,8 +220,72 @@ class HalfTensor:
     def __getitem__(self, index) -> np.ndarray:
         return _as_float32(np.ascontiguousarray(self.raw[index]), self.dtype_name)
 
+    def widen_into(self, out: np.ndarray, index) -> np.ndarray:
+        """float32 of raw[index] written into `out` (float32, of that shape): no new memory."""
+        part = self.raw[index]
+        if self.dtype_name == "BF16":
+            np.left_shift(part, 16, out=out.view(np.uint32), dtype=np.uint32)  # the 16 bits on top
+        elif self._all_finite():
+            # NumPy's float16 cast runs a number at a time (1-1.6 ns here); this is 3 vector passes
+            # (0.7 ns). Shifted by 13 as int32, the sign smears over bits 31..28: keep bit 31, and
+            # the exponent and mantissa land at 27..13, a float32 with exponent 15 -> 127 short of
+            # its value; multiplying by 2^112 adds that back, exactly, subnormals included.
+            bits = out.view(np.int32)
+            np.left_shift(part.view(np.int16), 13, out=bits, dtype=np.int32)
+            np.bitwise_and(bits, np.int32(-0x70000001), out=bits)               # 0x8FFFFFFF
+            np.multiply(out, np.float32(2.0 ** 112), out=out)
+        else:
+            np.copyto(out, part)                                               # inf and NaN too
+        return out
+
+    def _all_finite(self) -> bool:
+        """float16 exponent 31 (inf, NaN) nowhere in the tensor: read once, a chunk at a time."""
+        if self._finite is None:
+            flat, chunk = self.raw.reshape(-1).view(np.uint16), 1 << 22
+            self._finite = all(not np.any(flat[i:i + chunk] & 0x7C00 == 0x7C00) for i in range(0, flat.size, chunk))
+        return self._finite
+
     def __repr__(self):
         return f"HalfTensor({self.dtype_name}, shape={self.shape})"
+
+
+# Products with a weight go by slabs of its output columns, each slab a float32 block of about
+# SLAB_BYTES: for a HalfTensor, its slab is widened into a reused buffer and multiplied at once,
+# so the weights are read once a pass and nothing of a matrix's size is allocated; for a float32
+# matrix the slab is a view. Both policies make the same BLAS calls on the same shapes, so lazy
+# weights give the float32 policy's floats bit for bit, whatever the BLAS (a slab's product is
+# not always bit-equal to the whole matrix's: OpenBLAS multiplies small products, m*n*k <= 10^6,
+# with other kernels). 16 MiB: float32 slabs this size multiply as fast as whole matrices (on
+# this machine, 1-row products of 1 MiB slabs take twice as long); see benchmarks/bench_lazy.py.
+SLAB_BYTES = 16 << 20
+_slab = threading.local()    # one buffer per thread: two threads may run one model
+
+
+def matmul(flat: np.ndarray, weight, transposed: bool = False) -> np.ndarray:
+    """flat @ weight, or flat @ weight.T with `transposed` (torch Linear's [out, in] layout),
+    for float32 flat [rows, in] and a float32 matrix or HalfTensor: float32 [rows, out]."""
+    if not isinstance(flat, np.ndarray):  # a device array (CuPy): one product, weights widened at load
+        return flat @ (weight.T if transposed else weight)
+    n_in, n_out = flat.shape[1], weight.shape[0 if transposed else 1]
+    step = max(1, SLAB_BYTES // (4 * n_in))                                   # output columns a slab
+    lazy = isinstance(weight, HalfTensor)
+    if not lazy and n_out <= step:                                            # one slab: the plain product
+        return flat @ (weight.T if transposed else weight)
+    out = np.empty((flat.shape[0], n_out), np.float32)                        # [rows, out]
+    if lazy:
+        buffer = getattr(_slab, "buffer", None)
+        if buffer is None or buffer.size < min(step, n_out) * n_in:
+            buffer = _slab.buffer = np.empty(min(step, n_out) * n_in, np.float32)
+    for j in range(0, n_out, step):
+        cols = slice(j, min(j + step, n_out))
+        n = cols.stop - j
+        if transposed:                                                        # w: [n, in]
+            w = weight.widen_into(buffer[:n * n_in].reshape(n, n_in), cols) if lazy else weight[cols]
+            np.matmul(flat, w.T, out=out[:, cols])
+        else:                                                                 # w: [in, n]
+            w = weight.widen_into(buffer[:n * n_in].reshape(n_in, n), (slice(None), cols)) if lazy else weight[:, cols]
+            np.matmul(flat, w, out=out[:, cols])
+    return out
 
 
 def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
