@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import alternate  # noqa: E402
 import minigpt  # noqa: E402
-from bench_llama_memory import write_checkpoint  # noqa: E402
+from bench_lazy import write_checkpoint  # noqa: E402
 
 
 
