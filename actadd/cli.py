@@ -245,6 +245,14 @@ def _add_measure_commands(sub):
     _add_eval_commands(sub)
     _add_paper_command(sub)
     _add_pair_commands(sub)
+    p = sub.add_parser("serve", help="a local web page to steer the model by hand (prints its URL with a token)")
+    p.add_argument("--model", default="tiny-books", help="local folder or hub id (default tiny-books)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
+                   "only; 0.0.0.0 lets others on the network in, with a warning)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
 
 
 def _add_pair_commands(sub):
@@ -732,8 +740,20 @@ def _lens(parser, args):
     return 0
 
 
+def _serve(parser, args):
+    from .serve import Steerer, serve
+
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: expected 0 to 65535")
+    model, tok = _load(args)
+    options = {k: getattr(args, k) for k in ("revision", "backend", "weights")
+               if getattr(args, k) not in (None, "numpy")}
+    serve(Steerer(model, tok, args.model, options), args.host, args.port)
+    return 0
+
+
 MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce, "eval": _eval,
-            "paper": _paper, "pairs": _pairs, "calibrate": _calibrate, "lens": _lens}
+            "paper": _paper, "pairs": _pairs, "calibrate": _calibrate, "lens": _lens, "serve": _serve}
 
 
 if __name__ == "__main__":
