@@ -67,7 +67,7 @@ def test_loads_by_short_name_outside_the_checkout(name, tmp_path):
 
 def test_a_built_wheel_carries_every_module_every_checkpoint_and_the_classifier(tmp_path):
     """`pip install .` (not only -e) must ship every module of both packages (subpackages
-    included) and every folder of weights/ that ships, as minigpt/checkpoints/."""
+    included), every folder of weights/ that ships, as minigpt/checkpoints/, and the serve page."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
@@ -79,6 +79,7 @@ def test_a_built_wheel_carries_every_module_every_checkpoint_and_the_classifier(
     modules = [p.relative_to(ROOT).as_posix() for package in ("minigpt", "actadd") for p in (ROOT / package).rglob("*.py")]
     assert "actadd/experiments/generation.py" in modules
     assert [m for m in modules if m not in names] == []
+    assert "actadd/static/serve.html" in names                           # actadd serve's page
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
