@@ -52,19 +52,24 @@ def read_pairs(path: str | Path) -> list[Pair]:
     """`plus<TAB>minus` lines of a UTF-8 file (blank lines and lines starting with '#' skipped).
     A prompt may be empty ("weddings<TAB>"), but a line needs exactly one tab."""
     path = Path(path)
+    return parse_pairs(lines(read_text(path, ValueError, what="pairs file")), str(path))
+
+
+def parse_pairs(text_lines, where: str) -> list[Pair]:
+    """The pairs of `plus<TAB>minus` lines (as read_pairs), errors naming `where` and the line."""
     pairs = []
-    for number, line in enumerate(lines(read_text(path, ValueError, what="pairs file")), 1):
+    for number, line in enumerate(text_lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if line.count("\t") != 1:
-            raise ValueError(f"{path}:{number}: expected 'plus<TAB>minus' (one tab), got {line.count(chr(9))} tabs "
+            raise ValueError(f"{where}:{number}: expected 'plus<TAB>minus' (one tab), got {line.count(chr(9))} tabs "
                              f"in {line[:60]!r}")
         plus, minus = line.split("\t")
         if not plus.strip() and not minus.strip():
-            raise ValueError(f"{path}:{number}: both prompts are empty")
+            raise ValueError(f"{where}:{number}: both prompts are empty")
         pairs.append((plus, minus))
     if not pairs:
-        raise ValueError(f"{path}: no pairs (every line blank or a comment)")
+        raise ValueError(f"{where}: no pairs (every line blank or a comment)")
     return pairs
 
 

@@ -10,7 +10,8 @@ internet). Endpoints, each of which needs the token the start-up URL carries:
                           distributions, the logit lens, the command line), then the unsteered and
                           steered completions token by token, from the same seeds; a closed tab
                           stops the generation at its next token
-    POST /api/vector      the steering vector as a .safetensors file
+    POST /api/vector      the steering vector as a .safetensors file (?format=gguf: a llama.cpp
+                          control vector, for a direction made from pairs)
     POST /api/grid        JSON: a layer x coefficient grid of the next-token KL, or of the
                           effectiveness over given words, for a heat map
 
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -47,6 +48,7 @@ from minigpt import Sampling, Transformer
 from minigpt.tokenizer import Tokenizer
 
 from .measure import next_token
+from .pairs import READINGS, mean_of_pairs, parse_pairs
 from .steering import (ALIGNMENTS, PADDINGS, PAPER_SAMPLING, check_lengths, norm_report, site, steering_vector,
                        tokens_with_bos, x_vector)
 from .vector_io import save
@@ -86,6 +88,8 @@ class Settings:
     top_p: float = PAPER_SAMPLING["top_p"]
     freq_penalty: float = PAPER_SAMPLING["freq_penalty"]
     words: str = ""            # the grid's topic words: effectiveness over their tokens (' word', one token each)
+    pairs: str = ""            # 'plus<TAB>minus' lines: the mean of their differences instead of plus - minus
+    reading: str = "actadd"    # with pairs: ActAdd's per-position matrix, or a direction (last, mean)
 
     @classmethod
     def from_json(cls, body: dict, n_layer: int) -> Settings:
@@ -98,10 +102,10 @@ class Settings:
         if unknown:
             raise BadRequest(f"unknown setting(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(known)}")
         s = cls(**body)
-        for name in ("prompt", "plus", "minus", "words"):
+        for name in ("prompt", "plus", "minus", "words", "pairs"):
             text = getattr(s, name)
-            if not isinstance(text, str) or len(text) > MAX_TEXT:
-                raise BadRequest(f"{name}: expected text of at most {MAX_TEXT} characters")
+            if not isinstance(text, str) or len(text) > MAX_TEXT * (4 if name == "pairs" else 1):
+                raise BadRequest(f"{name}: expected text of at most {MAX_TEXT * (4 if name == 'pairs' else 1)} characters")
         _integer(s, "layer", 0, n_layer - 1)
         _integer(s, "n", 1, MAX_ROWS)
         _integer(s, "seed", 0, 2**32 - 1)
@@ -110,21 +114,39 @@ class Settings:
         _number(s, "temperature", 0.0, 10.0)
         _number(s, "top_p", 1e-6, 1.0)
         _number(s, "freq_penalty", -10.0, 10.0)
-        if s.align not in ALIGNMENTS or s.pad not in PADDINGS:
-            raise BadRequest(f"align: one of {ALIGNMENTS}; pad: one of {PADDINGS} (got {s.align!r}, {s.pad!r})")
+        if s.align not in ALIGNMENTS or s.pad not in PADDINGS or s.reading not in READINGS:
+            raise BadRequest(f"align: one of {ALIGNMENTS}; pad: one of {PADDINGS}; reading: one of {READINGS} "
+                             f"(got {s.align!r}, {s.pad!r}, {s.reading!r})")
         if not s.prompt:
             raise BadRequest("prompt: expected some text to complete")
+        s.contrast()                                                  # the pairs' lines checked now
         return s
 
+    def contrast(self) -> list[tuple[str, str]] | None:
+        """The pairs, if given (checked line by line as a pairs file is)."""
+        if not self.pairs.strip():
+            return None
+        try:
+            return parse_pairs(self.pairs.split("\n"), "pairs")
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
     def command(self, model: str, options: dict) -> str:
-        """The `actadd steer` line that prints these completions."""
+        """The `actadd steer` line that prints these completions (with pairs, after writing them
+        to pairs.tsv)."""
+        contrast = self.contrast()
+        recipe = (["--plus", self.plus, "--minus", self.minus] if contrast is None
+                  else ["--pairs", "pairs.tsv", "--reading", self.reading])
         args = ["actadd", "steer", "--model", model, *[a for k, v in options.items() for a in (f"--{k}", v)],
-                "--prompt", self.prompt, "--plus", self.plus, "--minus", self.minus, "--layer", str(self.layer),
+                "--prompt", self.prompt, *recipe, "--layer", str(self.layer),
                 "--coeff", repr(float(self.coeff)), "--align", self.align, "--pad", self.pad, "-n", str(self.n),
                 "--seed", str(self.seed), "--max-new-tokens", str(self.max_new_tokens),
                 "--temperature", repr(float(self.temperature)), "--top-p", repr(float(self.top_p)),
                 "--freq-penalty", repr(float(self.freq_penalty))]
-        return shlex.join(args)
+        if contrast is None:
+            return shlex.join(args)
+        write = shlex.join(["printf", "%s\\n", *[f"{a}\t{b}" for a, b in contrast]])
+        return f"{write} > pairs.tsv && {shlex.join(args)}"
 
 
 def _integer(s: Settings, name: str, low: int, high: int) -> None:
@@ -151,8 +173,13 @@ class Steerer:
         self.lock = threading.Lock()
 
     def vector(self, s: Settings):
-        additions = x_vector(self.tokenizer, s.plus, s.minus, s.coeff, s.layer, s.pad)
-        return steering_vector(self.model, additions, alignment=s.align, padding=s.pad)
+        """As `actadd steer` makes it: plus - minus, or the mean of the pairs' differences."""
+        contrast = s.contrast()
+        if contrast is None:
+            additions = x_vector(self.tokenizer, s.plus, s.minus, s.coeff, s.layer, s.pad)
+            return steering_vector(self.model, additions, alignment=s.align, padding=s.pad)
+        vector = mean_of_pairs(self.model, self.tokenizer, contrast, s.coeff, [s.layer], s.reading, s.pad)
+        return replace(vector, alignment=s.align) if s.reading == "actadd" else vector
 
     def inspect(self, s: Settings, vector, k: int = 10) -> dict:
         """Norms of the prompt's residual stream at every layer and of the addition at the
@@ -216,16 +243,25 @@ class Steerer:
                 raise ValueError(f"words: {word!r} is {len(ids)} tokens ({' + '.join(map(repr, self.tokenizer.token_strs(ids)))}); "
                                  "effectiveness counts single tokens")
             topic += ids
-        rows = sweep(self.model, self.tokenizer, s.plus, s.minus, layers, coeffs, (s.align,), s.pad, prompt=s.prompt,
-                     topic_tokens=topic, progress=False)
+        contrast = s.contrast()
+        recipe = {"plus": s.plus, "minus": s.minus} if contrast is None else {
+            "plus": None, "minus": None, "unit_vector": lambda L: self.vector(replace(s, layer=L, coeff=1.0))}
+        rows = sweep(self.model, self.tokenizer, layers=layers, coeffs=coeffs, alignments=(s.align,), padding=s.pad,
+                     prompt=s.prompt, topic_tokens=topic, progress=False, **recipe)
         metric = "effectiveness" if topic else "kl"
         return {"layers": layers, "coeffs": coeffs, "metric": metric,
                 "values": [[next(r[metric] for r in rows if r["layer"] == L and r["coeff"] == k) for k in coeffs]
                            for L in layers]}
 
-    def vector_file(self, s: Settings) -> bytes:
+    def vector_file(self, s: Settings, suffix: str = ".safetensors") -> bytes:
+        """The vector as `actadd steer --save` writes it: .safetensors, or .gguf (a llama.cpp
+        control vector, for a direction: pairs read at the last or mean token)."""
+        vector = self.vector(s)
+        if suffix == ".gguf" and s.reading == "actadd":
+            raise ValueError("a .gguf control vector holds one direction per layer; ActAdd's vector is a matrix of "
+                             "positions: give pairs with reading 'last' or 'mean', or download .safetensors")
         with tempfile.TemporaryDirectory() as folder:
-            return save(self.vector(s), Path(folder) / "vector.safetensors").read_bytes()
+            return save(vector, Path(folder) / f"vector{suffix}").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,9 +388,12 @@ class Handler(BaseHTTPRequestHandler):
         self._json(_refusing(lambda: steerer.grid(s)))
 
     def _vector(self, steerer: Steerer, s: Settings):
-        data = _refusing(lambda: steerer.vector_file(s))
+        suffix = "." + (parse_qs(urlsplit(self.path).query).get("format", ["safetensors"])[0])
+        if suffix not in (".safetensors", ".gguf"):
+            raise BadRequest(f"format {suffix[1:]!r}: safetensors or gguf")
+        data = _refusing(lambda: steerer.vector_file(s, suffix))
         self._send(HTTPStatus.OK, "application/octet-stream", data,
-                   {"Content-Disposition": 'attachment; filename="actadd-vector.safetensors"'})
+                   {"Content-Disposition": f'attachment; filename="actadd-vector{suffix}"'})
 
     def _steer(self, steerer: Steerer, s: Settings):
         started = time.perf_counter()

@@ -141,6 +141,40 @@ def test_the_grid_is_measure_sweep_over_layers_and_coefficients(server):
     assert json.loads(body)["metric"] == "kl" and min(min(r) for r in json.loads(body)["values"]) >= 0
 
 
+PAIRS = "whale\tman\nsea\tland\n"
+
+
+@pytest.mark.filterwarnings("ignore:.*llama.cpp adds a control vector at every token")
+def test_pairs_stream_what_the_shown_command_prints(server, capsys, tmp_path, monkeypatch):
+    """A pairs list, read as a direction at the last token: the shown command writes pairs.tsv
+    and runs `actadd steer --pairs`; its completions are the streamed ones."""
+    settings = {**SETTINGS, "pairs": PAIRS, "reading": "last", "coeff": 3.0, "layer": 2}   # llama.cpp names layers >= 2
+    status, _, raw = request(server, "POST", "/api/steer", settings)
+    got = events(raw)
+    assert status == 200 and got[-1][0] == "done"
+    last = {data["kind"]: data["texts"] for name, data in got if name == "token"}
+    write, run = got[0][1]["command"].split(" && ")
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["bash", "-c", write], check=True)
+    assert (tmp_path / "pairs.tsv").read_text() == PAIRS
+    capsys.readouterr()
+    assert actadd_main(shlex.split(run)[1:] + ["--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steered"] == last["steered"] and printed["unsteered"] == last["unsteered"]
+    assert "--reading last" in run and "--plus" not in run
+    # its .gguf, a llama.cpp control vector, loads back as the same direction
+    status, headers, body = request(server, "POST", "/api/vector?format=gguf", settings)
+    assert status == 200 and headers["Content-Disposition"].endswith('actadd-vector.gguf"')
+    (tmp_path / "v.gguf").write_bytes(body)
+    loaded = actadd.load(tmp_path / "v.gguf", server.steerer.model)
+    made = server.steerer.vector(Settings(**settings))
+    np.testing.assert_allclose(loaded.directions[0], made.directions[0], rtol=1e-6)
+    status, _, body = request(server, "POST", "/api/vector?format=gguf", SETTINGS)          # an ActAdd matrix
+    assert status == 400 and "one direction per layer" in json.loads(body)["error"]
+    status, _, body = request(server, "POST", "/api/grid", settings)
+    assert status == 200 and len(json.loads(body)["values"]) == 4
+
+
 @pytest.mark.parametrize("headers,why", [
     ({"Host": "evil.example:80"}, "Host 'evil.example:80' is not this server"),            # DNS rebinding
     ({"Origin": "http://evil.example"}, "Origin 'http://evil.example'"),                    # another site's page
@@ -168,6 +202,8 @@ def test_the_page_s_own_origin_and_localhost_are_accepted(server):
     ({**SETTINGS, "model": "gpt2"}, 400, "unknown setting(s) 'model'"),                   # the browser names no model
     ({**SETTINGS, "vector": "/etc/passwd"}, 400, "unknown setting(s) 'vector'"),          # and no file
     ({**SETTINGS, "prompt": "x" * 2001}, 400, "prompt: expected text of at most 2000"),
+    ({**SETTINGS, "pairs": "whale\tman\nsea land"}, 400, "pairs:2: expected 'plus<TAB>minus'"),
+    ({**SETTINGS, "reading": "first"}, 400, "reading: one of"),
     ({**SETTINGS, "prompt": "In", "plus": "whale whale whale whale whale"}, 400, "but the steering matrix has 6 positions"),
 ])
 def test_bad_settings_are_refused_by_name(server, body, status, why):
