@@ -277,7 +277,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture()
-def browser():
+def browser(tmp_path):
     import os
 
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -291,15 +291,21 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
         options.add_argument(arg)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.downloads = downloads
     yield driver
     driver.quit()
 
 
 def test_the_page_in_a_browser(server, browser, capsys, tmp_path):
     """Load the page, type a prompt and steering prompts, move the coefficient slider: both
-    columns fill, the steered text equals what `actadd steer` prints for the settings on screen,
-    and the screenshot is kept (tests/artifacts/serve.png)."""
+    columns fill, the steered text equals what `actadd steer` prints for the settings on screen;
+    the downloaded vector loads with actadd.load; the grid fills; the screenshot is kept
+    (tests/artifacts/serve.png)."""
     from pathlib import Path
 
     from selenium.webdriver.common.by import By
@@ -331,6 +337,12 @@ def test_the_page_in_a_browser(server, browser, capsys, tmp_path):
     status = browser.find_element(By.ID, "status").text
     assert status.startswith("first token after") and browser.find_element(By.ID, "error").text == ""
     assert len(browser.find_elements(By.CSS_SELECTOR, "#norms rect")) == 4       # a bar per layer
+    browser.find_element(By.ID, "download").click()                          # the vector, as the page saves it
+    saved = browser.downloads / "actadd-vector.safetensors"
+    wait.until(lambda d: saved.exists() and saved.stat().st_size > 0)
+    loaded = actadd.load(saved, server.steerer.model)
+    made = server.steerer.vector(Settings(prompt="In the morning we", plus="whale", minus="", layer=1, coeff=6.0))
+    assert np.array_equal(loaded.activations[0], made.activations[0])
     browser.find_element(By.ID, "words").send_keys("whale sea")
     browser.find_element(By.ID, "grid-button").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid rect.cell")) == 4 * 7)
