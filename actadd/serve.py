@@ -324,6 +324,12 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": str(e)}, e.status)
         except (BrokenPipeError, ConnectionResetError):
             pass                           # the tab closed
+        except Exception as e:             # a bug: said to the page, not a dropped connection
+            if not getattr(self, "_streaming", False):
+                self._json({"error": f"internal error: {type(e).__name__}: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+            else:
+                self._event("error", {"error": f"internal error: {type(e).__name__}: {e}"})
+            raise
 
     def _check_origin(self):
         host = self.headers.get("Host", "")
@@ -405,6 +411,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
+        self._streaming = True
         self._event("inspect", inspection)
         count = 0
         for kind, texts in chain([first] if first else [], completions):   # a closed tab: a write fails

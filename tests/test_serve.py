@@ -211,6 +211,22 @@ def test_bad_settings_are_refused_by_name(server, body, status, why):
     assert got == status and why in json.loads(raw)["error"], raw
 
 
+def test_a_failure_inside_is_said_to_the_page(server, monkeypatch):
+    """A bug while streaming ends the stream with an error event, and before it a 500 with the
+    message: the page shows it instead of a connection that just stops."""
+    def broken(self, s, vector):
+        yield "unsteered", ["a"]
+        raise RuntimeError("the model broke")
+    monkeypatch.setattr(Steerer, "completions", broken)
+    status, _, raw = request(server, "POST", "/api/steer", SETTINGS)
+    got = events(raw)
+    assert status == 200 and got[-1] == ("error", {"error": "internal error: RuntimeError: the model broke"})
+    monkeypatch.setattr(Steerer, "vector_file", lambda self, s, suffix: 1 / 0)
+    status, _, body = request(server, "POST", "/api/vector", SETTINGS)
+    assert status == 500 and "ZeroDivisionError" in json.loads(body)["error"]
+    assert not server.steerer.lock.locked()
+
+
 def test_one_run_at_a_time(server):
     with server.steerer.lock:                       # another request is running
         status, _, body = request(server, "POST", "/api/steer", SETTINGS)
