@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from itertools import chain, zip_longest
+from itertools import zip_longest
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -369,8 +369,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path != "/":
             raise BadRequest(f"no page {url.path!r}", HTTPStatus.NOT_FOUND)
         s = self.server.steerer
-        defaults = {**asdict(Settings()), "layer": min(Settings.layer, s.model.config.n_layer)}
-        page = (self.server.page.replace("__MODEL__", json.dumps(s.name)).replace("__DEFAULTS__", json.dumps(defaults))
+        page = (self.server.page.replace("__MODEL__", json.dumps(s.name))
+                .replace("__DEFAULTS__", json.dumps(asdict(Settings())))
                 .replace("__LIMITS__", json.dumps({"n_layer": s.model.config.n_layer, "max_new_tokens": MAX_NEW_TOKENS,
                                                     "max_rows": MAX_ROWS})))
         self._send(HTTPStatus.OK, "text/html; charset=utf-8", page.encode())
@@ -404,9 +404,7 @@ class Handler(BaseHTTPRequestHandler):
     def _steer(self, steerer: Steerer, s: Settings):
         started = time.perf_counter()
         vector = _refusing(lambda: steerer.vector(s))
-        inspection = _refusing(lambda: steerer.inspect(s, vector))
-        completions = steerer.completions(s, vector)
-        first = _refusing(lambda: next(completions, None))   # a prompt shorter than the vector fails here
+        inspection = _refusing(lambda: steerer.inspect(s, vector))   # a prompt shorter than the vector fails here
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -414,7 +412,7 @@ class Handler(BaseHTTPRequestHandler):
         self._streaming = True
         self._event("inspect", inspection)
         count = 0
-        for kind, texts in chain([first] if first else [], completions):   # a closed tab: a write fails
+        for kind, texts in steerer.completions(s, vector):                 # a closed tab: a write fails
             count += 1
             self._event("token", {"kind": kind, "texts": texts, "ms": 1000 * (time.perf_counter() - started)})
         self._event("done", {"ms": 1000 * (time.perf_counter() - started), "events": count})

@@ -336,7 +336,7 @@ class Transformer:
     def memory_report(self) -> str:
         """The weight policy and what it holds, and this process's peak resident memory so far
         (which counts the pages of a mapped file it has touched)."""
-        lazy = [t.nbytes for t in _leaves(self._tree()) if isinstance(t, HalfTensor)]
+        lazy = [t.nbytes for t in self.state_dict().values() if isinstance(t, HalfTensor)]
         held = (f"weights lazy: {_size(sum(lazy))} of float16/bfloat16 matrices read from the mapped file a slab "
                 "at a time" if lazy else "weights float32")
         peak = peak_memory_bytes()
@@ -599,11 +599,6 @@ class Transformer:
         return mask
 
 
-
-
-def _leaves(tree):
-    for node in tree.values():
-        yield from _leaves(node) if isinstance(node, dict) else (node,)
 
 
 def _size(nbytes: int) -> str:

@@ -255,8 +255,8 @@ class HalfTensor:
 # matrix the slab is a view. Both policies make the same BLAS calls on the same shapes, so lazy
 # weights give the float32 policy's floats bit for bit, whatever the BLAS (a slab's product is
 # not always bit-equal to the whole matrix's: OpenBLAS multiplies small products, m*n*k <= 10^6,
-# with other kernels). 16 MiB: float32 slabs this size multiply as fast as whole matrices (on
-# this machine, 1-row products of 1 MiB slabs take twice as long); see benchmarks/bench_lazy.py.
+# with other kernels). 16 MiB: float32 slabs this size multiply as fast as whole matrices (measured
+# here: 1-row products of 1 MiB slabs took twice as long; docs/models.md, Memory).
 SLAB_BYTES = 16 << 20
 _slab = threading.local()    # one buffer per thread: two threads may run one model
 
