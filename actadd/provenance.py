@@ -5,6 +5,7 @@ that a vector or a record never silently meets another model."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -23,7 +24,9 @@ def library_version() -> str:
 
 
 def model_config(model: Transformer) -> dict:
-    return asdict(model.config)
+    """The config as JSON holds it (a tuple, such as a GGUF file's rope_freq_factors, as a list),
+    so that one read back from a file compares equal."""
+    return json.loads(json.dumps(asdict(model.config)))
 
 
 def weights_hash(model: Transformer) -> str:

@@ -90,6 +90,10 @@ class LlamaConfig:
     attention_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
+    # Divisors of the rotary frequencies, one per pair of a head's dimensions: llama.cpp's
+    # rope_freqs tensor, which GGUF files of Llama 3.1 onward carry instead of rope_scaling (the
+    # "llama3" scaling, computed), and a linear scaling's factor for every frequency.
+    rope_freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -109,6 +113,13 @@ class LlamaConfig:
             require_bool(name, getattr(self, name))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             raise ConfigError(f"rope_scaling: {self.rope_scaling!r} (expected a RopeScaling or None)")
+        factors = self.rope_freq_factors
+        if factors is not None:
+            if not isinstance(factors, tuple) or len(factors) != self.d_head // 2:
+                raise ConfigError(f"rope_freq_factors: {len(factors) if isinstance(factors, tuple) else factors!r} "
+                                  f"(expected a tuple of {self.d_head // 2} divisors, one per rotated pair)")
+            for i, f in enumerate(factors):
+                require_number(f"rope_freq_factors[{i}]", f, 0)
 
     n_layer = property(lambda self: self.num_hidden_layers)
     n_head = property(lambda self: self.num_attention_heads)
@@ -159,6 +170,83 @@ class LlamaConfig:
     def from_json(cls, path: str | Path) -> LlamaConfig:
         return cls.from_dict(read_json(path, "a LLaMA"), source=str(path))
 
+    @classmethod
+    def from_gguf(cls, file) -> LlamaConfig:
+        """The config of a GGUF file's `llama.*` metadata (llama.cpp's keys, a minigpt.gguf.GGUFFile);
+        the tensors say the vocabulary size, whether the embeddings are tied (no output.weight) and
+        whether projections have biases. Rope scaling: "linear", and the rope_freqs tensor."""
+        def key(name):
+            return "llama." + name
+
+        where = str(file.path)
+        experts = file.integer(key("expert_count"), default=0, minimum=0)
+        if experts:
+            raise ConfigError(f"{where}: {key('expert_count')} is {experts}: a mixture of experts (Mixtral's kind), "
+                              "which minigpt does not run (dense LLaMA only)")
+        heads = file.integer(key("attention.head_count"))
+        width = file.integer(key("embedding_length"))
+        head_dim = file.integer(key("attention.key_length"), default=None)
+        if file.integer(key("attention.value_length"), default=head_dim) != head_dim:
+            raise ConfigError(f"{where}: {key('attention.value_length')} differs from {key('attention.key_length')}="
+                              f"{head_dim} (LLaMA's values and keys have one head size)")
+        if head_dim is None:
+            with prefixed(where):
+                require_divides(key("attention.head_count"), heads, key("embedding_length"), width)
+        d_head = head_dim or width // heads
+        rotated = file.integer(key("rope.dimension_count"), default=d_head)
+        if rotated != d_head:
+            raise ConfigError(f"{where}: {key('rope.dimension_count')} is {rotated}, not the head size {d_head} "
+                              "(LLaMA rotates every dimension of a head)")
+        embed = file.tensors.get("token_embd.weight")
+        if embed is None or len(embed.shape) != 2:
+            raise ConfigError(f"{where}: no 2-D tensor token_embd.weight (the token embeddings)")
+        vocab = file.integer(key("vocab_size"), default=embed.shape[0])
+        if vocab != embed.shape[0]:
+            raise ConfigError(f"{where}: {key('vocab_size')} is {vocab}, but token_embd.weight has {embed.shape[0]} rows")
+        factors = _gguf_rope_factors(file, key, d_head // 2)
+        with prefixed(where):
+            return cls(vocab_size=vocab, hidden_size=width, intermediate_size=file.integer(key("feed_forward_length")),
+                       num_hidden_layers=file.integer(key("block_count")), num_attention_heads=heads,
+                       num_key_value_heads=file.integer(key("attention.head_count_kv"), default=heads),
+                       max_position_embeddings=file.integer(key("context_length")),
+                       rms_norm_eps=file.number(key("attention.layer_norm_rms_epsilon")),
+                       rope_theta=file.number(key("rope.freq_base"), default=10000.0), head_dim=head_dim,
+                       attention_bias="blk.0.attn_q.bias" in file.tensors, mlp_bias="blk.0.ffn_up.bias" in file.tensors,
+                       tie_word_embeddings="output.weight" not in file.tensors, rope_freq_factors=factors)
+
+
+def _gguf_rope_factors(file, key, pairs: int) -> tuple[float, ...] | None:
+    """The divisor of each rotary frequency a GGUF file asks for: a linear scaling's factor
+    (`rope.scaling.type` "linear", or the older `rope.scale_linear`) times the rope_freqs tensor,
+    or None. Other scalings (yarn, longrope) are refused by name."""
+    where = str(file.path)
+    kind = file.string(key("rope.scaling.type"), default="none")
+    linear = file.number(key("rope.scale_linear"), default=1.0)
+    if kind == "linear":
+        linear = file.number(key("rope.scaling.factor"))
+    elif kind != "none":
+        raise ConfigError(f"{where}: {key('rope.scaling.type')} is {kind!r} (minigpt applies \"none\" and \"linear\", and "
+                          "llama.cpp's rope_freqs tensor)")
+    if not linear > 0:
+        raise ConfigError(f"{where}: the linear rope scaling factor is {linear} (expected a positive number)")
+    if linear == 1.0 and "rope_freqs.weight" not in file.tensors:
+        return None
+    if pairs > 1 << 16:                                     # before a tuple of that many numbers
+        raise ConfigError(f"{where}: a head size of {2 * pairs:,} (at most {1 << 17:,})")
+    factors = np.full(pairs, float(linear))
+    if "rope_freqs.weight" in file.tensors:
+        info = file.tensors["rope_freqs.weight"]
+        if info.shape != (pairs,):
+            raise ConfigError(f"{where}: tensor 'rope_freqs.weight' has shape {info.shape}, expected ({pairs},): one "
+                              "divisor per rotated pair of a head's dimensions")
+        file.check_kinds(["rope_freqs.weight"])
+        freqs = np.asarray(file.tensor("rope_freqs.weight", lazy=False), dtype=np.float64)
+        if not np.all(np.isfinite(freqs) & (freqs > 0)):
+            raise ConfigError(f"{where}: tensor 'rope_freqs.weight' holds {freqs[~(np.isfinite(freqs) & (freqs > 0))][0]} "
+                              "(expected positive divisors)")
+        factors = factors * freqs
+    return None if np.all(factors == 1.0) else tuple(float(f) for f in factors)
+
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter under its name inside `model.` (and `lm_head.weight` if untied)."""
@@ -198,6 +286,35 @@ def canonical_state_dict(tensors: dict, config: LlamaConfig, source: str = "chec
     return select_tensors(tensors, expected, bare, source, f"a LLaMA with num_hidden_layers={config.num_hidden_layers}")
 
 
+# llama.cpp's tensor names -> the checkpoint's (inside `model.`), block by block.
+GGUF_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head",
+              "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}
+
+
+def gguf_name(name: str) -> str:
+    """blk.3.attn_q.weight -> layers.3.self_attn.q_proj.weight; a name not of LLaMA's is kept,
+    to be refused as unexpected by name."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES and parts[1].isdigit():
+        return f"layers.{int(parts[1])}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 2 and parts[0] in GGUF_NAMES:
+        return f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+    return name
+
+
+def gguf_interleaved_heads(config: LlamaConfig, name: str) -> int | None:
+    """How many heads' rows llama.cpp's converter interleaved in this tensor (q: the query heads,
+    k: the key/value heads; see gguf.interleaved_rows), or None."""
+    if ".self_attn.q_proj." in name:
+        return config.n_head
+    if ".self_attn.k_proj." in name:
+        return config.n_kv_head
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Primitives
 
@@ -207,6 +324,8 @@ def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
     divided by `factor`, the short ones kept, and those between interpolated smoothly."""
     d = config.d_head
     inv = (1.0 / (config.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))).astype(np.float32)
+    if config.rope_freq_factors is not None:                  # llama.cpp's divisors (GGUF files)
+        inv = (inv.astype(np.float64) / np.array(config.rope_freq_factors)).astype(np.float32)
     s = config.rope_scaling
     if s is None:
         return inv
@@ -257,6 +376,10 @@ class Llama(Transformer):
     config_class = LlamaConfig
     model_type = "llama"          # config.json's model_type
     canonical_state_dict = staticmethod(canonical_state_dict)
+    gguf_architecture = "llama"   # a GGUF file's general.architecture
+    gguf_name = staticmethod(gguf_name)
+    gguf_interleaved_heads = staticmethod(gguf_interleaved_heads)
+    gguf_config_tensors = ("rope_freqs.weight",)   # read into the config, not a parameter
     repr_fields = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "vocab_size")
     hook_name_help = HOOK_NAME_HELP
 

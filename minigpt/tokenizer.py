@@ -14,6 +14,12 @@
 
 Decoding runs 4, 2 backwards: ids -> token bytes -> UTF-8 text. The special token
 `<|endoftext|>` (GPT-2's BOS and EOS) is never produced from text unless the caller allows it.
+
+The same tokenizer reads LLaMA-3's `tokenizer.json` and a GGUF file's `tokenizer.ggml.*` metadata
+(`tokenizer.ggml.model` "gpt2"), whose pre-tokenizers differ in step 1 only. A vocabulary may lack
+a token for some bytes (SmolLM2's has none for 21 control and invalid-UTF-8 bytes): such a byte
+is dropped from the word before the merges, as Hugging Face tokenizers does when there is no
+unknown token or byte fallback, so `decode(encode(text))` loses it.
 """
 
 from __future__ import annotations
@@ -90,6 +96,12 @@ def _llama3_pattern(letters, numbers) -> re.Pattern:
 PATTERNS = {"gpt2": (PATTERN, _BMP_PATTERN)}
 PATTERNS["llama3"] = (_llama3_pattern(LETTERS, NUMBERS),
                       _llama3_pattern(_below_0x10000(LETTERS), _below_0x10000(NUMBERS)))
+# SmolLM's (StarCoder's): each digit a piece of its own first (Hugging Face's Digits with
+# individual_digits, llama.cpp's "\p{N}" step), then GPT-2's pattern on every piece. Not one regex:
+# whitespace before a digit ends its piece, so "a \n1" gives "a", " \n", "1" where GPT-2 gives
+# "a", " ", "\n", "1".
+PATTERNS["smollm"] = PATTERNS["gpt2"]
+DIGIT_FIRST = {"smollm": re.compile("(" + _char_class(NUMBERS) + ")")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,16 +160,23 @@ def bpe(symbols: str, ranks: dict[tuple[str, str], int]) -> list[str]:
 # The tokenizer
 
 
+# llama.cpp's names of pre-tokenizers (a GGUF file's tokenizer.ggml.pre) -> ours, as llama-vocab.cpp
+# groups them: GPT-2's pattern, LLaMA-3's, and SmolLM's (StarCoder's) digits first, then GPT-2's.
+GGUF_PRE_TOKENIZERS = {"gpt-2": "gpt2", "llama-bpe": "llama3", "llama3": "llama3", "llama-v3": "llama3",
+                       "smollm": "smollm", "starcoder": "smollm"}
+
+
 class Tokenizer:
     """GPT-2 byte-level BPE: `vocab` maps token strings (in the byte alphabet) to ids 0..n-1,
     `merges` lists symbol pairs, first merged first. Both as in vocab.json / merges.txt."""
 
     CACHE_SIZE = 100_000  # words remembered; cleared when full, so memory stays bounded
+    add_bos_token = False  # whether the model's own tokenizer starts a text with BOS (a GGUF file says)
 
     def __init__(self, vocab: dict[str, int], merges: Iterable[tuple[str, str]],
                  _where: Callable[[int], str] | None = None, _source: str = "vocab",
                  bos_token: str | None = EOT, eos_token: str | None = EOT, special: Iterable[str] = (),
-                 pattern: str = "gpt2", ignore_merges: bool = False):
+                 pattern: str = "gpt2", ignore_merges: bool = False, added: Iterable[str] = ()):
         if pattern not in PATTERNS:
             raise TokenizerError(f"{_source}: pre-tokenizer pattern {pattern!r}: expected one of {list(PATTERNS)}")
         self.pattern, self.ignore_merges = pattern, ignore_merges
@@ -165,7 +184,8 @@ class Tokenizer:
         where = _where or (lambda i: f"merges[{i}]")
         named = {"bos_token": bos_token, "eos_token": eos_token}
         specials = list(dict.fromkeys([t for t in named.values() if t is not None] + list(special)))
-        _check_vocab(vocab, _source, specials, named)
+        added = [t for t in dict.fromkeys(added) if t not in specials]
+        _check_vocab(vocab, _source, specials, named, literal=added)
         self.ranks: dict[tuple[str, str], int] = {}
         for rank, (a, b) in enumerate(merges):
             for token in (a, b, a + b):
@@ -177,20 +197,34 @@ class Tokenizer:
         self.vocab = dict(vocab)
         self.special_tokens = {t: vocab[t] for t in specials}   # written as themselves, never merged
         self.bos_token, self.eos_token = bos_token, eos_token
+        # Tokens matched whole wherever they stand in text, before pre-tokenization, but not special
+        # (a GGUF file's user-defined tokens, as Hugging Face's added tokens): longest first.
+        for t in added:
+            if not t or t not in vocab:
+                raise TokenizerError(f"{_source}: added token {t!r} is " + ("empty" if not t else "not in the vocabulary"))
+        self.added_tokens = {t: vocab[t] for t in sorted(added, key=len, reverse=True)}
+        self._added = (re.compile("(" + "|".join(re.escape(t) for t in self.added_tokens) + ")")
+                       if self.added_tokens else None)
         alphabet = byte_alphabet()
-        self._spell = {b: alphabet[b] for b in range(256)}  # str.translate table: Latin-1 char -> symbol
+        # str.translate table: Latin-1 char -> symbol; a byte the vocabulary has no token for -> None,
+        # dropped from the word before the merges (Hugging Face's BPE without unk or byte fallback)
+        self._spell = {b: alphabet[b] if alphabet[b] in vocab else None for b in range(256)}
+        self.missing_bytes = bytes(b for b in range(256) if alphabet[b] not in vocab)
         unspell = {ch: b for b, ch in enumerate(alphabet)}
         self._token_bytes = [b""] * len(vocab)
         for token, i in vocab.items():
-            self._token_bytes[i] = token.encode() if token in self.special_tokens else bytes(unspell[c] for c in token)
+            literal = token in self.special_tokens or token in self.added_tokens        # their text, not spelled
+            self._token_bytes[i] = token.encode() if literal else bytes(unspell[c] for c in token)
         self._cache: dict[str, list[int]] = {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> Tokenizer:
         """vocab.json + merges.txt from a local folder or hub id (resolved as the model is), with
         the special tokens that tokenizer_config.json / special_tokens_map.json name (OPT: `</s>`
-        as BOS and EOS; without them, GPT-2's `<|endoftext|>`)."""
+        as BOS and EOS; without them, GPT-2's `<|endoftext|>`); or a GGUF file's metadata."""
         source = locate(name_or_path, revision)
+        if source.gguf is not None:
+            return cls.from_gguf(source.gguf)
         named = _special_tokens(source.file("tokenizer_config.json", required=False),
                                 source.file("special_tokens_map.json", required=False))
         if source.file("vocab.json", required=False) is None:
@@ -240,6 +274,61 @@ class Tokenizer:
                    ignore_merges=ignore_merges, **special)
 
     @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
+        """The byte-level BPE a GGUF file's metadata describes (`tokenizer.ggml.model` "gpt2"):
+        its tokens (ids in order), merges, token types (control, unknown and unused tokens are
+        special; user-defined ones are matched whole in text, not special), BOS and EOS ids, and
+        the pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp reads them (with LLaMA-3's
+        pattern, llama.cpp's ignore_merges and BOS by default)."""
+        from .gguf import read_gguf
+
+        file = read_gguf(path)
+        where = str(file.path)
+        kind = file.string("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise TokenizerError(f"{where}: tokenizer.ggml.model is {kind!r}; minigpt reads byte-level BPE vocabularies "
+                                 "(\"gpt2\")" + (", not SentencePiece ones (\"llama\") yet" if kind == "llama" else ""))
+        pre = file.string("tokenizer.ggml.pre", default=None)
+        if pre is None:
+            raise TokenizerError(f"{where}: no tokenizer.ggml.pre; minigpt needs the pre-tokenizer named (one of "
+                                 f"{', '.join(repr(p) for p in GGUF_PRE_TOKENIZERS)}), where llama.cpp would guess")
+        if pre not in GGUF_PRE_TOKENIZERS:
+            raise TokenizerError(f"{where}: tokenizer.ggml.pre is {pre!r}, a pre-tokenizer minigpt does not know (it "
+                                 f"knows {', '.join(repr(p) for p in GGUF_PRE_TOKENIZERS)}, as llama.cpp reads them)")
+        tokens = file.strings("tokenizer.ggml.tokens")
+        types = file.numbers("tokenizer.ggml.token_type", default=None)
+        types = [1] * len(tokens) if types is None else types.tolist()
+        if len(types) != len(tokens):
+            raise TokenizerError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+        vocab: dict[str, int] = {}
+        for i, token in enumerate(tokens):
+            if vocab.setdefault(token, i) != i:
+                raise TokenizerError(f"{where}: tokenizer.ggml.tokens[{i}] {token!r} repeats token {vocab[token]}")
+        by_type: dict[int, list[str]] = {t: [] for t in (2, 3, 4, 5, 6)}    # llama.cpp's token types:
+        for token, t in zip(tokens, types):                                  # 1 normal, 2 unknown, 3 control,
+            if t in by_type:                                                 # 4 user-defined, 5 unused, 6 byte
+                by_type[t].append(token)
+        if by_type[6]:
+            raise TokenizerError(f"{where}: token {by_type[6][0]!r} has type 6 (a byte token of a SentencePiece "
+                                 "vocabulary), which a byte-level BPE has no use for")
+        named = {}
+        for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id")):
+            i = file.integer("tokenizer.ggml." + key, default=None, minimum=0)
+            if i is not None and i >= len(tokens):
+                raise TokenizerError(f"{where}: tokenizer.ggml.{key} is {i}, past the {len(tokens)} tokens")
+            named[role] = None if i is None else tokens[i]
+        merges = [_merge(m, f"{where}: tokenizer.ggml.merges[{i}]")
+                  for i, m in enumerate(file.strings("tokenizer.ggml.merges"))]
+        pattern = GGUF_PRE_TOKENIZERS[pre]
+        # llama.cpp, for LLaMA-3's pre-tokenizer: a word the vocabulary holds whole is one token
+        # (tokenizer.json's ignore_merges, which GGUF does not store), and BOS is added by default
+        tokenizer = cls(vocab, merges, _where=lambda i: f"{where}: tokenizer.ggml.merges[{i}]", _source=where,
+                        special=by_type[3] + by_type[2] + by_type[5], added=by_type[4], pattern=pattern,
+                        ignore_merges=pattern == "llama3", **named)
+        tokenizer.add_bos_token = file.boolean("tokenizer.ggml.add_bos_token", default=pattern == "llama3")
+        return tokenizer
+
+    @classmethod
     def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, **special) -> Tokenizer:
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
         vocab = _read_vocab(vocab_path)
@@ -257,8 +346,9 @@ class Tokenizer:
     def bos_token_id(self) -> int:
         """The id prepended to prompts (GPT-2: <|endoftext|>; OPT: </s>)."""
         if self.bos_token is None:
-            raise TokenizerError("this tokenizer has no BOS token (its tokenizer_config.json names none), and "
-                                 "ActAdd and --bos prepend one; name it as bos_token in tokenizer_config.json")
+            raise TokenizerError("this tokenizer has no BOS token (its tokenizer_config.json or GGUF metadata names "
+                                 "none), and ActAdd and --bos prepend one; name it as bos_token in "
+                                 "tokenizer_config.json")
         return self.special_tokens[self.bos_token]
 
     @property
@@ -300,11 +390,28 @@ class Tokenizer:
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text`, every character ordinary text (special tokens included)."""
+        """Token ids of `text`, every character ordinary text (special tokens included; added
+        tokens, which are not special, are still matched whole)."""
+        if self._added is not None:
+            ids: list[int] = []
+            for k, part in enumerate(self._added.split(text)):
+                ids.extend([self.added_tokens[part]] if k % 2 else self._encode_words(part))
+            return ids
+        return self._encode_words(text)
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        """The words of `text` under this tokenizer's pre-tokenizer (step 1)."""
+        full, bmp = PATTERNS[self.pattern]
+        words = (full if _ASTRAL.search(text) else bmp).findall
+        digits = DIGIT_FIRST.get(self.pattern)
+        if digits is None:
+            return words(text)
+        return [word for piece in digits.split(text) if piece for word in words(piece)]
+
+    def _encode_words(self, text: str) -> list[int]:
         ids: list[int] = []
         cache = self._cache
-        full, bmp = PATTERNS[self.pattern]
-        for word in (full if _ASTRAL.search(text) else bmp).findall(text):
+        for word in self.pre_tokenize(text):
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._encode_word(word, text)
@@ -318,7 +425,7 @@ class Tokenizer:
             at = next(i for i, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF)
             raise ValueError(f"text has a lone surrogate U+{ord(text[at]):04X} at index {at}, "
                              "which has no UTF-8 encoding") from None
-        spelled = utf8.decode("latin-1").translate(self._spell)
+        spelled = utf8.decode("latin-1").translate(self._spell)       # bytes without a token dropped
         if self.ignore_merges and spelled in self.vocab:   # a whole word in the vocabulary is one token (tiktoken's rule)
             ids = [self.vocab[spelled]]
         else:
@@ -335,7 +442,10 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of `ids`. A token can hold part of a UTF-8 character; such bytes become U+FFFD
-        by default (`errors` as in bytes.decode: "strict" raises)."""
+        by default (`errors` as in bytes.decode: "strict" raises). `decode(encode(text))` is
+        `text` but for the bytes of `missing_bytes` (a vocabulary without a token for them):
+        those were dropped, the byte and not its character, so a character whose first byte has
+        no token leaves its other bytes, each a U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors)
 
     def token_str(self, token_id: int) -> str:
@@ -372,7 +482,7 @@ def _merge(m, where: str) -> tuple[str, str]:
     return pair[0], pair[1]
 
 
-def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
+def _check_vocab(vocab, source: str, specials=(EOT,), named=None, literal=()) -> None:
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{source}: the vocabulary must be a non-empty object of token -> id")
     seen: dict[int, str] = {}
@@ -387,16 +497,12 @@ def _check_vocab(vocab, source: str, specials=(EOT,), named=None) -> None:
         raise TokenizerError(f"{source}: ids must be 0..{len(vocab) - 1}, but {missing} is missing "
                              f"(largest id {max(seen)})")
     alphabet = byte_alphabet()
-    lost = [f"0x{b:02x} ({ch!r})" for b, ch in enumerate(alphabet) if ch not in vocab]
-    if lost:
-        raise TokenizerError(f"{source}: byte-level BPE needs a token for each of the 256 bytes; "
-                             f"missing {', '.join(lost[:5])}" + (f" and {len(lost) - 5} more" if len(lost) > 5 else ""))
     for token in specials:
         if token not in vocab:
             roles = [role for role, t in (named or {}).items() if t == token]
             why = "GPT-2's BOS and EOS" if token == EOT and roles else (" and ".join(roles) or "a special token")
             raise TokenizerError(f"{source}: no {token!r} token ({why})")
-    spelling, specials = set(alphabet), set(specials)         # a set: 32k special tokens cost no more than 3
+    spelling, specials = set(alphabet), set(specials) | set(literal)   # a set: 32k special tokens cost no more than 3
     for token in vocab:
         if token not in specials and not spelling.issuperset(token):
             bad = next(ch for ch in token if ch not in spelling)
@@ -414,14 +520,17 @@ def _pattern_of(pre: dict | None, path: Path) -> str:
     kinds = [(s.get("type"), s) for s in steps if isinstance(s, dict)]
     if [k for k, _ in kinds] == ["ByteLevel"] and kinds[0][1].get("use_regex", True):
         return "gpt2"
+    if [k for k, _ in kinds] == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits") is True \
+            and kinds[1][1].get("use_regex", True):
+        return "smollm"
     if [k for k, _ in kinds] == ["Split", "ByteLevel"] and not kinds[1][1].get("use_regex", True):
         pattern = kinds[0][1].get("pattern")
         regex = pattern.get("Regex") if isinstance(pattern, dict) else pattern
         if regex == LLAMA3_PATTERN_STRING:
             return "llama3"
         raise TokenizerError(f"{path}: the pre-tokenizer splits on {regex!r}, which is neither GPT-2's nor LLaMA-3's")
-    raise TokenizerError(f"{path}: pre-tokenizer {[k for k, _ in kinds]} is not supported (GPT-2's ByteLevel, or "
-                         "LLaMA-3's Split + ByteLevel)")
+    raise TokenizerError(f"{path}: pre-tokenizer {[k for k, _ in kinds]} is not supported (GPT-2's ByteLevel, "
+                         "LLaMA-3's Split + ByteLevel, or SmolLM's Digits + ByteLevel)")
 
 
 def _special_tokens(*paths: Path | None) -> dict:

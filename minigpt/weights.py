@@ -204,26 +204,56 @@ WEIGHT_POLICIES = ("auto", "float32", "lazy")
 LAZY_ABOVE_BYTES = 12e9
 
 
-class HalfTensor:
+class LazyTensor:
+    """A weight left in its memory-mapped file and widened to float32 where it is used: a slab
+    of rows at a time (`widen_into`), the rows an index takes (`[...]`, an embedding lookup), or
+    all at once (`widen`), always the floats that loading it whole would have made. `order`, when
+    given, says which stored row each row is (a GGUF file's Q/K rows, stored permuted); `kind`
+    names the stored type ("F16", "BF16", "Q4_1", ...). HalfTensor here, GGUFTensor in gguf.py."""
+
+    kind: str
+    shape: tuple[int, ...]
+    nbytes: int                # as stored
+    order: np.ndarray | None = None
+
+    def widen(self) -> np.ndarray:
+        return self[:]
+
+    def __getitem__(self, index) -> np.ndarray:
+        raise NotImplementedError
+
+    def widen_into(self, out: np.ndarray, index) -> np.ndarray:
+        raise NotImplementedError
+
+    def _stored(self, raw: np.ndarray, index):
+        """raw[index] in this tensor's row order."""
+        if self.order is None:
+            return raw[index]
+        if isinstance(index, tuple):
+            raise IndexError(f"{self!r}: rows in another order are taken by a row index, not {index!r}")
+        return raw[self.order[index]]
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.kind}, shape={self.shape})"
+
+
+class HalfTensor(LazyTensor):
     """A float16 or bfloat16 tensor left in the memory-mapped file: 2 bytes a number until
     `widen()` (or indexing, which widens only the rows taken, or `widen_into`) makes float32 of
     it, the floats that loading would have made."""
 
-    def __init__(self, raw: np.ndarray, dtype: str):
-        self.raw, self.dtype_name = raw, dtype
+    def __init__(self, raw: np.ndarray, dtype: str, order: np.ndarray | None = None):
+        self.raw, self.kind, self.order = raw, dtype, order
         self.shape, self.nbytes = raw.shape, raw.nbytes
         self._finite = None       # float16: no inf or NaN anywhere (found out on first use)
 
-    def widen(self) -> np.ndarray:
-        return _as_float32(self.raw, self.dtype_name)
-
     def __getitem__(self, index) -> np.ndarray:
-        return _as_float32(np.ascontiguousarray(self.raw[index]), self.dtype_name)
+        return _as_float32(np.ascontiguousarray(self._stored(self.raw, index)), self.kind)
 
     def widen_into(self, out: np.ndarray, index) -> np.ndarray:
         """float32 of raw[index] written into `out` (float32, of that shape): no new memory."""
-        part = self.raw[index]
-        if self.dtype_name == "BF16":
+        part = self._stored(self.raw, index)
+        if self.kind == "BF16":
             np.left_shift(part, 16, out=out.view(np.uint32), dtype=np.uint32)  # the 16 bits on top
         elif self._all_finite():
             # NumPy's float16 cast runs a number at a time (1-1.6 ns here); this is 3 vector passes
@@ -245,14 +275,11 @@ class HalfTensor:
             self._finite = all(not np.any(flat[i:i + chunk] & 0x7C00 == 0x7C00) for i in range(0, flat.size, chunk))
         return self._finite
 
-    def __repr__(self):
-        return f"HalfTensor({self.dtype_name}, shape={self.shape})"
-
 
 # Products with a weight go by slabs of its output columns, each slab a float32 block of about
-# SLAB_BYTES: for a HalfTensor, its slab is widened into a reused buffer and multiplied at once,
-# so the weights are read once a pass and nothing of a matrix's size is allocated; for a float32
-# matrix the slab is a view. Both policies make the same BLAS calls on the same shapes, so lazy
+# SLAB_BYTES: for a LazyTensor (half precision, or a GGUF file's quantized blocks), its slab is
+# widened into a reused buffer and multiplied at once, so the weights are read once a pass and
+# nothing of a matrix's size is allocated; for a float32 matrix the slab is a view. Both policies make the same BLAS calls on the same shapes, so lazy
 # weights give the float32 policy's floats bit for bit, whatever the BLAS (a slab's product is
 # not always bit-equal to the whole matrix's: OpenBLAS multiplies small products, m*n*k <= 10^6,
 # with other kernels). 16 MiB: float32 slabs this size multiply as fast as whole matrices (measured
@@ -263,12 +290,12 @@ _slab = threading.local()    # one buffer per thread: two threads may run one mo
 
 def matmul(flat: np.ndarray, weight, transposed: bool = False) -> np.ndarray:
     """flat @ weight, or flat @ weight.T with `transposed` (torch Linear's [out, in] layout),
-    for float32 flat [rows, in] and a float32 matrix or HalfTensor: float32 [rows, out]."""
+    for float32 flat [rows, in] and a float32 matrix or LazyTensor: float32 [rows, out]."""
     if not isinstance(flat, np.ndarray):  # a device array (CuPy): one product, weights widened at load
         return flat @ (weight.T if transposed else weight)
     n_in, n_out = flat.shape[1], weight.shape[0 if transposed else 1]
     step = max(1, SLAB_BYTES // (4 * n_in))                                   # output columns a slab
-    lazy = isinstance(weight, HalfTensor)
+    lazy = isinstance(weight, LazyTensor)
     if not lazy and n_out <= step:                                            # one slab: the plain product
         return flat @ (weight.T if transposed else weight)
     out = np.empty((flat.shape[0], n_out), np.float32)                        # [rows, out]

@@ -253,7 +253,7 @@ def test_folder_paths_that_do_not_fit(tmp_path, state):
     with pytest.raises(CheckpointError, match="no model.safetensors and no model.safetensors.index.json"):
         GPT2.from_pretrained(tmp_path)
     save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="is a file; pass the folder"):
+    with pytest.raises(CheckpointError, match="is a file, and not a GGUF file; pass a GGUF model file, or the folder"):
         GPT2.from_pretrained(tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="no such folder, and not a hub id"):
         GPT2.from_pretrained(str(tmp_path / "missing"))
