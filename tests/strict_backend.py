@@ -117,7 +117,7 @@ class StrictArray:
         self._a[_index(key)] = _operand(value, "setitem")
 
     # --- methods ------------------------------------------------------------------------------
-    _METHODS = frozenset({"reshape", "transpose", "sum", "max", "argmax", "astype"})
+    _METHODS = frozenset({"reshape", "transpose", "sum", "max", "argmax", "astype", "copy"})
 
     def __getattr__(self, name):
         if name not in StrictArray._METHODS:
@@ -160,7 +160,7 @@ class StrictNamespace:
     """The functions minigpt and actadd may call on a backend's namespace, and no more."""
 
     FUNCTIONS = frozenset({"zeros", "empty", "arange", "where", "cumsum", "tanh", "exp", "log", "subtract",
-                           "take_along_axis", "argsort", "partition", "maximum"})
+                           "divide", "negative", "concatenate", "take_along_axis", "argsort", "partition", "maximum"})
     NEEDS_DTYPE = frozenset({"zeros", "empty"})
     float16, float32, float64 = np.float16, np.float32, np.float64
     int32, int64, intp, bool = np.int32, np.int64, np.intp, np.bool_

@@ -93,8 +93,11 @@ def test_a_lazy_pass_allocates_nothing_of_a_matrix_size(reference, tmp_path, mon
 def test_grouped_query_attention_reads_key_value_heads_in_place(reference, tmp_path):
     """8 query heads on 1 key/value head, 2 rows, 600 cached positions: one layer's keys are 154 KB,
     a copy for every query head 1.2 MB each for keys and values. A decode step's peak allocation
-    stays under 0.5 MB, and its logits are bit-equal to the same model written with the key/value
-    head repeated for every query head (multi-head attention)."""
+    stays under 0.5 MB, and its logits equal those of the same model written with the key/value
+    head repeated for every query head (multi-head attention): up to float rounding, since the
+    group's query rows are multiplied as one product (8 x 32 @ 32 x 602) where multi-head
+    attention runs eight (1 x 32 @ 32 x 602), and q, k, v as one product of other rows; a query
+    head attending to a wrong key/value head is off by order 1."""
     from minigpt import Llama, LlamaConfig
 
     fields = dict(vocab_size=96, hidden_size=256, num_attention_heads=8, num_key_value_heads=1,
@@ -120,7 +123,9 @@ def test_grouped_query_attention_reads_key_value_heads_in_place(reference, tmp_p
         tracemalloc.stop()
     print(f"GQA decode step, 600 cached positions: peak allocation {peak:,} bytes")
     assert peak < 0.5e6
-    assert np.array_equal(step, mha(np.array([[3], [4]]), cache=caches[1], last_only=True))
+    from conftest import scaled_error
+
+    assert scaled_error(step, mha(np.array([[3], [4]]), cache=caches[1], last_only=True)) < 1e-5
     with_scores = gqa.run_with_cache(prompt[:, :9], names=lambda n: "pattern" in n or "attn_scores" in n)[1]
     assert with_scores["blocks.0.attn.hook_pattern"].shape == (2, 8, 9, 9)
     assert np.allclose(with_scores["blocks.0.attn.hook_pattern"].sum(-1), 1, atol=1e-6)
