@@ -4,6 +4,7 @@ against llama.cpp itself on those very weights (the file turned into F32 by llam
 one run:
 
     python benchmarks/bench_gguf.py [--repeats 3] [--llama-cpp DIR] [--no-llama-cpp] [--json out.json]
+    python benchmarks/bench_gguf.py --q4-8b [--delete]       # the memory of an 8B Q4_0 file, lazily
 
     load               a fresh process loading the file: seconds, peak RSS (VmHWM)
     prefill 128        one pass over 128 tokens: logits of the last position (as llama-bench's
@@ -18,6 +19,11 @@ cmake: targets llama-bench and llama-quantize, 6-20 minutes on 2 cores) into --l
 ~/.cache/minigpt-bench/llama.cpp), and runs with 2 threads inside every repeat (`-r 1`), so that
 the three engines share the machine's moments. The F32 file's weights are checked equal to
 minigpt's dequantization of the Q4_1 file before anything is timed.
+
+--q4-8b writes a GGUF file of Llama-3-8B's shape with random Q4_0 blocks (4.6 GB, a tensor at a
+time, into ~/.cache/minigpt-bench; --delete removes it after) and measures, in a fresh process,
+what `weights="auto"` chooses for it, the peak RSS of loading it and of a 16-token prefill and
+one decode step, and their seconds (the quantized blocks are dequantized by gguf-py once a pass).
 
 Bounds (benchmarks/limits.py, measured in this run): decode at batch 1 can go no faster than
 reading every weight matrix once a token (the fastest of several ways of reading those bytes, one
@@ -136,6 +142,99 @@ def load_time(engine: str, path: Path, policy: str = "float32") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# An 8B Q4_0 file, lazily
+
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192)
+
+
+def write_q4_8b(path: Path) -> int:
+    """Llama-3-8B's tensors as random Q4_0 blocks (scales 0.001-0.01, as float16), norms F32,
+    written a tensor at a time by gguf-py's writer. Returns the file's size."""
+    import gguf
+
+    from minigpt.llama import GGUF_NAMES, LlamaConfig, expected_shapes
+
+    if path.exists():
+        return path.stat().st_size
+    names = {hf: gguf for gguf, hf in GGUF_NAMES.items()}                  # the checkpoint's -> llama.cpp's
+
+    def gguf_name(hf):
+        parts = hf.split(".")
+        if parts[0] == "layers":
+            return f"blk.{parts[1]}.{names['.'.join(parts[2:-1])]}.{parts[-1]}"
+        return f"{names[parts[0]]}.{parts[-1]}"
+
+    c = LLAMA3_8B
+    shapes = {gguf_name(n): s for n, s in expected_shapes(LlamaConfig(**c)).items()}
+    tmp = path.with_suffix(".part")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    for key, value in (("block_count", c["num_hidden_layers"]), ("context_length", c["max_position_embeddings"]),
+                       ("embedding_length", c["hidden_size"]), ("feed_forward_length", c["intermediate_size"]),
+                       ("attention.head_count", c["num_attention_heads"]), ("attention.head_count_kv", c["num_key_value_heads"])):
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_float32("llama.rope.freq_base", 500000.0)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_0]
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * shape[0])
+        else:
+            writer.add_tensor_info(name, (shape[0], shape[1] // block * size), np.dtype(np.uint8),  # bytes a row
+                                   shape[0] * shape[1] // block * size, raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            writer.write_tensor_data(np.ones(shape, np.float32))
+            continue
+        blocks = rng.integers(0, 256, (shape[0] * shape[1] // block, size), dtype=np.uint8)
+        blocks[:, :2] = rng.uniform(0.001, 0.01, (len(blocks), 1)).astype(np.float16).view(np.uint8)
+        writer.write_tensor_data(blocks)
+        del blocks
+    writer.close()
+    tmp.rename(path)
+    return path.stat().st_size
+
+
+Q4_CHILD = r"""
+import json, sys, time
+import numpy as np
+import minigpt
+status = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+out = {}
+start = time.perf_counter()
+model = minigpt.from_pretrained(sys.argv[1])                  # weights="auto"
+out["policy"] = "lazy" if model.lazy_weights else "float32"
+out["load_s"], out["load_peak_rss_bytes"] = time.perf_counter() - start, status()
+cache = model.new_cache(1, 32)
+start = time.perf_counter()
+model(np.arange(16)[None] + 100, cache=cache, last_only=True)
+out["prefill_16_s"] = time.perf_counter() - start
+start = time.perf_counter()
+model([[7]], cache=cache, last_only=True)
+out["decode_step_s"], out["peak_rss_bytes"] = time.perf_counter() - start, status()
+out["memory_report"] = model.memory_report()
+print(json.dumps(out))
+"""
+
+
+def q4_8b(delete: bool) -> dict:
+    path = CACHE / "llama-3-8b-q4_0-random.gguf"
+    print(f"writing {path} (Llama-3-8B's shape, random Q4_0 blocks) ...", flush=True)
+    size = write_q4_8b(path)
+    out = subprocess.run([sys.executable, "-c", Q4_CHILD, str(path)], capture_output=True, text=True)
+    if delete:
+        path.unlink()
+    if out.returncode:
+        raise SystemExit(f"the 8B Q4_0 run failed:\n{out.stderr[-2000:]}")
+    doc = {"file": str(path), "file_bytes": size, **json.loads(out.stdout.strip().splitlines()[-1])}
+    print(f"Llama-3-8B shape, Q4_0, {size / 1e9:.2f} GB file: weights={doc['policy']!r} (auto); load {doc['load_s']:.1f} s, "
+          f"peak RSS {doc['load_peak_rss_bytes'] / 1e9:.2f} GB; prefill 16 tokens {doc['prefill_16_s']:.1f} s; one decode "
+          f"step {doc['decode_step_s']:.1f} s; peak RSS {doc['peak_rss_bytes'] / 1e9:.2f} GB\n{doc['memory_report']}")
+    return doc
 
 
 def main():
@@ -143,15 +242,24 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--llama-cpp", type=Path, default=CACHE / "llama.cpp", help="where llama.cpp is (or is built)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="minigpt and transformers only")
-    parser.add_argument("--json", type=Path, help="default: benchmarks/bench_gguf.json")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/bench_gguf.json (bench_gguf_q4_8b.json)")
+    parser.add_argument("--q4-8b", action="store_true", help="only the memory of an 8B Q4_0 file, held lazily")
+    parser.add_argument("--delete", action="store_true", help="with --q4-8b: remove the 4.6 GB file afterwards")
     args = parser.parse_args()
-    args.json = args.json or HERE / "bench_gguf.json"
     CACHE.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TQDM_DISABLE", "1")               # transformers' GGUF loader's progress bar
+    if args.q4_8b:
+        doc = q4_8b(args.delete)
+        (args.json or HERE / "bench_gguf_q4_8b.json").write_text(json.dumps(doc, indent=2) + "\n")
+        return
+    args.json = args.json or HERE / "bench_gguf.json"
 
     import torch
     import transformers
 
     import minigpt
+
+    transformers.utils.logging.disable_progress_bar()
     from minigpt.sources import installed_file
     from minigpt.weights import LazyTensor
 

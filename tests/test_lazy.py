@@ -5,6 +5,7 @@ grouped-query attention reads each key/value head where the cache holds it."""
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -149,3 +150,37 @@ def test_widening_is_exact_for_every_half_precision_number():
         assert np.array_equal(out.view(np.uint32), expected.view(np.uint32)), dtype
         assert tensor._finite is fast
         assert np.array_equal(tensor.widen().view(np.uint32), expected.view(np.uint32))
+
+
+def test_stacked_projections_keep_the_names_and_one_copy(reference, tmp_path):
+    """q/k/v and gate/up run as one product each: widened (float32 policy) their weights are
+    views of one stacked matrix, so the parameters are held once under their checkpoint names;
+    lazily they stack without a copy; a float32 file's mapped weights are not copied at all (and
+    run one product each). The logits agree across the three, and with the unstacked products."""
+    from minigpt.weights import StackedTensor, mapped
+
+    fields = dict(vocab_size=96, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                  num_hidden_layers=2, max_position_embeddings=32, tie_word_embeddings=False)
+    write_family(reference, tmp_path, "llama", "bfloat16", **fields)
+    widened = minigpt.from_pretrained(tmp_path, weights="float32")
+    lazy = minigpt.from_pretrained(tmp_path, weights="lazy")
+    mapped_file = minigpt.from_pretrained(tmp_path / "f32")
+    attn = widened.layers[0]["self_attn"]
+    stacked, biases, widths = widened.products[0]["attn"][0]
+    assert widths == [64, 32, 32] and biases is None and stacked.shape == (128, 64)
+    assert all(np.shares_memory(attn[n]["weight"], stacked) for n in ("q_proj", "k_proj", "v_proj"))
+    assert np.array_equal(stacked[64:96], attn["k_proj"]["weight"])
+    held = sum(t.nbytes for t in widened.state_dict().values())
+    assert held == sum(math.prod(t.shape) * 4 for t in widened.state_dict().values())       # not twice
+    assert isinstance(lazy.products[0]["mlp"][0][0], StackedTensor)
+    assert lazy.products[0]["mlp"][0][0].parts[1] is lazy.layers[0]["mlp"]["up_proj"]["weight"]
+    assert len(mapped_file.products[0]["attn"]) == 3 and mapped(mapped_file.layers[0]["self_attn"]["q_proj"]["weight"])
+    tokens = [[1, 5, 9, 2, 7]]
+    from conftest import scaled_error
+
+    assert np.array_equal(widened(tokens), lazy(tokens))
+    from minigpt import Llama
+
+    owned = Llama(mapped_file.config, {k: np.array(v) for k, v in mapped_file.state_dict().items()})
+    assert len(owned.products[0]["attn"]) == 1                           # the same float32 weights, stacked
+    assert scaled_error(owned(tokens), mapped_file(tokens)) < 1e-5
