@@ -396,3 +396,34 @@ def test_fuzzed_model_files_load_or_are_refused_in_one_line(small_file, tmp_path
     else:
         model, tok = outcome
         assert model([[1, 2, 3]]).dtype == np.float32
+
+
+def test_without_gguf_py_the_error_names_the_extra(checkpoint, tmp_path, monkeypatch):
+    import sys
+
+    _, _, tensors = checkpoint
+    path = write_llama_gguf(tmp_path / "n.gguf", tensors, FIELDS)
+    monkeypatch.setitem(sys.modules, "gguf", None)                      # as if not installed
+    with pytest.raises(GGUFError, match=r"GGUF files need the gguf package .*pip install 'minigpt-actadd\[gguf\]'"):
+        minigpt.load(path)
+
+
+def test_a_vector_made_on_a_gguf_model_saves_loads_and_names_its_source(reference, tmp_path):
+    """The config (with rope_freq_factors, a tuple) survives the vector file's JSON; the model
+    records the file it came from, so that a Dask worker loads the same weights."""
+    from actadd.provenance import ModelSource
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+    fields = {**FIELDS, "rope_scaling": scaling}
+    hf = hf_llama(reference, tmp_path / "hf", fields, seed=2)
+    path = write_llama_gguf(tmp_path / "v.gguf", hf_tensors(hf), fields, rope_freqs=llama3_rope_freqs(fields),
+                            tokenizer=gpt2_style_tokenizer(TOK, bos="<|endoftext|>"))
+    model, tok = minigpt.load(path)
+    vector = actadd.steering_vector(model, actadd.x_vector(tok, "the ab", "abab", 2.0, 1))
+    actadd.save(vector, tmp_path / "vec.safetensors")
+    again = actadd.load(tmp_path / "vec.safetensors", model)
+    assert np.array_equal(again.activations[0], vector.activations[0])
+    assert model.loaded_from["name_or_path"] == str(path.resolve())
+    copy, _ = ModelSource.of(model).load()
+    assert np.array_equal(copy([[1, 2, 3]]), model([[1, 2, 3]]))
