@@ -5,6 +5,7 @@ one run:
 
     python benchmarks/bench_gguf.py [--repeats 3] [--llama-cpp DIR] [--no-llama-cpp] [--json out.json]
     python benchmarks/bench_gguf.py --q4-8b [--delete]       # the memory of an 8B Q4_0 file, lazily
+    python benchmarks/bench_gguf.py --header                  # reading and refusing headers: seconds
 
     load               a fresh process loading the file: seconds, peak RSS (VmHWM)
     prefill 128        one pass over 128 tokens: logits of the last position (as llama-bench's
@@ -24,6 +25,11 @@ minigpt's dequantization of the Q4_1 file before anything is timed.
 time, into ~/.cache/minigpt-bench; --delete removes it after) and measures, in a fresh process,
 what `weights="auto"` chooses for it, the peak RSS of loading it and of a 16-token prefill and
 one decode step, and their seconds (the quantized blocks are dequantized by gguf-py once a pass).
+
+--header times what the tests bound by memory only (a test asserts no speed): reading SmolLM2's
+header with minigpt's reader and with gguf-py's GGUFReader, building its tokenizer, walking the
+most metadata strings the reader allows (2,097,152 in a 17 MB file) before refusing the file, and
+refusing a claimed count of 2^62 tensors. Best of 5 each.
 
 Bounds (benchmarks/limits.py, measured in this run): decode at batch 1 can go no faster than
 reading every weight matrix once a token (the fastest of several ways of reading those bytes, one
@@ -237,6 +243,44 @@ def q4_8b(delete: bool) -> dict:
     return doc
 
 
+def headers() -> dict:
+    import struct
+
+    import gguf
+
+    import minigpt
+    from minigpt.gguf import MAX_STRINGS, GGUFError, read_gguf
+    from minigpt.sources import installed_file
+
+    def best(fn, repeats=5):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            try:
+                fn()
+            except GGUFError:
+                pass
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    source = installed_file("smollm2-135m")
+    folder = Path(tempfile.mkdtemp(prefix="bench-gguf-header-"))
+    strings = folder / "strings.gguf"
+    strings.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k"
+                        + struct.pack("<IIQ", 9, 8, MAX_STRINGS) + b"\0" * (8 * MAX_STRINGS))
+    counts = folder / "counts.gguf"
+    counts.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**62, 0) + b"\0" * 16)
+    doc = {"smollm2 header, minigpt": best(lambda: read_gguf(source)),
+           "smollm2 header, gguf-py GGUFReader": best(lambda: gguf.GGUFReader(str(source)), repeats=2),
+           "smollm2 tokenizer": best(lambda: minigpt.Tokenizer.from_pretrained(source)),
+           f"{MAX_STRINGS:,} strings walked, then refused": best(lambda: read_gguf(strings)),
+           "2^62 tensors claimed, refused": best(lambda: read_gguf(counts))}
+    shutil.rmtree(folder)
+    for name, seconds in doc.items():
+        print(f"{name:<40} {seconds:8.4f} s")
+    return doc
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -245,9 +289,14 @@ def main():
     parser.add_argument("--json", type=Path, help="default: benchmarks/bench_gguf.json (bench_gguf_q4_8b.json)")
     parser.add_argument("--q4-8b", action="store_true", help="only the memory of an 8B Q4_0 file, held lazily")
     parser.add_argument("--delete", action="store_true", help="with --q4-8b: remove the 4.6 GB file afterwards")
+    parser.add_argument("--header", action="store_true", help="only the seconds of reading and refusing headers")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")               # transformers' GGUF loader's progress bar
+    if args.header:
+        doc = headers()
+        (args.json or HERE / "bench_gguf_header.json").write_text(json.dumps(doc, indent=2) + "\n")
+        return
     if args.q4_8b:
         doc = q4_8b(args.delete)
         (args.json or HERE / "bench_gguf_q4_8b.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -45,9 +45,16 @@ def write_tiny(kind: str, folder: Path, config: dict | None = None, seed: int = 
     return folder
 
 
-def bounded(fn, *args, seconds: float = 1.0, megabytes: float = 100.0, **kwargs):
-    """(result or the exception raised, seconds, peak MB allocated) of fn(*args), asserting the
-    limits: a hostile input costs at most this much before it is refused."""
+# A hang guard, not a speed test: an input that makes a reader loop without end (or for hours,
+# as a count of 10^8 once did) fails here; one that is merely slow on a busy CI machine (2-10x
+# slower than a quiet one) does not. How fast refusals are is measured in benchmarks/
+# (bench_gguf.py --header). Memory, which tracemalloc counts the same on any machine, is the bound.
+HANG_SECONDS = 120.0
+
+
+def bounded(fn, *args, megabytes: float = 100.0, **kwargs):
+    """(result or the exception raised, seconds, peak MB allocated) of fn(*args), asserting that
+    it allocated less than `megabytes` before it returned or refused (and did not hang)."""
     tracemalloc.start()
     start = time.perf_counter()
     try:
@@ -57,7 +64,7 @@ def bounded(fn, *args, seconds: float = 1.0, megabytes: float = 100.0, **kwargs)
     elapsed = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    assert elapsed < seconds, f"{getattr(fn, '__name__', fn)} took {elapsed:.2f} s (limit {seconds} s)"
+    assert elapsed < HANG_SECONDS, f"{getattr(fn, '__name__', fn)} ran {elapsed:.0f} s: a hang, not a refusal"
     assert peak < megabytes, f"{getattr(fn, '__name__', fn)} allocated {peak:.0f} MB (limit {megabytes} MB)"
     return outcome, elapsed, peak
 

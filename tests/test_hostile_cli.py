@@ -58,7 +58,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(places, caps
     if kind == "file" and bad == "a file":                  # where a file is wanted, a folder stands
         (places / "taken.csv").mkdir()
         target, message = places / ("taken" if argv[0] == "sweep" else "taken.csv"), "a folder, not a file"
-    outcome, _, _ = bounded(main, argv + [option, str(target)], seconds=3.0)
+    outcome, _, _ = bounded(main, argv + [option, str(target)])
     assert outcome == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"actadd: error: {option}") and message in err and "\n" not in err, err
@@ -98,7 +98,7 @@ def test_inputs_are_checked_before_the_model_is_loaded(places, capsys, monkeypat
     argv = extra[:2] + ["--model", NO_MODEL] + extra[2:] if extra[0] == "eval" else extra[:1] + ["--model", NO_MODEL] + extra[1:]
     if extra[0] == "eval":
         argv += ["--out", "o"]
-    outcome, _, _ = bounded(main, argv, seconds=3.0)
+    outcome, _, _ = bounded(main, argv)
     assert outcome == 2
     err = capsys.readouterr().err.strip()
     assert message in err and NO_MODEL not in err and "\n" not in err, err

@@ -153,7 +153,7 @@ def test_a_results_line_that_is_not_a_record_is_refused_naming_the_line(books, t
     lines = path.read_text().splitlines()
     lines[3] = line
     path.write_text("\n".join(lines) + "\n")
-    outcome, _, _ = bounded(sentiment_run, books, tmp_path, tmp_path / "run", seconds=30, megabytes=300)
+    outcome, _, _ = bounded(sentiment_run, books, tmp_path, tmp_path / "run", megabytes=300)
     one_line_error(outcome, ResumeError, f"{path}:4: ", message)
 
 
@@ -163,7 +163,7 @@ def test_a_field_of_the_wrong_type_is_named(books, tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     records[1]["fluency"]["logprob"] = "minus three"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    outcome, _, _ = bounded(sentiment_run, books, tmp_path, tmp_path / "run", seconds=30, megabytes=300)
+    outcome, _, _ = bounded(sentiment_run, books, tmp_path, tmp_path / "run", megabytes=300)
     one_line_error(outcome, ResumeError, f"{path}:2: fluency.logprob: \"minus three\" is a string")
 
 
@@ -176,7 +176,7 @@ def test_likelihood_results_are_checked_too(books, tmp_path):
     lines = path.read_text().splitlines()
     lines[1] = json.dumps({**json.loads(lines[1]), "predictions": None})
     path.write_text("\n".join(lines) + "\n")
-    outcome, _, _ = bounded(likelihood.relevance, model, tok, documents, tmp_path / "r", seconds=30, megabytes=300, **run)
+    outcome, _, _ = bounded(likelihood.relevance, model, tok, documents, tmp_path / "r", megabytes=300, **run)
     one_line_error(outcome, ResumeError, f"{path}:2: predictions: null is null")
 
 
@@ -220,7 +220,7 @@ def test_fuzzed_results_records_resume_or_are_refused_in_one_line(books, finishe
     if key in records[line]:
         records[line][key] = value
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    outcome, _, _ = bounded(sentiment_run, books, finished, folder / "run", seconds=30, megabytes=300)
+    outcome, _, _ = bounded(sentiment_run, books, finished, folder / "run", megabytes=300)
     if isinstance(outcome, Exception):
         one_line_error(outcome, ResumeError, str(path))
     else:

@@ -197,7 +197,7 @@ def test_paper_quick_on_tiny_books_end_to_end(tmp_path, capsys):
         {paper.num(100 * ex["overhead"]["addition_fraction"], 4) + "%"} | \
         {paper.signed_pct(v).lstrip("+") for v in _values(data["claims"])}
     assert figures <= from_json, figures - from_json
-    assert data["wall_s"] < 120
+    assert data["wall_s"] > 0 and f"(this run: {data['wall_s']} s)" in report   # recorded and said, not judged
 
 
 def _values(tree):
