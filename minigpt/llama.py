@@ -367,10 +367,11 @@ def stacked(modules: list[dict], xp) -> list[tuple]:
     if weight is None:
         return [(m["weight"], m.get("bias"), [m["weight"].shape[0]]) for m in modules]
     bias = None
-    if "bias" in modules[0]:
-        bias, bias_views = stack_rows([m["bias"] for m in modules], xp)
-        for m, b in zip(modules, bias_views):
-            m["bias"] = b
+    if "bias" in modules[0]:            # vectors: copied into one whatever they are views of
+        bias = xp.concatenate([m["bias"] for m in modules])
+        bounds = np.cumsum([0] + [w.shape[0] for w in views])
+        for m, a, b in zip(modules, bounds[:-1], bounds[1:]):
+            m["bias"] = bias[a:b]
     for m, w in zip(modules, views):
         m["weight"] = w
     return [(weight, bias, [w.shape[0] for w in views])]

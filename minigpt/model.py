@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
-from .weights import (LAZY_ABOVE_BYTES, WEIGHT_POLICIES, CheckpointError, LazyTensor, check_dtypes, matmul,
-                      read_headers, read_tensors, resolve_checkpoint)
+from .weights import (CheckpointError, LazyTensor, check_dtypes, check_policy, choose_policy, matmul, read_headers,
+                      read_tensors, resolve_checkpoint)
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -322,13 +322,10 @@ class Transformer:
         "auto" is lazy on the host when the float32 weights would exceed LAZY_ABOVE_BYTES
         (Llama-3-8B: 32 GB, opt-6.7b: 26.8 GB) and float32 otherwise. float32 files are
         mapped as they are under every policy."""
-        if weights not in WEIGHT_POLICIES:
-            raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
+        check_policy(weights)
         backend = get_backend(backend)  # before reading gigabytes: a missing CuPy fails fast
         files, config, headers, source = cls._checked_files(name_or_path, revision)
-        if weights == "auto":                         # the parameters the files hold, 4 bytes each in float32
-            float32_bytes = 4 * sum(math.prod(h.shape) for h in headers.values())
-            weights = "lazy" if backend.name == "numpy" and float32_bytes > LAZY_ABOVE_BYTES else "float32"
+        weights = choose_policy(weights, [h.shape for h in headers.values()], backend)
         return cls(config, read_tensors(headers, widen=weights == "float32"), source=source, backend=backend)
 
     @classmethod

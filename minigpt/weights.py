@@ -204,6 +204,20 @@ WEIGHT_POLICIES = ("auto", "float32", "lazy")
 LAZY_ABOVE_BYTES = 12e9
 
 
+def check_policy(weights: str) -> None:
+    if weights not in WEIGHT_POLICIES:
+        raise ValueError(f"weights={weights!r}: expected one of {WEIGHT_POLICIES}")
+
+
+def choose_policy(weights: str, shapes, backend) -> str:
+    """"float32" or "lazy": `weights` itself, or for "auto", lazy on the host when the parameters
+    of these shapes would take more than LAZY_ABOVE_BYTES as float32."""
+    if weights != "auto":
+        return weights
+    float32_bytes = 4 * sum(math.prod(shape) for shape in shapes)
+    return "lazy" if backend.name == "numpy" and float32_bytes > LAZY_ABOVE_BYTES else "float32"
+
+
 class LazyTensor:
     """A weight left in its memory-mapped file and widened to float32 where it is used: a slab
     of rows at a time (`widen_into`), the rows an index takes (`[...]`, an embedding lookup), or
