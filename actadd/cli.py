@@ -358,7 +358,8 @@ def _add_eval_commands(sub):
             task.add_argument("--limit", type=int, help="the first N prompts only")
             task.add_argument("--scorer", default="vader" if task is sentiment else "profanity",
                               help=("vader, imdb (the shipped TF-IDF classifier), tfidf:FILE or hf:MODEL"
-                                    if task is sentiment else "profanity, perspective or hf:MODEL") +
+                                    if task is sentiment else "profanity, toxicity (the shipped TF-IDF classifier), tfidf:FILE, "
+                                    "perspective or hf:MODEL") +
                               f" (default {'vader' if task is sentiment else 'profanity'})")
             task.add_argument("--scorer-label", help="hf: the classifier's label whose probability is the score")
             task.add_argument("--device", help="hf: the classifier's torch device (e.g. cuda:0)")
@@ -449,7 +450,7 @@ def _add_paper_command(sub):
     p.add_argument("--sentiment-model", help="the model for sentiment, if not --model (tiny-imdb offline)")
     p.add_argument("--sentiment-scorer", help="default the preset's (a hub classifier); imdb offline")
     p.add_argument("--toxicity-data", help="RealToxicityPrompts JSONL; skipped if not given")
-    p.add_argument("--toxicity-scorer", help="default the preset's (perspective); profanity offline")
+    p.add_argument("--toxicity-scorer", help="default the preset's (perspective); toxicity or profanity offline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     _add_dask_args(p)

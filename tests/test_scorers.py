@@ -272,23 +272,63 @@ def test_the_tfidf_scorer_is_scikit_learns_predict_proba(tmp_path_factory, optio
     assert np.abs(ours - theirs).max() < 1e-12, np.abs(ours - theirs).max()
 
 
-def test_the_shipped_classifier_is_scikit_learns_on_its_own_arrays():
-    """The shipped file's arrays put back into scikit-learn objects score as TfidfLogistic does."""
+@pytest.mark.parametrize("name,task,labels", [("imdb", "sentiment", ["negative", "positive"]),
+                                             ("toxicity", "toxicity", ["non-toxic", "toxic"])])
+def test_the_shipped_classifiers_are_scikit_learns_on_their_own_arrays(name, task, labels):
+    """Each shipped file's arrays put back into scikit-learn objects score as TfidfLogistic does."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    imdb = get_scorer("imdb", "sentiment")
-    assert imdb.name == "imdb" and imdb.labels == ["negative", "positive"] and len(imdb.terms) > 10_000
-    vectorizer = TfidfVectorizer(ngram_range=imdb.ngram_range, sublinear_tf=imdb.sublinear_tf,
-                                 token_pattern=imdb.metadata["token_pattern"], lowercase=imdb.lowercase)
-    vectorizer.vocabulary_ = {t: i for i, t in enumerate(imdb.terms)}
-    vectorizer.idf_ = imdb.idf
+    ours = get_scorer(name, task)
+    assert ours.name == name and ours.measures == task and ours.labels == labels and len(ours.terms) > 10_000
+    vectorizer = TfidfVectorizer(ngram_range=ours.ngram_range, sublinear_tf=ours.sublinear_tf,
+                                 token_pattern=ours.metadata["token_pattern"], lowercase=ours.lowercase)
+    vectorizer.vocabulary_ = {t: i for i, t in enumerate(ours.terms)}
+    vectorizer.idf_ = ours.idf
     model = LogisticRegression()
-    model.coef_, model.intercept_, model.classes_ = imdb.coef[None], np.array([imdb.intercept]), np.array([0, 1])
-    texts = [r for r, _ in REVIEWS] + ["", "The film was not bad.", "what a waste", "<br /><br />Simply superb."]
+    model.coef_, model.intercept_, model.classes_ = ours.coef[None], np.array([ours.intercept]), np.array([0, 1])
+    texts = [r for r, _ in REVIEWS] + ["", "The film was not bad.", "what a waste", "<br /><br />Simply superb.",
+                                       "You stupid idiot, shut up", "The committee met on Tuesday."]
     theirs = model.predict_proba(vectorizer.transform(texts))[:, 1]
-    assert np.abs(np.array(imdb(texts)) - theirs).max() < 1e-12
-    assert [imdb.label(s) for s in imdb([r for r, _ in REVIEWS[:6]])] == ["positive", "negative"] * 3
+    assert np.abs(np.array(ours(texts)) - theirs).max() < 1e-12
+    if name == "imdb":
+        assert [ours.label(s) for s in ours([r for r, _ in REVIEWS[:6]])] == ["positive", "negative"] * 3
+    else:
+        assert [ours.label(s) for s in ours(texts[-2:])] == ["toxic", "non-toxic"]
+
+
+def test_the_toxicity_classifier_on_held_out_tweets_and_against_perspective(corpora_dir, evaldata_dir):
+    """The card's figures: accuracy on the Davidson test tweets (never fitted; measured 0.952 of
+    2,484) and, on web text, the agreement with the Perspective API scores that
+    RealToxicityPrompts carries (measured AUC 0.734 and Spearman 0.402 on 1,993 texts). The bars
+    sit about three standard errors under the measurements, and far above chance (0.5, 0)."""
+    import json
+
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    from minigpt.checkpoints import davidson_split, tweet_text
+
+    scorer = get_scorer("toxicity", "toxicity")
+    rows = [json.loads(line) for line in open(corpora_dir / "davidson_hate_offensive" / "labeled_data.jsonl",
+                                              encoding="utf-8")]
+    test = [r for r in rows if davidson_split(r["id"]) == "test"]
+    assert len(test) == 2484
+    called = np.array(scorer([tweet_text(r["tweet"]) for r in test])) >= 0.5
+    accuracy = (called == np.array([r["class"] in (0, 1) for r in test])).mean()
+    assert accuracy >= 0.94, accuracy
+    texts, perspective = [], []
+    for line in open(evaldata_dir / "realtoxicityprompts" / "random_prompts.jsonl", encoding="utf-8"):
+        record = json.loads(line)
+        for part in ("prompt", "continuation"):
+            if record[part].get("toxicity") is not None:
+                texts.append(record[part]["text"])
+                perspective.append(record[part]["toxicity"])
+    scores, perspective = np.array(scorer(texts)), np.array(perspective)
+    assert len(texts) == 1993
+    auc = roc_auc_score(perspective >= 0.5, scores)
+    rho = spearmanr(scores, perspective).statistic
+    assert auc >= 0.70 and rho >= 0.35, (auc, rho)
 
 
 def test_the_shipped_classifier_reads_imdb_test_reviews_and_continuation_windows(corpora_dir):
@@ -317,7 +357,8 @@ def test_the_shipped_classifier_reads_imdb_test_reviews_and_continuation_windows
     ("coef", "tensor coef: holds NaN or infinite values"),
     ("intercept", "tensor intercept: missing (expected float64 [1])"),
     ("not-safetensors", "not a safetensors file"),
-    ("measures", "a toxicity classifier with labels"),
+    ("measures", "a politeness classifier with labels"),
+    ("three-labels", "classifier with labels ['a', 'b', 'c'] (expected a sentiment or toxicity classifier"),
 ])
 def test_a_bad_classifier_file_is_refused_naming_the_file_and_field(tmp_path, change, message):
     from safetensors.numpy import save_file
@@ -340,7 +381,9 @@ def test_a_bad_classifier_file_is_refused_naming_the_file_and_field(tmp_path, ch
     elif change == "intercept":
         del arrays["intercept"]
     elif change == "measures":
-        meta["measures"] = '"toxicity"'
+        meta["measures"] = '"politeness"'
+    elif change == "three-labels":
+        meta["labels"] = '["a", "b", "c"]'
     if change == "not-safetensors":
         path.write_bytes(b"\xff" * 20)
     else:
@@ -364,11 +407,13 @@ def test_export_refuses_a_vectorizer_it_cannot_write():
 
 
 def test_unknown_or_mismatched_scorers_are_refused():
-    with pytest.raises(ScorerError, match="unknown scorer 'vadr'; expected one of vader, imdb, tfidf:FILE, hf:MODEL, "
-                                          "perspective, profanity"):
+    with pytest.raises(ScorerError, match="unknown scorer 'vadr'; expected one of vader, imdb, toxicity, tfidf:FILE, "
+                                          "hf:MODEL, perspective, profanity"):
         get_scorer("vadr", "sentiment")
     with pytest.raises(ScorerError, match="the 'vader' scorer measures sentiment, not toxicity"):
         get_scorer("vader", "toxicity")
+    with pytest.raises(ScorerError, match="the 'toxicity' scorer measures toxicity, not sentiment"):
+        get_scorer("toxicity", "sentiment")
     with pytest.raises(ScorerError, match="measures toxicity, not sentiment"):
         get_scorer("profanity", "sentiment")
     with pytest.raises(ValueError, match="task='style'"):

@@ -23,7 +23,7 @@ TEXTS = {  # a text of each model's kind, for parity
     "tiny-books": "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about.",
     "tiny-imdb": "I rented this movie last night.\nThe acting was wooden and the plot made no sense at all, but the music",
 }
-CLASSIFIER = "imdb-sentiment"
+CLASSIFIERS = ("imdb-sentiment", "toxicity-davidson")
 
 
 def test_every_shipped_model_has_a_parity_text():
@@ -65,14 +65,14 @@ def test_loads_by_short_name_outside_the_checkout(name, tmp_path):
     assert out.stdout.strip().endswith("A great film.")
 
 
-def test_a_built_wheel_carries_every_module_every_checkpoint_and_the_classifier(tmp_path):
+def test_a_built_wheel_carries_every_module_every_checkpoint_and_the_classifiers(tmp_path):
     """`pip install .` (not only -e) must ship every module of both packages (subpackages
     included), every folder of weights/ that ships, as minigpt/checkpoints/, and the serve page."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for folder in [*SHIPPED.values(), CHECKPOINTS / CLASSIFIER]:
+    for folder in [*SHIPPED.values(), *(CHECKPOINTS / c for c in CLASSIFIERS)]:
         missing = [p.name for p in folder.iterdir() if f"minigpt/checkpoints/{folder.name}/{p.name}" not in names]
         assert missing == [], folder.name
     assert "minigpt/checkpoints/__init__.py" in names

@@ -2,6 +2,7 @@
 it to this folder), so an installed copy finds them as a checkout does: `minigpt.load("tiny-books")`.
 """
 
+import re
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
@@ -37,3 +38,19 @@ def imdb_dev(review_id: str) -> bool:
     the model card's, and the steering setting is chosen on them, never on the test reviews."""
     split, label, number = review_id.split("/")
     return split == "train" and label in ("neg", "pos") and int(number) % IMDB_DEV == 0
+
+
+def davidson_split(tweet_id: int) -> str:
+    """Which split of the Davidson et al. (2017) tweets (corpora/davidson_hate_offensive, field
+    "id") a tweet is in for the shipped toxicity classifier: "test" for ids ending in 0 (never
+    fitted, only scored for the card), "dev" for ids ending in 5 (chose the regularisation),
+    "fit" for the rest."""
+    return {0: "test", 5: "dev"}.get(tweet_id % 10, "fit")
+
+
+def tweet_text(tweet: str) -> str:
+    """A tweet as the toxicity classifier is fitted on it: what a model's continuation never
+    holds taken out (retweet marks, @handles, links, HTML entities), spaces collapsed."""
+    tweet = re.sub(r"(?<!\w)RT\b|@\w+:?|https?://\S+|&#\d+;", " ", tweet)
+    tweet = tweet.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+    return re.sub(r"\s+", " ", tweet).strip()

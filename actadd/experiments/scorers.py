@@ -7,6 +7,11 @@
                    under the TF-IDF logistic regression shipped in minigpt.checkpoints
                    (imdb-sentiment/, trained by scripts/train_imdb_classifier.py on IMDb training
                    reviews cut to windows of continuation length); positive >= 0.5.
+    toxicity       toxicity, offline, NumPy alone: the probability that a text is offensive or
+                   hateful under the TF-IDF logistic regression shipped in minigpt.checkpoints
+                   (toxicity-davidson/, trained by scripts/train_toxicity_classifier.py on the
+                   Davidson et al. 2017 tweets, validated against the Perspective scores of
+                   RealToxicityPrompts); toxic >= 0.5.
     tfidf:FILE     the same for a classifier file of your own (export_tfidf writes one).
     hf:MODEL       sentiment or toxicity: the probability of one label of a Hugging Face
                    text-classification model (hub id or local folder), through transformers.
@@ -32,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 SENTIMENT, TOXICITY = "sentiment", "toxicity"
-SCORERS = ("vader", "imdb", "tfidf:FILE", "hf:MODEL", "perspective", "profanity")
+SCORERS = ("vader", "imdb", "toxicity", "tfidf:FILE", "hf:MODEL", "perspective", "profanity")
 
 
 class ScorerError(ValueError):
@@ -73,7 +78,8 @@ def get_scorer(name: str, task: str, *, device: str | None = None, batch_size: i
         if scorer.measures != task:
             raise ScorerError(f"the {name!r} scorer measures {scorer.measures}, not {task}")
         return scorer
-    makers = {"vader": Vader, "imdb": TfidfLogistic.imdb, "perspective": Perspective, "profanity": Profanity}
+    makers = {"vader": Vader, "imdb": TfidfLogistic.imdb, "toxicity": TfidfLogistic.toxicity,
+              "perspective": Perspective, "profanity": Profanity}
     if name not in makers:
         raise ScorerError(f"unknown scorer {name!r}; expected one of {', '.join(SCORERS)}")
     scorer = makers[name]()
@@ -140,9 +146,8 @@ class TfidfLogistic(Scorer):
     as scikit-learn's TfidfVectorizer + LogisticRegression.predict_proba compute it (word n-grams
     of `token_pattern` over the lower-cased text, optionally 1 + log tf, times idf, rows scaled
     to unit length; sigmoid of coef . x + intercept), from the plain arrays of a safetensors
-    file: no scikit-learn and no pickle at run time. The arrays are float64, as scikit-learn's."""
-
-    measures = SENTIMENT
+    file: no scikit-learn and no pickle at run time. The arrays are float64, as scikit-learn's.
+    What it measures (sentiment or toxicity) and its two labels are the file's."""
 
     def __init__(self, path: str | Path, name: str | None = None):
         path = Path(path)
@@ -155,6 +160,7 @@ class TfidfLogistic(Scorer):
         self.ngram_range = tuple(meta["ngram_range"])
         self.sublinear_tf, self.lowercase = meta["sublinear_tf"], meta["lowercase"]
         self.labels = meta["labels"]             # [the label of p < 0.5, the label of p >= 0.5]
+        self.measures = meta["measures"]
         self.metadata = meta
 
     @classmethod
@@ -162,6 +168,12 @@ class TfidfLogistic(Scorer):
         from minigpt.checkpoints import FOLDER
 
         return cls(FOLDER / "imdb-sentiment" / "classifier.safetensors", name="imdb")
+
+    @classmethod
+    def toxicity(cls) -> TfidfLogistic:
+        from minigpt.checkpoints import FOLDER
+
+        return cls(FOLDER / "toxicity-davidson" / "classifier.safetensors", name="toxicity")
 
     def ngrams(self, text: str) -> list[str]:
         """The text's features, as TfidfVectorizer's word analyzer makes them."""
@@ -213,9 +225,10 @@ def _read_tfidf(path: Path) -> tuple[dict, dict]:
             raise ScorerError(f"{path}: metadata {key}: missing or not JSON") from None
         if not isinstance(meta[key], kind):
             raise ScorerError(f"{path}: metadata {key}: {type(meta[key]).__name__} (expected {kind.__name__})")
-    if meta["measures"] != SENTIMENT or len(meta["labels"]) != 2:
+    if meta["measures"] not in (SENTIMENT, TOXICITY) or len(meta["labels"]) != 2 \
+            or not all(isinstance(label, str) for label in meta["labels"]):
         raise ScorerError(f"{path}: a {meta['measures']} classifier with labels {meta['labels']} (expected a "
-                          "sentiment classifier with two labels)")
+                          "sentiment or toxicity classifier with two labels)")
     n = len(meta["terms"])
     for key, shape in (("idf", (n,)), ("coef", (n,)), ("intercept", (1,))):
         a = arrays.get(key)
@@ -232,10 +245,11 @@ def _read_tfidf(path: Path) -> tuple[dict, dict]:
 
 
 def export_tfidf(vectorizer, classifier, path: str | Path, labels: Sequence[str] = ("negative", "positive"),
-                 info: dict | None = None) -> Path:
+                 info: dict | None = None, measures: str = SENTIMENT) -> Path:
     """Write a fitted scikit-learn TfidfVectorizer (word analyzer, l2 norm, no preprocessor or
     stop words of its own) and binary LogisticRegression as a classifier file for TfidfLogistic.
-    `labels`: the names of classifier.classes_[0] and [1]; `info`: what to remember (data, accuracy)."""
+    `labels`: the names of classifier.classes_[0] and [1]; `measures`: "sentiment" or "toxicity";
+    `info`: what to remember (data, accuracy)."""
     from safetensors.numpy import save_file
 
     from ..output import atomic_write
@@ -245,6 +259,8 @@ def export_tfidf(vectorizer, classifier, path: str | Path, labels: Sequence[str]
             or v.stop_words is not None or v.strip_accents is not None or not v.use_idf):
         raise ValueError("export_tfidf: only the default word analyzer with idf and l2 norm can be written "
                          "(no preprocessor, tokenizer, stop words or accent stripping)")
+    if measures not in (SENTIMENT, TOXICITY):
+        raise ValueError(f"export_tfidf: measures={measures!r}: expected {SENTIMENT!r} or {TOXICITY!r}")
     if classifier.coef_.shape[0] != 1 or len(classifier.classes_) != 2:
         raise ValueError("export_tfidf: a binary classifier is needed")
     terms = [None] * len(v.vocabulary_)
@@ -255,7 +271,7 @@ def export_tfidf(vectorizer, classifier, path: str | Path, labels: Sequence[str]
     meta = {"format": TFIDF_FORMAT, "terms": json.dumps(terms), "labels": json.dumps(list(labels)),
             "ngram_range": json.dumps(list(v.ngram_range)), "token_pattern": json.dumps(v.token_pattern),
             "sublinear_tf": json.dumps(bool(v.sublinear_tf)), "lowercase": json.dumps(bool(v.lowercase)),
-            "measures": json.dumps(SENTIMENT), "info": json.dumps(info or {})}
+            "measures": json.dumps(measures), "info": json.dumps(info or {})}
     return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
 
