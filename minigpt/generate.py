@@ -73,24 +73,36 @@ class Sampling:
         `counts[b, t]` is how often token t occurs in row b so far (prompt included). Both are
         arrays of one backend (the model's), and the work is done there."""
         xp = array_namespace(logits)
-        logits = logits.astype(xp.float64)
         if self.temperature == 0:  # greedy: the argmax of the raw logits is all that is kept
+            logits = logits.astype(xp.float64)
             keep = xp.arange(logits.shape[-1]) == logits.argmax(axis=-1)[:, None]
             return xp.where(keep, logits, -math.inf)
-        logits = logits / self.temperature
-        if self.freq_penalty:
-            logits = logits - self.freq_penalty * counts
-        if self.presence_penalty:
-            logits = logits - self.presence_penalty * (counts > 0)
+        logits = self._penalized(logits, counts)
         if self.top_k is not None:
             k = min(self.top_k, logits.shape[-1])
             kth = -xp.partition(-logits, k - 1, axis=-1)[:, k - 1:k]           # [batch, 1]
             logits = xp.where(logits < kth, -math.inf, logits)
         elif self.top_p is not None:
-            if xp is np and logits.shape[-1] >= 4 * TOP_P_CANDIDATES:
+            if self._candidates(logits):
                 return top_p_from_candidates(logits, self.top_p)
             return top_p_sorted(logits, self.top_p)
         return logits
+
+    def _penalized(self, logits, counts):
+        """float64 logits / temperature, minus the penalties (in place on one copy)."""
+        xp = array_namespace(logits)
+        logits = logits.astype(xp.float64)
+        if self.temperature != 1:                                               # x / 1 is x
+            logits /= self.temperature
+        if self.freq_penalty:
+            logits -= self.freq_penalty * counts
+        if self.presence_penalty:
+            logits -= self.presence_penalty * (counts > 0)
+        return logits
+
+    def _candidates(self, logits) -> bool:
+        """Whether top-p is decided from each row's largest logits (NumPy, a large vocabulary)."""
+        return array_namespace(logits) is np and logits.shape[-1] >= 4 * TOP_P_CANDIDATES
 
     def sample(self, logits, counts, uniforms):
         """One token id per row, [batch] int64, on the logits' backend. Row b takes the first
@@ -98,13 +110,41 @@ class Sampling:
         xp = array_namespace(logits)
         if self.temperature == 0:
             return logits.argmax(axis=-1).astype(xp.int64)
-        filtered = self.filter(logits, counts)
-        probs = xp.exp(filtered - filtered.max(axis=-1, keepdims=True))
-        cdf = xp.cumsum(probs, axis=-1)                                         # [batch, vocab]
-        # searchsorted(cdf[b], u * total, side="right") for all rows at once: the count of
-        # entries <= the target, as cdf does not decrease. A removed token has zero width and
-        # is never the answer (u < 1, so u * total < total in floating point too).
-        return (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1).astype(xp.int64)
+        if self.top_k is None and self.top_p is not None and self._candidates(logits):
+            # Rows are independent: those decided by their largest logits draw among them, the
+            # rest from the whole sorted vocabulary, each as _draw would.
+            penalized = self._penalized(logits, counts)
+            index, values, decided = _candidate_rows(penalized, self.top_p, TOP_P_CANDIDATES)
+            if decided.all():
+                return _draw_among(index, values, uniforms)
+            out = np.empty(len(decided), dtype=np.int64)
+            out[decided] = _draw_among(index[decided], values[decided], uniforms[decided])
+            out[~decided] = _draw(top_p_sorted(penalized[~decided], self.top_p), uniforms[~decided])
+            return out
+        return _draw(self.filter(logits, counts), uniforms)
+
+
+def _draw(filtered, uniforms):
+    """Row b's first token whose cumulative probability exceeds uniforms[b], from float64
+    logits where removed tokens are -inf."""
+    xp = array_namespace(filtered)
+    probs = xp.exp(filtered - filtered.max(axis=-1, keepdims=True))
+    cdf = xp.cumsum(probs, axis=-1)                                             # [batch, vocab]
+    # searchsorted(cdf[b], u * total, side="right") for all rows at once: the count of
+    # entries <= the target, as cdf does not decrease. A removed token has zero width and
+    # is never the answer (u < 1, so u * total < total in floating point too).
+    return (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1).astype(xp.int64)
+
+
+def _draw_among(index, values, uniforms):
+    """_draw's token, bit for bit, from the kept tokens alone: `index` [batch, k] the candidates
+    in vocabulary order, `values` their logits (-inf where removed). The removed tokens that
+    _draw also sums are zeros, which change no partial sum, so the cumulative sums at the kept
+    tokens, the total and so the token chosen are the same."""
+    probs = np.exp(values - values.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(probs, axis=-1)                                              # [batch, k]
+    first = (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1)               # the first entry above the target
+    return index[np.arange(len(index)), first].astype(np.int64)
 
 
 def top_p_sorted(logits, top_p: float):
@@ -137,20 +177,30 @@ def top_p_from_candidates(logits: np.ndarray, top_p: float, k: int = TOP_P_CANDI
     The k candidates sorted by logit, ties by index, are the sorted order's first k with the
     same exp, cumsum and total, so they decide the kept set wherever the mass before the k-th
     exceeds top_p and no other token ties with the k-th; any other row is sorted whole."""
+    index, values, decided = _candidate_rows(logits, top_p, k)
+    filtered = np.full(logits.shape, -math.inf)
+    filtered[np.arange(len(index))[:, None], index] = values
+    if not decided.all():
+        filtered[~decided] = top_p_sorted(logits[~decided], top_p)
+    return filtered
+
+
+def _candidate_rows(logits: np.ndarray, top_p: float, k: int):
+    """Each row's k largest logits in vocabulary order (index, values with the removed -inf),
+    and whether they decide the row's top-p set."""
     part = np.argpartition(-logits, k - 1, axis=-1)[:, :k]                     # the k largest, any order
     part.sort(axis=-1)                                                          # by index: ties stay in index order
     values = np.take_along_axis(logits, part, axis=-1)
     order = np.argsort(-values, axis=-1, kind="stable")
-    index, ranked = np.take_along_axis(part, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+    ranked = np.take_along_axis(values, order, axis=-1)
     cumulative = np.cumsum(np.exp(ranked - ranked[:, :1]), axis=-1) / _total(logits, ranked[:, :1])
     remove = np.zeros(cumulative.shape, dtype=bool)
     remove[:, 1:] = cumulative[:, :-1] > top_p
     decided = remove[:, -1] & ((logits >= ranked[:, -1:]).sum(axis=-1) == k)
-    filtered = np.full(logits.shape, -math.inf)
-    filtered[np.arange(len(index))[:, None], index] = np.where(remove, -math.inf, ranked)
-    if not decided.all():
-        filtered[~decided] = top_p_sorted(logits[~decided], top_p)
-    return filtered
+    rows = np.arange(len(part))[:, None]
+    removed = np.empty_like(remove)
+    removed[rows, order] = remove                                              # back to vocabulary order
+    return part, np.where(removed, -math.inf, values), decided
 
 
 def _is_real(x) -> bool:

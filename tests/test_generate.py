@@ -172,6 +172,34 @@ def test_top_p_from_candidates_equals_sorting_everything_bit_for_bit(seed, batch
     np.testing.assert_array_equal(top_p_from_candidates(logits, top_p, k), top_p_sorted(logits, top_p))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.integers(2, 40), st.sampled_from([0.05, 0.3, 0.9, 1.0]),
+       st.sampled_from([0.0, 1.0]), st.sampled_from([1.0, 0.7]))
+def test_sampling_draws_among_candidates_the_token_of_the_whole_vocabulary(seed, batch, k, top_p, penalty,
+                                                                           temperature):
+    """Sampling.sample's NumPy path draws each decided row among its k candidates and sorts the
+    rest whole: every row's token equals the reference draw (the cumulative sum over the whole
+    filtered vocabulary), on rows of normal, tied and flat logits mixed in one batch."""
+    import importlib
+
+    g = importlib.import_module("minigpt.generate")      # the module (minigpt.generate is also the function)
+    rng = np.random.default_rng(seed)
+    vocab = 4 * k + int(rng.integers(0, 50))
+    kinds = [rng.normal(0, 3, vocab), rng.integers(-3, 4, vocab).astype(float), np.zeros(vocab)]
+    logits = np.stack([kinds[int(rng.integers(0, 3))] for _ in range(batch)]).astype(np.float32)
+    counts = rng.integers(0, 3, (batch, vocab))
+    uniforms = rng.random(batch)
+    sampling = Sampling(temperature=temperature, top_p=top_p, freq_penalty=penalty)
+    reference = g._draw(g.top_p_sorted(sampling._penalized(logits, counts), top_p), uniforms)
+    old = g.TOP_P_CANDIDATES
+    try:
+        g.TOP_P_CANDIDATES = k
+        assert sampling._candidates(logits)
+        np.testing.assert_array_equal(sampling.sample(logits, counts, uniforms), reference)
+    finally:
+        g.TOP_P_CANDIDATES = old
+
+
 def test_top_p_takes_the_fast_path_on_a_large_vocabulary_and_keeps_the_same_tokens():
     """On GPT-2's vocabulary size Sampling.filter partitions; the kept set equals a plain
     stable sort written out here (cumulative mass before each token at most p)."""
