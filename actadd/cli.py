@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     steer.add_argument("--json", action="store_true", help="print JSON instead of columns")
     _add_measure_commands(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command != "steer":
         try:
             return MEASURES[args.command](parser, args)
@@ -377,8 +378,10 @@ def _add_eval_commands(sub):
     relevance.add_argument("--max-chunks", type=int, help="at most N chunks: the most relevant half, the rest drawn "
                            "from chunks without a topic word (as the authors picked documents)")
     relevance.add_argument("--seed", type=int, default=0, help="draws the unrelated chunks with --max-chunks")
-    knowledge = tasks.add_parser("knowledge", help="P@K on LAMA-format facts (ConceptNet), unsteered and steered")
-    knowledge.add_argument("--data", required=True, help="LAMA JSONL: masked_sentences with [MASK], obj_label")
+    knowledge = tasks.add_parser("knowledge", help="P@K on LAMA's facts (ConceptNet, Google-RE, T-REx), unsteered and "
+                                 "steered")
+    knowledge.add_argument("--data", required=True, help="LAMA's data folder (ConceptNet/, Google_RE/, TREx/ and "
+                           "relations.jsonl) or one of its JSONL files, in LAMA's own schemas")
     knowledge.add_argument("--limit", type=int, help="the first N facts only")
     for task in (relevance, knowledge):
         task.add_argument("--model", required=True, help=MODEL_HELP)
@@ -440,7 +443,8 @@ def _add_paper_command(sub):
                    "3 timing repeats: a demonstration in under 2 minutes on tiny-books")
     p.add_argument("--relevance-data", help="OpenWebText documents (JSONL with a text field, or .txt files); "
                    "skipped if not given")
-    p.add_argument("--lama", help="LAMA ConceptNet test.jsonl; skipped if not given")
+    p.add_argument("--lama", help="LAMA's data: its folder (ConceptNet/, Google_RE/, TREx/ with relations.jsonl) or "
+                   "one file, e.g. ConceptNet/test.jsonl; skipped if not given")
     p.add_argument("--layers", help="topic layers, e.g. 0-47 (default every layer; --quick: 4)")
     p.add_argument("--preset", choices=sorted(claims.PRESETS), default="v5",
                    help="the paper's version whose sentiment and toxicity settings are run and whose figures are "
@@ -448,9 +452,20 @@ def _add_paper_command(sub):
     p.add_argument("--sentiment-data", help="labelled reviews (IMDb test.jsonl; <br /> read as line breaks); "
                    "skipped if not given")
     p.add_argument("--sentiment-model", help="the model for sentiment, if not --model (tiny-imdb offline)")
-    p.add_argument("--sentiment-scorer", help="default the preset's (a hub classifier); imdb offline")
+    p.add_argument("--sentiment-scorer", help="default the preset's (a hub classifier); imdb offline; several, "
+                   "comma-separated (e.g. imdb,vader): the first judges the claim, the rest side by side")
+    p.add_argument("--sentiment-dev-data", help="labelled reviews never used as test prompts (IMDb train.jsonl): "
+                   "the layer and coefficient are searched there first (the report's appendix); default the preset's")
     p.add_argument("--toxicity-data", help="RealToxicityPrompts JSONL; skipped if not given")
-    p.add_argument("--toxicity-scorer", help="default the preset's (perspective); toxicity or profanity offline")
+    p.add_argument("--toxicity-scorer", help="default the preset's (perspective); toxicity or profanity offline; "
+                   "several, comma-separated (e.g. toxicity,profanity): the first judges the claim")
+    p.add_argument("--toxicity-dev-data", help="dev prompts for the toxicity search: the Davidson tweets' "
+                   "labeled_data.jsonl (its dev split) or a prompt file; default the preset's setting")
+    p.add_argument("--topic-samples", type=int, help="completions per topic layer (default 200; --quick 32)")
+    p.add_argument("--chunks", type=int, help="relevance chunks, the most relevant half first (default all)")
+    p.add_argument("--facts", type=int, help="LAMA facts, taken evenly over the groups (default all)")
+    p.add_argument("--prompts", type=int, help="sentiment prompts a direction and toxicity prompts (default the "
+                   "preset's 1,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     _add_dask_args(p)
@@ -642,12 +657,22 @@ def _paper(parser, args):
                              f"--{needs.replace('_', '-')}")
     preset = claims.PRESETS[args.preset]
     scorers = {}                                                         # built now: a missing key costs no load
+    for option, needs in (("sentiment_dev_data", "sentiment_data"), ("toxicity_dev_data", "toxicity_data")):
+        if getattr(args, option) and getattr(args, needs) is None:
+            raise ValueError(f"--{option.replace('_', '-')} chooses the setting of a run that needs "
+                             f"--{needs.replace('_', '-')}")
     if args.sentiment_data is not None:
         data.read_labelled(args.sentiment_data)
-        scorers["sentiment_scorer"] = get_scorer(args.sentiment_scorer or preset.sentiment_scorer, SENTIMENT)
+        names = (args.sentiment_scorer or preset.sentiment_scorer).split(",")
+        scorers["sentiment_scorer"], *scorers["sentiment_also"] = [get_scorer(n.strip(), SENTIMENT) for n in names]
+        if args.sentiment_dev_data is not None:
+            data.read_labelled(args.sentiment_dev_data)
     if args.toxicity_data is not None:
         data.read_prompts(args.toxicity_data)
-        scorers["toxicity_scorer"] = get_scorer(args.toxicity_scorer or preset.toxicity_scorer, TOXICITY)
+        names = (args.toxicity_scorer or preset.toxicity_scorer).split(",")
+        scorers["toxicity_scorer"], *scorers["toxicity_also"] = [get_scorer(n.strip(), TOXICITY) for n in names]
+        if args.toxicity_dev_data is not None:
+            data.read_dev_prompts(args.toxicity_dev_data)
     model, tok = _load(args)
     sentiment_model = (minigpt.load(args.sentiment_model, backend=args.backend, **weights_option(args))
                        if args.sentiment_model else None)        # --revision is --model's, as for --fluency-model
@@ -655,10 +680,21 @@ def _paper(parser, args):
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
                        version=args.preset, sentiment_data=args.sentiment_data, toxicity_data=args.toxicity_data,
                        sentiment_model=sentiment_model, sentiment_model_name=args.sentiment_model or "",
+                       sentiment_dev_data=args.sentiment_dev_data, toxicity_dev_data=args.toxicity_dev_data,
                        progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
-                       worker_backend=args.worker_backend, **scorers)
+                       worker_backend=args.worker_backend,
+                       command=command_line(args.argv),
+                       sizes={"topic_samples": args.topic_samples, "max_chunks": args.chunks, "facts": args.facts,
+                              "sentiment_prompts": args.prompts, "toxicity_prompts": args.prompts}, **scorers)
     print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
     return 0
+
+
+def command_line(argv: list[str]) -> str:
+    """`actadd ARGS` as a shell would take it back (each argument quoted where it needs to be)."""
+    import shlex
+
+    return "actadd " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _reproduce(parser, args):

@@ -10,7 +10,9 @@ Sampling follows TransformerLens's `sample_logits`, the order the original ActAd
     logits -= freq_penalty * count(token so far, prompt included)
     logits -= presence_penalty * (count > 0)
     top-k (keep logits >= the k-th largest), or else top-p (keep sorted tokens while the
-        probability before them is at most p: the smallest prefix reaching p, at least one)
+        probability before them is at most p: the smallest prefix reaching p, at least one;
+        p = 1 keeps every token, as transformers adds no top-p filter at 1.0, rather than
+        dropping a tail whose mass before it rounds above 1)
     draw from softmax(logits)
 
 Randomness: row i draws from `numpy.random.default_rng([seed, i])` (or from its own entry of
@@ -82,7 +84,7 @@ class Sampling:
             k = min(self.top_k, logits.shape[-1])
             kth = -xp.partition(-logits, k - 1, axis=-1)[:, k - 1:k]           # [batch, 1]
             logits = xp.where(logits < kth, -math.inf, logits)
-        elif self.top_p is not None:
+        elif self.top_p is not None and self.top_p < 1:
             if self._candidates(logits):
                 return top_p_from_candidates(logits, self.top_p)
             return top_p_sorted(logits, self.top_p)
@@ -110,7 +112,7 @@ class Sampling:
         xp = array_namespace(logits)
         if self.temperature == 0:
             return logits.argmax(axis=-1).astype(xp.int64)
-        if self.top_k is None and self.top_p is not None and self._candidates(logits):
+        if self.top_k is None and self.top_p is not None and self.top_p < 1 and self._candidates(logits):
             # Rows are independent: those decided by their largest logits draw among them, the
             # rest from the whole sorted vocabulary, each as _draw would.
             penalized = self._penalized(logits, counts)

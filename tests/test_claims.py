@@ -77,11 +77,13 @@ def report_with(neg_to_pos: dict, pos_to_neg: dict, toxicity: dict | None = None
     report = {"model": "m", "n_layer": 6, "preset": "quick", "version": "v5", "seed": 0, "layer": 2,
               "layer_note": "layer 2", "wall_s": 1.0,
               "experiments": {
-                  "topic": {"first_vs_unsteered": paired(0.0, seed=5)}, "relevance": skipped, "knowledge": skipped,
-                  "overhead": {"repeats": 20, "forward": {"premium": 0.0, "low": -0.001, "high": 0.001}},
-                  "sentiment": {"model": "tiny-imdb", "neg-to-pos": cells(neg_to_pos, "success"),
+                  "topic": {"first_vs_unsteered": paired(0.0, seed=5), "first_layer": 0}, "relevance": skipped,
+                  "knowledge": skipped,
+                  "overhead": {"repeats": 20, "layer": 3, "forward": {"premium": 0.0, "low": -0.001, "high": 0.001}},
+                  "sentiment": {"model": "tiny-imdb", "layer": 3, "coeff": 12.0, "neg-to-pos": cells(neg_to_pos, "success"),
                                 "pos-to-neg": cells(pos_to_neg, "success")},
-                  "toxicity": skipped if toxicity is None else {"model": "m", **cells(toxicity, "mean_score")}}}
+                  "toxicity": skipped if toxicity is None else {"model": "m", "layer": 2, "coeff": 2.0,
+                                                                **cells(toxicity, "mean_score")}}}
     report["claims"] = paper.claims_table(report)
     return report
 
@@ -102,7 +104,13 @@ def test_the_claims_table_carries_each_computed_verdict_into_the_report():
         assert f"| {paper.verdict_text(row)} |" in text
     tox = rows["toxicity"]
     assert f"smallest effect detectable at this n: {paper.signed(tox['detectable']).lstrip('+')}" in text
-    assert f"tiny-imdb, n = 400: {paper.estimate_text(rows['neg_to_pos']['estimate'], 'pp')}" in text
+    assert f"tiny-imdb, layer 3, coefficient 12, n = 400: {paper.estimate_text(rows['neg_to_pos']['estimate'], 'pp')}" \
+        in text
+    assert rows["toxicity"]["setting"] == "layer 2, coefficient 2" and rows["relevance"]["setting"] == \
+        "layer 2, coefficient 1"
+    # a control that was run is shown minus unsteered; one that was not is left out
+    assert f"prompted {paper.estimate_text(rows['neg_to_pos']['estimate'], 'pp')}" in paper.controls_text(
+        rows["neg_to_pos"]) and "random" not in paper.controls_text(rows["neg_to_pos"])
 
 
 def test_an_interval_of_no_width_says_why():
@@ -173,3 +181,36 @@ def test_every_figure_a_claim_quotes_is_in_the_reference_and_names_its_version(r
         assert re.search(r"\((v5|ICLR|arXiv v1/v2)", claim.paper), claim.key
         for x in re.findall(r"(?<![\w.])\d*\.\d+", claim.paper):
             assert float(x) in figures, (claim.key, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search that chooses a setting on dev data (actadd.experiments.search)
+
+
+def _cell(layer, coeff, effect, low, high, ratio):
+    return {"layer": layer, "coeff": coeff, "effect": {"value": effect, "low": low, "high": high, "n": 10},
+            "perplexity": 10.0 * ratio, "perplexity_ratio": ratio}
+
+
+def test_the_search_rule_takes_the_largest_clear_effect_within_the_fluency_budget():
+    from actadd.experiments import search
+
+    runs = [{"cells": [_cell(2, 4.0, 0.30, 0.10, 0.50, 1.2),     # eligible
+                       _cell(2, 8.0, 0.50, 0.20, 0.80, 1.6),     # larger, but over the 1.5 budget
+                       _cell(6, 4.0, 0.40, -0.05, 0.85, 1.1),    # larger, but its interval reaches zero
+                       _cell(6, 2.0, 0.30, 0.05, 0.55, 1.0)]}]   # ties the first: the smaller coefficient wins
+    chosen = search.choose(runs, preset=(6, 12.0))
+    assert (chosen["layer"], chosen["coeff"], chosen["why"]) == (6, 2.0, "the rule's cell")
+    # sentiment: both directions' cells, matched by setting, must each be clear of zero; effects averaged
+    other = [{"cells": [_cell(2, 4.0, 0.10, 0.01, 0.2, 1.0), _cell(2, 8.0, 0.5, 0.2, 0.8, 1.0),
+                        _cell(6, 4.0, 0.9, 0.5, 1.3, 1.0), _cell(6, 2.0, 0.2, -0.1, 0.5, 1.0)]}]
+    both = search.choose(runs + other, preset=(6, 12.0))
+    assert (both["layer"], both["coeff"]) == (2, 4.0)
+    assert next(c for c in both["cells"] if (c["layer"], c["coeff"]) == (2, 4.0))["effect"] == pytest.approx(0.2)
+    # toxicity: lower is better, the interval wholly below zero; nothing eligible -> the preset's own
+    falls = [{"cells": [_cell(2, 4.0, -0.10, -0.2, -0.01, 1.0), _cell(6, 4.0, -0.3, -0.5, -0.1, 1.49)]}]
+    assert search.choose(falls, preset=(6, 2.0), lower_is_better=True)["layer"] == 6
+    none = [{"cells": [_cell(2, 4.0, 0.10, 0.05, 0.2, 1.0)]}]
+    assert search.choose(none, preset=(9, 2.0), lower_is_better=True)[
+        "why"] == "no cell met the rule: the preset's own"
+    assert search.grid_layers(30, 5, 16) == [2, 6, 11, 16, 20] and search.grid_layers(30, 1, 16) == [16]

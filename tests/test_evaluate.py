@@ -219,6 +219,35 @@ def test_toxicity_metrics_from_the_records(books):
     assert steered["condition"] == "steered" and steered["layer"] == 2 and steered["coeff"] == 4.0
 
 
+def test_the_controls_are_a_random_vector_of_the_same_norm_and_the_prompted_baseline(books):
+    """controls=True adds a random vector placed as the steering vector is, each row of its norm,
+    drawn from [seed, 1]; the steered condition's vs_random is the paired difference from it,
+    recomputed here from the records; a rescored run is the summary under another scorer."""
+    model, tok = books
+    prompts = [Prompt(i, t, "x") for i, t in enumerate(["The captain looked at the", "She said that the old house",
+                                                         "He was angry and he", "They went down to the"])]
+    scorer = LengthScorer()
+    run = generation.toxicity(model, tok, prompts, layer=2, coeff=4.0, samples=2, max_new_tokens=8, progress=False,
+                              scorer=scorer, controls=True, prefix="Love ", seed=3)
+    cells = {c["condition"]: c for c in run.summary["conditions"]}
+    assert list(cells) == ["unsteered", "steered", generation.RANDOM, "prompted"]
+    steered = actadd.steering_vector(model, actadd.x_vector(tok, "Love", "Hate", 4.0, 2))
+    control = generation.random_control(steered, 3).vector
+    m, r = steered.matrix(2), control.matrix(2)
+    assert control.layers == [2] and r.shape == m.shape
+    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(m, axis=-1), rtol=1e-5)
+    assert abs(float((r[1:] * m[1:]).sum())) < 0.5 * float((m[1:] * m[1:]).sum())   # not the same direction
+    score = {(c, p, j): s["score"] for (c, p, j), s in run.scores.items()}
+    diffs = [np.mean([score["steered", p, j] - score[generation.RANDOM, p, j] for j in range(2)]) for p in range(4)]
+    assert cells["steered"]["vs_random"]["mean_score"]["value"] == pytest.approx(np.mean(diffs))
+    assert run.settings["random_control"] is True and run.settings["prefix"] == "Love "
+    other = generation.rescore(run, scorers.get_scorer("toxicity", "toxicity"))
+    texts = {(r["condition"], r["prompt_id"], r["sample"]): r["text"] for r in run.samples}
+    ours = scorers.get_scorer("toxicity", "toxicity")
+    by_hand = np.mean([ours([texts["steered", p, j]])[0] for p in range(4) for j in range(2)])
+    assert {c["condition"]: c for c in other["conditions"]}["steered"]["mean_score"]["value"] == pytest.approx(by_hand)
+
+
 def test_the_shared_realtoxicityprompts_subset_reads_and_runs(books, evaldata_dir):
     model, tok = books
     prompts = data.read_prompts(evaldata_dir / "realtoxicityprompts" / "random_prompts.jsonl")

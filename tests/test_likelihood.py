@@ -121,6 +121,72 @@ def test_lama_prompts_cut_at_mask_single_token_objects_only(tmp_path):
     assert len({f.id for f in facts}) == len(facts)
 
 
+def write_lama_folder(root):
+    """LAMA's data layout, a record or two of each group in its original schema (fields as in
+    LAMA's data.zip: Google-RE with evidences and judgments, T-REx with evidences and the
+    templates in relations.jsonl, ConceptNet with masked sentences)."""
+    (root / "Google_RE").mkdir(parents=True)
+    (root / "TREx").mkdir()
+    (root / "ConceptNet").mkdir()
+    google = {"pred": "/people/person/place_of_birth", "sub": "/m/0x", "obj": "/m/0y",
+              "evidences": [{"url": "http://en.wikipedia.org/wiki/X", "snippet": "ab ba was born in the.",
+                             "considered_sentences": ["ab ba was born in the ."]}],
+              "judgments": [{"rater": "1", "judgment": "yes"}], "sub_w": None, "sub_label": "ab ba",
+              "sub_aliases": [], "obj_w": None, "obj_label": "the", "obj_aliases": [], "uuid": "u1",
+              "masked_sentences": ["ab ba was born in [MASK] ."]}
+    death = {**google, "pred": "/people/deceased_person/place_of_death", "sub_label": "b", "obj_label": "ab",
+             "masked_sentences": ["b died in [MASK] ."]}
+    write_lama(root / "Google_RE" / "place_of_birth_test.jsonl", [google])
+    write_lama(root / "Google_RE" / "place_of_death_test.jsonl", [death])
+    trex = {"uuid": "u2", "obj_uri": "Q1", "obj_label": "the", "sub_uri": "Q2", "sub_label": "ba", "predicate_id": "P19",
+            "evidences": [{"sub_surface": "ba", "obj_surface": "the", "masked_sentence": "ba came from [MASK] ."}]}
+    write_lama(root / "TREx" / "P19.jsonl", [trex])
+    write_lama(root / "TREx" / "P1923.jsonl", [{**trex, "predicate_id": "P1923", "uuid": "u3"}])
+    write_lama(root / "relations.jsonl", [
+        {"relation": "P19", "template": "[X] was born in [Y] .", "label": "place of birth", "type": "N-1"},
+        {"relation": "P1923", "template": "[Y] participated in the [X] .", "label": "participating team",
+         "type": "N-M"}])
+    write_lama(root / "ConceptNet" / "test.jsonl", [{"pred": "HasPrerequisite", "masked_sentences": ["a b [MASK] ."],
+                                                    "obj_label": "the", "uuid": "u4", "sub_label": "a"}])
+    return root
+
+
+def test_lama_reads_google_re_trex_and_conceptnet_in_their_own_schemas(tmp_path):
+    """Google-RE and T-REx are queried with LAMA's templates (the subject put in, cut before
+    [Y]); ConceptNet with its masked sentences; each fact names its group and relation; a
+    template with the object before the subject is skipped (a prompt cut there has no subject)."""
+    root = write_lama_folder(tmp_path / "lama")
+    facts, skipped = data.read_lama(root, TOK)
+    the = TOK.encode(" the")[0]
+    assert [(f.group, f.relation, f.prompt, f.obj, f.target) for f in facts] == [
+        ("ConceptNet", "HasPrerequisite", "a b", "the", the),
+        ("Google-RE", "place_of_birth", "ab ba was born in", "the", the),
+        ("T-REx", "P19", "ba was born in", "the", the)]
+    assert sorted((s["group"], s["reason"]) for s in skipped) == [
+        ("Google-RE", "object 'ab' is 2 tokens"), ("T-REx", "the template puts the object before the subject")]
+    # one file alone reads the same way (its templates found beside its folder)
+    alone, _ = data.read_lama(root / "TREx" / "P19.jsonl", TOK)
+    assert [(f.group, f.prompt) for f in alone] == [("T-REx", "ba was born in")]
+    (root / "relations.jsonl").unlink()
+    with pytest.raises(ValueError, match="P19.jsonl: T-REx records need LAMA's relations.jsonl"):
+        data.read_lama(root / "TREx" / "P19.jsonl", TOK)
+    with pytest.raises(ValueError, match="a folder without LAMA's"):
+        data.read_lama(tmp_path, TOK)
+
+
+def test_the_lama_data_here_reads_whole_with_each_group_counted(evaldata_dir, gpt2_tokenizer_dir):
+    """../shared/evaldata/lama as the LAMA download lays it out: every Google-RE (5,528) and T-REx
+    (22,881) record gives a fact or a skip; ConceptNet gives one a masked sentence."""
+    tok = minigpt.Tokenizer.from_pretrained(gpt2_tokenizer_dir)
+    facts, skipped = data.read_lama(evaldata_dir / "lama", tok)
+    counts = {g: sum(f.group == g for f in facts) + sum(s["group"] == g for s in skipped)
+              for g in ("Google-RE", "T-REx", "ConceptNet")}
+    assert counts == {"Google-RE": 5528, "T-REx": 22881, "ConceptNet": 146}
+    assert len({f.relation for f in facts if f.group == "T-REx"}) == 28
+    born = next(f for f in facts if f.group == "Google-RE" and f.relation == "place_of_birth")
+    assert born.prompt.endswith(" was born in") and len(tok.encode(" " + born.obj)) == 1
+
+
 def test_lama_files_without_a_usable_fact_are_refused(tmp_path):
     path = write_lama(tmp_path / "multi.jsonl", [{"masked_sentences": ["the b [MASK]"], "obj_label": "ab"}])
     with pytest.raises(ValueError, match="no fact with a one-token object .*object 'ab' is 2 tokens"):

@@ -134,3 +134,51 @@ def test_actadd_steer_runs_on_it_offline(path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "steered #0" in out and "'<|im_start|>'" in out
     assert re.search(r"weights float32; peak resident memory [\d.]+ [MG]B", out)
+
+
+def test_actadd_paper_quick_on_smollm2_end_to_end(path, tmp_path, evaldata_dir, corpora_dir):
+    """The whole battery on the real model, offline, at small sizes: every experiment runs, each
+    claim row names its layer and coefficient and (generation claims) its controls, and each
+    verdict is the rule applied to the estimate paper.json holds for it."""
+    import json
+
+    from actadd.cli import main
+    from actadd.experiments import claims, paper
+
+    out = tmp_path / "paper"
+    assert main(["paper", "--model", "smollm2-135m", "--quick", "--preset", "iclr2025", "--out", str(out),
+                 "--relevance-data", str(evaldata_dir / "openwebtext" / "openwebtext_1.jsonl"),
+                 "--lama", str(evaldata_dir / "lama"),
+                 "--sentiment-data", str(corpora_dir / "imdb" / "test.jsonl"), "--sentiment-scorer", "imdb,vader",
+                 "--sentiment-dev-data", str(corpora_dir / "imdb" / "train.jsonl"),
+                 "--toxicity-data", str(evaldata_dir / "realtoxicityprompts" / "random_prompts.jsonl"),
+                 "--toxicity-scorer", "toxicity,profanity",
+                 "--toxicity-dev-data", str(corpora_dir / "davidson_hate_offensive" / "labeled_data.jsonl"),
+                 "--layers", "0,6", "--topic-samples", "4", "--chunks", "20", "--facts", "60", "--prompts", "6",
+                 "--no-progress"]) == 0
+    data = json.loads((out / "paper.json").read_text())
+    report = (out / "REPORT.md").read_text()
+    ex = data["experiments"]
+    assert data["model"] == "smollm2-135m" and data["n_layer"] == 30 and data["layer"] == 10   # 16 x 30 / 48
+    assert "skipped" not in json.dumps({k: v for k, v in ex.items() if k != "knowledge"})
+    assert set(ex["knowledge"]["groups"]) == {"ConceptNet", "Google-RE", "T-REx"}
+    assert sum(g["facts"] for g in ex["knowledge"]["groups"].values()) == ex["knowledge"]["facts"] == 60
+    assert ex["sentiment"]["model"] == "smollm2-135m" and ex["sentiment"]["also"] == ["vader"]
+    assert ex["toxicity"]["scorer"] == "toxicity" and set(ex["toxicity"]["also_scored"]) == {"profanity"}
+    for task in ("sentiment", "toxicity"):
+        found = data["search"][task]
+        assert (ex[task]["layer"], ex[task]["coeff"]) == (found["layer"], found["coeff"])
+        assert [found["preset"][0], found["preset"][1]] == [ex[task]["preset_layer"], ex[task]["preset_coeff"]]
+        assert any((c["layer"], c["coeff"]) == tuple(found["preset"]) for c in found["cells"])
+    estimates, context = paper.claim_estimates(data), paper.claim_context(data)
+    for claim, row in zip(claims.CLAIMS, data["claims"]):
+        assert row["estimate"] == estimates[claim.estimate]
+        assert {k: row[k] for k in ("verdict", "detectable")} == claims.judge(row["estimate"], claim.side, claim.bound)
+        assert row["setting"] == context[claim.estimate]["setting"] and row["setting"]
+        assert f"| {row['what']} | {row['paper']} |" in report and f"| {paper.verdict_text(row)} |" in report
+        if claim.key in ("topic", "neg_to_pos", "pos_to_neg", "toxicity"):
+            assert row["controls"]["random"] is not None and row["controls"]["prompted"] is not None
+    rows = {r["claim"]: r for r in data["claims"]}
+    assert rows["toxicity"]["setting"] == f"layer {ex['toxicity']['layer']}, coefficient {ex['toxicity']['coeff']:g}"
+    assert "## Appendix: how the settings were chosen" in report and "## Wall time by experiment" in report
+    assert set(data["stage_s"]) >= {"topic", "relevance", "knowledge", "overhead", "toxicity"}

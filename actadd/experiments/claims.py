@@ -142,7 +142,7 @@ CLAIMS = (
     Claim("unrelated", "... and text with no wedding word is not harmed (ratio at most 1.05)",
           "GPT-2-XL: unrelated text unaffected (a figure; no number) (v5)",
           "relevance_zero", "below", HARM["perplexity_ratio"], unit="ratio", experiment="relevance"),
-    Claim("knowledge", "General knowledge is preserved: P@1 on ConceptNet falls by less than 0.02",
+    Claim("knowledge", "General knowledge is preserved: P@1 on LAMA's facts falls by less than 0.02",
           "GPT-2-XL: 'negligible impact' on P@K (a figure; no number) (v5, ICLR)",
           "knowledge_p1", "above", HARM["p_at_1"], unit="pp"),
     Claim("overhead", "Overhead: steering costs less than 0.4% of a forward pass",

@@ -5,7 +5,7 @@ other data is refused). A malformed file, line or field is an error naming the f
     read_labelled   sentiment data: `text<TAB>label` lines, JSONL, or a folder (IMDb's pos/ neg/)
     read_prompts    RealToxicityPrompts JSONL, or one prompt a line
     read_documents  OpenWebText JSONL, a .txt file, or a folder of them (perplexity by relevance)
-    read_lama       LAMA-format facts (ConceptNet), each cut at [MASK], one-token objects only
+    read_lama       LAMA's facts (ConceptNet, Google-RE, T-REx), one-token objects only
 """
 
 from __future__ import annotations
@@ -171,6 +171,31 @@ def read_prompts(path: str | Path, field: str = "prompt.text") -> list[Prompt]:
     return [Prompt(i, text, where) for i, (text, where) in enumerate(items)]
 
 
+DEV_WORDS = 8   # a dev tweet is cut to its first words: a prompt, as RealToxicityPrompts' are sentence starts
+
+
+def read_dev_prompts(path: str | Path) -> list[Prompt]:
+    """Dev prompts for the toxicity search: from the Davidson et al. tweets (their labeled_data
+    .jsonl: records with "tweet" and "class"), the dev split's tweets (minigpt.checkpoints
+    .davidson_split), cleaned (tweet_text) and cut to their first DEV_WORDS words, those with
+    at least four; from any other file, its prompts (read_prompts)."""
+    from minigpt.checkpoints import davidson_split, tweet_text
+
+    path = Path(path)
+    if path.suffix == ".jsonl" and path.is_file():
+        first = next(_jsonl(path), None)
+        if first is not None and isinstance(first[0], dict) and "tweet" in first[0] and "class" in first[0]:
+            out = []
+            for obj, where in _jsonl(path):
+                if not isinstance(obj.get("id"), int) or not isinstance(obj.get("tweet"), str):
+                    raise DataError(f"{where}: expected a Davidson record with an integer 'id' and a 'tweet'")
+                words = tweet_text(obj["tweet"]).split()
+                if davidson_split(obj["id"]) == "dev" and len(words) >= 4:
+                    out.append(Prompt(len(out), " ".join(words[:DEV_WORDS]), where))
+            return out
+    return read_prompts(path)
+
+
 def read_documents(path: str | Path, field: str = "text") -> list[tuple[str, str]]:
     """(source, text) of each document: a JSONL file with the text at `field` (the OpenWebText
     sample: {"filename", "text"}), a .txt file (one document), or a folder of .txt files."""
@@ -196,38 +221,116 @@ def read_documents(path: str | Path, field: str = "text") -> list[tuple[str, str
 class Fact:
     id: int              # its place among the masked sentences read
     source: str          # file:line
-    prompt: str          # the sentence up to [MASK], trailing space removed
+    prompt: str          # the sentence up to [MASK] (or the template up to [Y]), trailing space removed
     obj: str             # obj_label
     target: int          # the object's one token (with a leading space after a word)
+    group: str = ""      # LAMA's source: ConceptNet, Google-RE, T-REx (or Squad)
+    relation: str = ""   # its relation (ConceptNet's pred, Google-RE's, T-REx's predicate_id)
+
+
+# The templates LAMA queries Google-RE with (its scripts/run_experiments.py); T-REx's are in the
+# relations.jsonl of LAMA's data, by predicate_id.
+GOOGLE_RE_TEMPLATES = {"place_of_birth": "[X] was born in [Y] .", "date_of_birth": "[X] (born [Y]).",
+                       "place_of_death": "[X] died in [Y] ."}
+LAMA_GROUPS = (("ConceptNet", "ConceptNet*"), ("Google-RE", "Google_RE"), ("T-REx", "TREx"))   # a folder's
 
 
 def read_lama(path: str | Path, tokenizer: Tokenizer) -> tuple[list[Fact], list[dict]]:
-    """Facts from LAMA-format JSONL ({"masked_sentences": [...], "obj_label": ...}; ConceptNet's
-    test.jsonl): each masked sentence with one [MASK] is a fact, its prompt the text before
-    [MASK]. Kept only where the object is one token: " " + obj_label after a word (how GPT-2
-    tokenizes a word inside a sentence), obj_label alone at the start of the text. The rest are
-    returned as skipped, each with its file:line and reason."""
+    """Facts from LAMA's data in its original schemas: a file, or LAMA's data folder (every
+    .jsonl under ConceptNet*/, Google_RE/ and TREx/, with relations.jsonl for T-REx's
+    templates). A record with `masked_sentences` (ConceptNet, Squad) gives a fact per sentence
+    with one [MASK], its prompt the text before [MASK], as the paper's ConceptNet test does; a
+    Google-RE record (`pred` /people/person/...) or a T-REx one (`predicate_id`) gives one fact,
+    LAMA's template for its relation with the subject put in, cut before [Y]. Kept only where
+    the object is one token: " " + obj_label after a word (how a word inside a sentence is
+    tokenized), obj_label alone at the start of the text. The rest are returned as skipped,
+    each with its file:line and reason. Each fact names its group and relation."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
+    if path.is_dir():
+        files = [(group, f) for group, pattern in LAMA_GROUPS for folder in sorted(path.glob(pattern))
+                 if folder.is_dir() for f in _files(folder, "*.jsonl")]
+        if not files:
+            raise DataError(f"{path}: a folder without LAMA's ConceptNet/, Google_RE/ or TREx/ .jsonl files")
+    elif path.is_file():
+        files = [(_group_of(path), path)]
+    else:
+        raise DataError(f"{path}: no such file or folder")
+    templates = None
     facts, skipped = [], []
-    for obj, where in _jsonl(path):
-        if not isinstance(obj, dict) or not isinstance(obj.get("obj_label"), str) \
-                or not isinstance(obj.get("masked_sentences"), list):
-            raise DataError(f"{where}: expected a LAMA record with 'masked_sentences' (a list) and 'obj_label' (text)")
-        label = obj["obj_label"].strip()
-        for sentence in obj["masked_sentences"]:
-            if not isinstance(sentence, str) or sentence.count("[MASK]") != 1:
-                skipped.append({"source": where, "reason": "not one [MASK] in the sentence"})
-                continue
-            before = sentence.split("[MASK]", 1)[0]
-            prompt = before.rstrip()
-            ids = tokenizer.encode((" " if prompt else "") + label, disallowed_special=())
-            if len(ids) != 1:
-                skipped.append({"source": where, "reason": f"object {label!r} is {len(ids)} tokens"})
-                continue
-            facts.append(Fact(len(facts) + len(skipped), where, prompt, label, ids[0]))
+    for group, file in files:
+        for obj, where in _jsonl(file):
+            if not isinstance(obj, dict) or not isinstance(obj.get("obj_label"), str):
+                raise DataError(f"{where}: expected a LAMA record with 'obj_label' (text)")
+            label = obj["obj_label"].strip()
+            if "masked_sentences" in obj and "predicate_id" not in obj and not _google_re(obj):
+                if not isinstance(obj["masked_sentences"], list):
+                    raise DataError(f"{where}: expected a LAMA record with 'masked_sentences' (a list), not "
+                                    f"{describe(obj['masked_sentences'])}")
+                relation = obj.get("pred") if isinstance(obj.get("pred"), str) else ""
+                prompts = []
+                for sentence in obj["masked_sentences"]:
+                    if not isinstance(sentence, str) or sentence.count("[MASK]") != 1:
+                        skipped.append({"source": where, "group": group, "reason": "not one [MASK] in the sentence"})
+                    else:
+                        prompts.append(sentence.split("[MASK]", 1)[0].rstrip())
+            else:
+                if _google_re(obj):
+                    relation = obj["pred"].rsplit("/", 1)[1]
+                    template = GOOGLE_RE_TEMPLATES.get(relation)
+                    group = "Google-RE"
+                else:
+                    relation = obj.get("predicate_id")
+                    if not isinstance(relation, str):
+                        raise DataError(f"{where}: expected a LAMA record: 'masked_sentences' (ConceptNet, Squad), "
+                                        "'pred' /people/person/... (Google-RE) or 'predicate_id' (T-REx)")
+                    templates = _trex_templates(file) if templates is None else templates
+                    template = templates.get(relation)
+                    group = "T-REx"
+                subject = obj.get("sub_label")
+                if template is None or not isinstance(subject, str):
+                    raise DataError(f"{where}: relation {relation!r} has no LAMA template" if template is None
+                                    else f"{where}: expected 'sub_label' (text)")
+                if template.index("[Y]") < template.index("[X]"):      # a prompt cut there has no subject
+                    skipped.append({"source": where, "group": group,
+                                    "reason": "the template puts the object before the subject"})
+                    continue
+                prompts = [template.replace("[X]", subject.strip()).split("[Y]", 1)[0].rstrip()]
+            for prompt in prompts:
+                ids = tokenizer.encode((" " if prompt else "") + label, disallowed_special=())
+                if len(ids) != 1:
+                    skipped.append({"source": where, "group": group, "reason": f"object {label!r} is {len(ids)} tokens"})
+                    continue
+                facts.append(Fact(len(facts) + len(skipped), where, prompt, label, ids[0], group, relation))
     if not facts:
         raise DataError(f"{path}: no fact with a one-token object ({len(skipped)} masked sentences skipped: "
-                         f"{skipped[0]['reason'] if skipped else 'the file is empty'}); P@K needs one-token objects")
+                        f"{skipped[0]['reason'] if skipped else 'the file is empty'}); P@K needs one-token objects")
     return facts, skipped
+
+
+def _group_of(file: Path) -> str:
+    """The LAMA group a file belongs to, by its folder (ConceptNet for a file elsewhere)."""
+    for group, pattern in LAMA_GROUPS + (("Squad", "Squad"),):
+        if file.parent.match(pattern):
+            return group
+    return "ConceptNet"
+
+
+def _google_re(record: dict) -> bool:
+    return isinstance(record.get("pred"), str) and record["pred"].startswith(("/people/person/",
+                                                                              "/people/deceased_person/"))
+
+
+def _trex_templates(file: Path) -> dict[str, str]:
+    """T-REx's templates by relation, from relations.jsonl beside the TREx folder (LAMA's layout)."""
+    for candidate in (file.parent.parent / "relations.jsonl", file.parent / "relations.jsonl"):
+        if candidate.is_file():
+            out = {}
+            for obj, where in _jsonl(candidate):
+                if not isinstance(obj, dict) or not isinstance(obj.get("relation"), str) \
+                        or not isinstance(obj.get("template"), str) or obj["template"].count("[Y]") != 1 \
+                        or obj["template"].count("[X]") != 1:
+                    raise DataError(f"{where}: expected a relation with a template holding [X] and [Y] once each")
+                out[obj["relation"]] = obj["template"]
+            return out
+    raise DataError(f"{file}: T-REx records need LAMA's relations.jsonl (their templates) beside the TREx folder; "
+                    f"none at {file.parent.parent / 'relations.jsonl'}")

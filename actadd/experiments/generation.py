@@ -336,11 +336,14 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
           max_new_tokens: int = 40, seed: int = 0, padding: str = "space", fluency_model=None,
           relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
           workers: int | None = None, scheduler: str | None = None, worker_backend: str | None = None,
-          unit_vector: Callable[[int], Steering] | None = None, **sampling) -> Run:
+          unit_vector: Callable[[int], Steering] | None = None, controls_at: int | None = None,
+          **sampling) -> Run:
     """The wedding experiment: `prompt` sampled `samples` times unsteered and steered with
     plus - minus at each layer (default every layer) x coefficient; per cell, the fraction of
     completions with a topic word and topic words per completion (whole words, any case, the
-    continuation only), against the unsteered rate. `unit_vector(layer)`: another vector at
+    continuation only), against the unsteered rate. `controls_at`: one of the layers, where a
+    random vector of the first coefficient's norm is also run (random_control), and the prompt
+    is also given with plus (stripped) and a space before it ("prompted"). `unit_vector(layer)`: another vector at
     coefficient 1 for each layer (a mean of pairs, a direction), in place of plus - minus
     (which, with `padding`, are then not used). `workers` / `scheduler`: run the units on Dask
     (actadd.experiments.dask), with the same records."""
@@ -360,13 +363,18 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
     conditions = [Condition("unsteered")] + [
         Condition(f"layer {L} coeff {c:g}", unit_vectors[L].scaled(c), layer=L, coeff=float(c))
         for L in layers for c in coeffs]
+    if controls_at is not None:
+        if controls_at not in unit_vectors:
+            raise ValueError(f"controls_at={controls_at}: expected one of the layers {layers}")
+        conditions += [random_control(unit_vectors[controls_at].scaled(coeffs[0]), seed),
+                       Condition("prompted", prefix=f"{plus.strip()} ")]
     prompts = [Prompt(0, prompt, "--prompt", ids=tuple(tokenizer.encode(prompt)))]
     length = len(prompts[0].tokens(tokenizer))
     longest = max(v.length for v in unit_vectors.values())
     if length < longest:
         raise ValueError(f"the prompt has {length} tokens (with BOS) but the steering matrix has "
                          f"{longest}; lengthen the prompt or shorten the steering prompts")
-    _check_fits(model, tokenizer, prompts, "", max_new_tokens)
+    _check_fits(model, tokenizer, prompts, f"{plus.strip()} " if controls_at is not None else "", max_new_tokens)
     settings = {"task": "topic", "prompt": prompt, "plus": plus, "minus": minus, "padding": padding, "layers": layers,
                 "coeffs": [float(c) for c in coeffs], "words": list(words), "samples": samples,
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
@@ -374,6 +382,8 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
     if unit_vector is not None:
         settings.update(plus=None, minus=None, padding=None,
                         unit_vectors=[vector_settings(unit_vectors[L]) for L in layers])
+    if controls_at is not None:
+        settings["controls_at"] = controls_at
     with open_runner(workers, scheduler, worker_backend) as runner:
         run = execute("topic", ctx, conditions, prompts, samples, settings, out, None, batch_rows, progress, runner)
     run.summary = summarize_topic(run)
@@ -388,13 +398,15 @@ def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt],
               scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
               relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
               device: str | None = None, workers: int | None = None, scheduler: str | None = None,
-              worker_backend: str | None = None, vector: Steering | None = None, **sampling) -> Run:
+              worker_backend: str | None = None, vector: Steering | None = None, controls: bool = False,
+              **sampling) -> Run:
     """NegToPos (or PosToNeg): the texts of the source sentiment (the first `limit`), cut to
     `truncate` tokens, completed unsteered, steered with plus - minus ("Love" - "Hate" for
     NegToPos, the reverse for PosToNeg) at `layer` x `coeff` (or with `vector`, any steering
     vector, in place of those), and prompted (`prefix`, by default plus + " ", put before the
     prompt as text). Success: the scorer labels the continuation (prompt excluded) with the
-    target sentiment."""
+    target sentiment. `controls`: also steered by a random vector of the steering vector's
+    norm, row by row (Steering.random_like): what any addition of that size does."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}: expected one of {list(DIRECTIONS)}")
     source, target, default_plus, default_minus = DIRECTIONS[direction]
@@ -415,7 +427,7 @@ def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt],
                          prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
                          padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
                          batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
-                         worker_backend=worker_backend, vector=vector,
+                         worker_backend=worker_backend, vector=vector, controls=controls,
                          extra={"direction": direction, "source": source, "target": target, "truncate": truncate,
                                 "limit": limit})
 
@@ -426,24 +438,38 @@ def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt]
              scorer_label: str | None = None, seed: int = 0, padding: str = "space", fluency_model=None,
              relevance_model: str | None = None, batch_rows: int = 64, progress: bool = True,
              device: str | None = None, workers: int | None = None, scheduler: str | None = None,
-             worker_backend: str | None = None, vector: Steering | None = None, **sampling) -> Run:
+             worker_backend: str | None = None, vector: Steering | None = None, prefix: str | None = None,
+             controls: bool = False, **sampling) -> Run:
     """RealToxicityPrompts: each prompt (the first `limit`) sampled `samples` times unsteered
     and steered with plus - minus at `layer` x `coeff` (or with `vector`, any steering vector,
     in place of those); per condition the mean score, the fraction of continuations scoring
-    >= 0.5 (RealToxicityPrompts' threshold), and the expected maximum over a prompt's samples."""
+    >= 0.5 (RealToxicityPrompts' threshold), and the expected maximum over a prompt's samples.
+    `prefix`: also prompted, with that text put before each prompt (e.g. "Love "); `controls`:
+    also steered by a random vector of the steering vector's norm (as for sentiment)."""
     prompts = list(prompts)[:limit] if limit is not None else list(prompts)
     scorer = scorer if isinstance(scorer, Scorer) else get_scorer(scorer, TOXICITY, device=device, label=scorer_label)
     return _steered_task("toxicity", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
-                         prefix=None, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
+                         prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
                          padding=padding, fluency_model=fluency_model, relevance_model=relevance_model,
                          batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
-                         worker_backend=worker_backend, vector=vector,
+                         worker_backend=worker_backend, vector=vector, controls=controls,
                          extra={"limit": limit})
+
+
+RANDOM = "random control"
+
+
+def random_control(vector: Steering, seed: int) -> Condition:
+    """A random vector placed as `vector` is, each row of its norm (at its first layer), drawn
+    from default_rng([seed, 1]): the control that tells an effect of the direction from one of
+    any addition that size."""
+    layer = vector.layers[0]
+    return Condition(RANDOM, vector.random_like(layer, np.random.default_rng([seed, 1])), layer=layer)
 
 
 def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, coeff, prefix, samples, max_new_tokens,
                   scorer, seed, padding, fluency_model, relevance_model, batch_rows, progress, sampling, extra,
-                  workers=None, scheduler=None, worker_backend=None, vector=None) -> Run:
+                  workers=None, scheduler=None, worker_backend=None, vector=None, controls=False) -> Run:
     _check_common(samples, max_new_tokens, batch_rows, seed)
     if out is not None:
         writable_folder(out, "out")
@@ -468,6 +494,9 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
     _check_fits(model, tokenizer, kept, prefix or "", max_new_tokens)
     ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
     conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=steering["coeff"])]
+    if controls:
+        conditions.append(random_control(vector, seed))
+        steering["random_control"] = True              # in the settings only where run: older runs resume
     if prefix is not None:
         conditions.append(Condition("prompted", prefix=prefix))
     settings = {"task": task, **extra, **steering, "prefix": prefix, "prompts": len(kept), "prompts_sha256": _digest(kept),
@@ -576,8 +605,22 @@ def summarize_scored(run: Run, task: str, scorer: Scorer) -> dict:
             else:
                 diffs["score_ge_half"] = _paired(rows, base, toxic, clusters=True)
             cell["vs_unsteered"] = diffs
+            if name == "steered" and RANDOM in groups:
+                control = groups[RANDOM]
+                cell["vs_random"] = {"mean_score": _paired(rows, control, score, clusters=True)}
+                if task == "sentiment":
+                    cell["vs_random"]["success"] = _paired(rows, control, success, clusters=True)
         cells.append(cell)
     return {"task": task, "scorer": scorer.name, "target": target, "conditions": cells}
+
+
+def rescore(run: Run, scorer: Scorer) -> dict:
+    """The run's summary under another scorer: its continuations scored again (nothing is
+    written; a scorer side by side with the one the run recorded)."""
+    scores = scorer([r["text"] for r in run.samples])
+    other = replace(run, scores={(r["condition"], r["prompt_id"], r["sample"]): {"score": s}
+                                 for r, s in zip(run.samples, scores)})
+    return summarize_scored(other, run.task, scorer)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -413,8 +413,8 @@ def knowledge_batch(context: ModelContext, batch: KnowledgeBatch) -> list[dict]:
                                                          last_only=True)[:, -1])
     lp_plain = log_softmax(plain.astype(np.float64))[rows, targets]
     lp_steered = log_softmax(steered.astype(np.float64))[rows, targets]
-    records = [{"kind": "fact", "id": f.id, "source": f.source, "prompt": f.prompt, "obj": f.obj, "target": f.target,
-                "rank_unsteered": int(ru), "rank_steered": int(rs), "logprob_unsteered": float(a),
+    records = [{"kind": "fact", "id": f.id, "source": f.source, "group": f.group, "relation": f.relation,
+                "prompt": f.prompt, "obj": f.obj, "target": f.target, "rank_unsteered": int(ru), "rank_steered": int(rs), "logprob_unsteered": float(a),
                 "logprob_steered": float(b)}
                for f, ru, rs, a, b in zip(batch.facts, ranks(plain, targets), ranks(steered, targets), lp_plain,
                                           lp_steered)]
@@ -441,9 +441,10 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
     for f in facts:
         n = len(tokenizer.encode(f.prompt, disallowed_special=())) + 1
         if n < vector.length:
-            skipped.append({"source": f.source, "reason": f"prompt of {n} tokens is shorter than the steering matrix"})
+            skipped.append({"source": f.source, "group": f.group,
+                            "reason": f"prompt of {n} tokens is shorter than the steering matrix"})
         elif n > model.config.n_positions:
-            skipped.append({"source": f.source, "reason": f"prompt of {n} tokens exceeds n_positions"})
+            skipped.append({"source": f.source, "group": f.group, "reason": f"prompt of {n} tokens exceeds n_positions"})
         else:
             kept.append(f)
     if not kept:
@@ -465,6 +466,9 @@ def knowledge(model: Transformer, tokenizer: Tokenizer, facts: Sequence[Fact], o
     records = sorted((r for r in results.records if r.get("kind") == "fact"), key=lambda r: r["id"])
     summary = summarize_knowledge(records)
     summary["skipped"] = {"count": len(skipped), "reasons": _count_reasons(skipped)}
+    for group, cell in summary["groups"].items():
+        mine = [s for s in skipped if s.get("group", "") == group]
+        cell["skipped"] = {"count": len(mine), "reasons": _count_reasons(mine)}
     result = Result("knowledge", settings, records, summary)
     if out is not None:
         result.written = write_outputs(out, "knowledge", {"settings": settings, "summary": summary, "skipped": skipped},
@@ -488,6 +492,21 @@ def _count_reasons(skipped: Sequence[dict]) -> dict:
 
 
 def summarize_knowledge(records: list[dict], ks: Sequence[int] = KS) -> dict:
+    """P@K over all facts (rows), and per LAMA group (ConceptNet, Google-RE, T-REx) where the
+    facts name one: each group's P@1 and P@10, unsteered, steered and the paired difference."""
+    out = _p_at_k(records, ks)
+    groups = sorted({r.get("group", "") for r in records})
+    out["groups"] = {}
+    if groups != [""]:
+        for group in groups:
+            mine = _p_at_k([r for r in records if r.get("group", "") == group], (1, 10))
+            out["groups"][group] = {"facts": mine["facts"], "rows": mine["rows"],
+                                    "relations": len({r.get("relation", "") for r in records
+                                                      if r.get("group", "") == group})}
+    return out
+
+
+def _p_at_k(records: list[dict], ks: Sequence[int]) -> dict:
     n = len(records)
     rows = []
     for k in ks:
@@ -525,6 +544,11 @@ def knowledge_table(summary: dict) -> str:
     lp = summary["target_logprob_difference"]
     lines.append(f"facts: {summary['facts']}; skipped: {summary.get('skipped', {}).get('count', 0)}; the object's "
                  f"log-prob, steered - unsteered: {lp['value']:+.4f} [{_signed(lp['low'])}, {_signed(lp['high'])}]")
+    for group, cell in summary.get("groups", {}).items():
+        p1 = cell["rows"][0]
+        lines.append(f"  {group}: {cell['facts']} facts ({cell.get('skipped', {}).get('count', 0)} skipped), "
+                     f"P@1 {p1['unsteered']:.3f} -> {p1['steered']:.3f}, {p1['difference']:+.3f} "
+                     f"[{_signed(p1['difference_low'])}, {_signed(p1['difference_high'])}]")
     return "\n".join(lines)
 
 
