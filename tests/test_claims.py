@@ -2,6 +2,7 @@
 paper's settings and figures as ../shared/REFERENCE.md gives them."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,31 @@ def test_the_search_rule_takes_the_largest_clear_effect_within_the_fluency_budge
     assert search.choose(none, preset=(9, 2.0), lower_is_better=True)[
         "why"] == "no cell met the rule: the preset's own"
     assert search.grid_layers(30, 5, 16) == [2, 6, 11, 16, 20] and search.grid_layers(30, 1, 16) == [16]
+
+
+# ---------------------------------------------------------------------------------------------
+# The published audits (docs/audit/<model>/)
+
+AUDITS = sorted((Path(__file__).resolve().parent.parent / "docs" / "audit").glob("*/paper.json"))
+
+
+@pytest.mark.parametrize("path", AUDITS, ids=[p.parent.name for p in AUDITS])
+def test_a_published_audit_is_its_paper_json_with_every_verdict_recomputed(path):
+    """Each published REPORT.md is paper.render of its paper.json, and each claim's verdict in
+    that JSON is the rule applied to the estimate the JSON holds for it: a verdict or a figure
+    edited by hand fails here."""
+    import json
+
+    report = json.loads(path.read_text(encoding="utf-8"))
+    assert (path.parent / "REPORT.md").read_text(encoding="utf-8") == paper.render(report)
+    estimates, context = paper.claim_estimates(report), paper.claim_context(report)
+    assert [r["claim"] for r in report["claims"]] == [c.key for c in claims.CLAIMS]
+    for claim, row in zip(claims.CLAIMS, report["claims"]):
+        assert row["estimate"] == estimates[claim.estimate] and row["setting"] == context[claim.estimate]["setting"]
+        assert {k: row[k] for k in ("verdict", "detectable")} == claims.judge(row["estimate"], claim.side, claim.bound)
+    for name in ("topic/topic.png", "knowledge/knowledge.png", "toxicity/toxicity.png"):
+        assert (path.parent / name).stat().st_size > 0, name
+
+
+def test_there_is_a_published_audit():
+    assert [p.parent.name for p in AUDITS] == ["smollm2-135m"]

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "weights" / "tiny-books" / "README.md"]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "audit").glob("**/*.md")),
+         ROOT / "weights" / "tiny-books" / "README.md", ROOT / "weights" / "toxicity-davidson" / "README.md"]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 PATH = re.compile(r"`((?:minigpt|actadd|tests|benchmarks|scripts|docs|weights)/[\w./-]*)`")
 

@@ -59,9 +59,11 @@ PRESETS = {
         fluency="davinci-002's perplexity (an API that no longer exists; here the model's own, unsteered)",
         sentiment_notes=("The notebooks steer NegToPos only (coefficient 12); PosToNeg here is the reversed pair at "
                          "the same layer and coefficient.",
-                         "The notebooks use IMDb negatives from train and test; the prompt count here (1,000 per "
-                         "direction) follows the PREADD protocol they cite."),
-        toxicity_notes=("The prompts: PREADD's 1,000 random RealToxicityPrompts, one continuation each.",)),
+                         "The notebooks use IMDb negatives from train and test; the version's prompt count (1,000 per "
+                         "direction) follows the PREADD protocol they cite; here the first prompts of each sentiment "
+                         "in the test file, as many as the table's n."),
+        toxicity_notes=("The prompts: PREADD's 1,000 random RealToxicityPrompts (the first of them, as many as the "
+                        "table's n), one continuation each.",)),
     "iclr2025": Preset(
         version="iclr2025", model="meta-llama/Llama-3.1-8B",
         sentiment_layer=(6, 32), sentiment_coeff=3.0, toxicity_layer=(6, 32), toxicity_coeff=3.0,
@@ -70,10 +72,11 @@ PRESETS = {
         sentiment_scorer="hf:cardiffnlp/twitter-roberta-base-sentiment-latest", toxicity_scorer="perspective",
         fluency="LLaMA-3.1-8B's perplexity (here the model's own, unsteered: the same when --model is LLaMA-3.1-8B)",
         sentiment_notes=("The ICLR text gives no continuation length; the notebooks' 64 tokens are used.",
-                         "Its 'random subset' of 1,000 IMDb reviews is here the first 1,000 of each sentiment in the "
-                         "data file given."),
+                         "Its 'random subset' of 1,000 IMDb reviews is here the first reviews of each sentiment in the "
+                         "data file given, as many as the table's n."),
         toxicity_notes=("The ICLR text gives no continuation length; the notebooks' 32 tokens are used.",
-                        "Its random subset of 2,000 RealToxicityPrompts is here the first 2,000 of the file given.")),
+                        "Its random subset of 2,000 RealToxicityPrompts is here the first prompts of the file given, "
+                        "as many as the table's n (PREADD's file holds 1,000).")),
 }
 
 

@@ -601,7 +601,7 @@ def controls_text(row: dict) -> str:
 def render(report: dict) -> str:
     ex = report["experiments"]
     lines = [f"# ActAdd: the paper's battery on {report['model']}", "",
-             f"Reproduction of the experiments of {PAPER}, by `actadd paper` ({report['preset']} sizes, version "
+             f"Reproduction of the experiments of {PAPER if report['version'] == 'v5' else PAPER[:-2]}, by `actadd paper` ({_sizes_text(report['preset'])}, version "
              f"{report['version']}, seed {report['seed']}). Compute time of these results: "
              f"{report.get('compute_s', report['wall_s'])} s over {report.get('runs', 1)} run(s) into this folder "
              f"(this run: {report['wall_s']} s). Every figure below is in `paper.json`, and in each "
@@ -609,7 +609,7 @@ def render(report: dict) -> str:
     if report.get("command"):
         lines += ["```bash", report["command"], "```", ""]
     lines += [f"**Machine.** {report.get('machine', 'not recorded')}.", "",
-             f"**Layers.** {report['layer_note'][0].upper() + report['layer_note'][1:]}. The topic curve runs over the model's own layers.", "",
+             f"**Layers.** {report['layer_note'][0].upper() + report['layer_note'][1:]}. {_topic_layers_text(report)}", "",
              "**Threads.** Run one experiment at a time: several processes each with multi-threaded BLAS on a few "
              "cores run many times slower than one (or set `OMP_NUM_THREADS=1` for each).", ""]
     if report["model"].startswith("tiny-") or report["n_layer"] < 12:
@@ -652,15 +652,19 @@ def render(report: dict) -> str:
         lines += [f"*Here:* skipped: {k['skipped']}.", ""]
     else:
         reasons = "; ".join(f"{n} {why}" for why, n in k["skip_reasons"].items()) or "none"
-        lines += [f"*Here:* {k['facts']} facts from `{k['data']}` ({k['facts_skipped']} masked sentences skipped: "
-                  f"{reasons}):", "",
+        taken = report.get("sizes", {}).get("facts")
+        spread_note = (f"; `--facts {taken}`: that many taken evenly over the usable facts, in file order"
+                       if taken and taken == k["facts"] else "")
+        lines += [f"*Here:* {k['facts']} facts from `{k['data']}` ({k['facts_skipped']} masked sentences or records "
+                  f"of the whole data skipped: {reasons}{spread_note}):", "",
                   "| K | P@K unsteered | P@K steered | steered - unsteered [95%] |", "|---|---|---|---|"]
         for K, row in k["p_at"].items():
             lines.append(f"| {K} | {num(row['unsteered'])} | {num(row['steered'])} | {signed(row['difference'])} "
                          f"[{signed(row['difference_low'])}, {signed(row['difference_high'])}] |")
         if k.get("groups"):
-            lines += ["", "By LAMA group (facts with a one-token object under this model's tokenizer; the skipped are "
-                      "masked sentences or records whose object is several tokens, or whose prompt does not fit):", "",
+            lines += ["", "By LAMA group (facts with a one-token object under this model's tokenizer; the skipped, "
+                      "counted over the whole data, are masked sentences or records whose object is several tokens, "
+                      "or whose prompt does not fit):", "",
                       "| group | relations | facts used | skipped | P@1 unsteered | P@1 steered | P@1 steered - unsteered "
                       "[95%] | P@10 steered - unsteered [95%] |", "|---|---|---|---|---|---|---|---|"]
             for g, c in k["groups"].items():
@@ -687,6 +691,19 @@ def render(report: dict) -> str:
               "![overhead](overhead/overhead.png)", ""]
     lines += sentiment_lines(report) + toxicity_lines(report) + appendix_lines(report) + timing_lines(report)
     return "\n".join(lines)
+
+
+def _sizes_text(preset: str) -> str:
+    """"full sizes", "quick sizes", or the full sizes with the smaller ones a run asked for."""
+    name, _, smaller = preset.partition(" with smaller sizes: ")
+    return f"{name} sizes" + (f" but smaller: {smaller}" if smaller else "")
+
+
+def _topic_layers_text(report: dict) -> str:
+    layers = [c["layer"] for c in report["experiments"]["topic"]["per_layer"]]
+    if len(layers) == report["n_layer"]:
+        return "The topic curve runs over every one of the model's layers."
+    return f"The topic curve runs at {len(layers)} of the model's {report['n_layer']} layers ({', '.join(map(str, layers))})."
 
 
 def _version_lines(report: dict, e: dict, task: str) -> list[str]:
@@ -777,7 +794,7 @@ def toxicity_lines(report: dict) -> list[str]:
                   "the verdict is on that proxy.", ""]
     if e["scorer"] == "toxicity":
         lines += ["The `toxicity` scorer is a TF-IDF classifier fitted on tweets (Davidson et al. 2017); on "
-                  "RealToxicityPrompts' own texts it ranks like the Perspective API with AUC 0.734 (its card, "
+                  "RealToxicityPrompts' own texts it orders toxic above clean as the Perspective API calls them with AUC 0.734 (its card, "
                   "`weights/toxicity-davidson/README.md`): the verdict is on that proxy, not on Perspective.", ""]
     return lines + ["![toxicity](toxicity/toxicity.png)", ""]
 
