@@ -302,7 +302,8 @@ def _check_common(samples: int, max_new_tokens: int, batch_rows: int, seed: int)
             raise ValueError(f"{name}={value!r}: expected an integer >= {least}")
 
 
-def _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, topic=None):
+def make_context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, topic=None):
+    """A run's Context: the paper's sampling updated by `sampling`, checked before any work."""
     sampling = {**PAPER_SAMPLING, **sampling}
     minigpt.Sampling(**{k: v for k, v in sampling.items() if k in ("temperature", "top_k", "top_p", "freq_penalty",
                                                                     "presence_penalty")})  # checked before any work
@@ -310,13 +311,15 @@ def _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, re
                    _relevance(relevance_model) if relevance_model else None, topic, relevance_model)
 
 
-def _model_settings(model: Transformer, fluency_model, relevance_model) -> dict:
+def model_settings(model: Transformer, fluency_model, relevance_model) -> dict:
+    """The models of a run, as its settings record them (a rerun on other weights is refused)."""
     return {"model": fingerprint(model),
             "fluency_model": "the model itself" if fluency_model is None else fingerprint(fluency_model[0]),
             "relevance_model": relevance_model}
 
 
-def _digest(prompts: Sequence[Prompt]) -> str:
+def prompts_digest(prompts: Sequence[Prompt]) -> str:
+    """The SHA-256 of the prompts a run reads (ids, texts, truncated tokens)."""
     return digest([[p.id, p.text, p.ids] for p in prompts])
 
 
@@ -354,7 +357,7 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
     if not layers or not coeffs:
         raise ValueError("the grid is empty: give at least one layer and one coefficient")
     pattern = topic_pattern(words)
-    ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, pattern)
+    ctx = make_context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, pattern)
     if unit_vector is None:
         unit_vectors = {L: steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding)
                         for L in layers}                           # checks every layer first
@@ -378,7 +381,7 @@ def topic(model: Transformer, tokenizer: Tokenizer, out: str | Path | None = Non
     settings = {"task": "topic", "prompt": prompt, "plus": plus, "minus": minus, "padding": padding, "layers": layers,
                 "coeffs": [float(c) for c in coeffs], "words": list(words), "samples": samples,
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
-                **_model_settings(model, fluency_model, relevance_model)}
+                **model_settings(model, fluency_model, relevance_model)}
     if unit_vector is not None:
         settings.update(plus=None, minus=None, padding=None,
                         unit_vectors=[vector_settings(unit_vectors[L]) for L in layers])
@@ -492,17 +495,17 @@ def _steered_task(task, model, tokenizer, prompts, out, *, plus, minus, layer, c
         raise ValueError(f"{task}: every one of the {len(prompts)} prompts is shorter than the steering matrix "
                          f"({vector.length} tokens with BOS)")
     _check_fits(model, tokenizer, kept, prefix or "", max_new_tokens)
-    ctx = _context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
+    ctx = make_context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model)
     conditions = [Condition("unsteered"), Condition("steered", vector, layer=layer, coeff=steering["coeff"])]
     if controls:
         conditions.append(random_control(vector, seed))
         steering["random_control"] = True              # in the settings only where run: older runs resume
     if prefix is not None:
         conditions.append(Condition("prompted", prefix=prefix))
-    settings = {"task": task, **extra, **steering, "prefix": prefix, "prompts": len(kept), "prompts_sha256": _digest(kept),
+    settings = {"task": task, **extra, **steering, "prefix": prefix, "prompts": len(kept), "prompts_sha256": prompts_digest(kept),
                 "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling,
                 "batch_rows": batch_rows, "scorer": scorer.name, "scorer_label": getattr(scorer, "target", None),
-                **_model_settings(model, fluency_model, relevance_model)}
+                **model_settings(model, fluency_model, relevance_model)}
     with open_runner(workers, scheduler, worker_backend) as runner:
         run = execute(task, ctx, conditions, kept, samples, settings, out, scorer, batch_rows, progress, runner)
     run.skipped = [{"prompt_id": p.id, "source": p.source, "reason": "shorter than the steering matrix"} for p in short]

@@ -53,16 +53,16 @@ def search(model: Transformer, tokenizer: Tokenizer, task: str, prompts: Sequenc
         _, target, plus, minus = generation.DIRECTIONS[direction]
     else:
         target, plus, minus = None, "Love", "Hate"
-    ctx = generation._context(model, tokenizer, max_new_tokens, sampling, seed, None, None)
+    ctx = generation.make_context(model, tokenizer, max_new_tokens, sampling, seed, None, None)
     cells = [(int(L), float(c)) for L in layers for c in coeffs]
     conditions = [generation.Condition("unsteered")] + [
         generation.Condition(f"layer {L} coeff {c:g}", steering_vector(model, x_vector(tokenizer, plus, minus, c, L)),
                              layer=L, coeff=c) for L, c in cells]
     kept = [p for p in prompts if len(p.tokens(tokenizer)) >= max(v.vector.length for v in conditions[1:])]
     settings = {"task": f"search {task}", "direction": direction, "target": target, "plus": plus, "minus": minus,
-                "cells": [list(c) for c in cells], "prompts": len(kept), "prompts_sha256": generation._digest(kept),
+                "cells": [list(c) for c in cells], "prompts": len(kept), "prompts_sha256": generation.prompts_digest(kept),
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
-                "scorer": scorer.name, **generation._model_settings(model, None, None)}
+                "scorer": scorer.name, **generation.model_settings(model, None, None)}
     run = generation.execute(f"search {task}", ctx, conditions, kept, 1, settings, out, scorer, batch_rows, progress)
     summary = generation.summarize_scored(run, task, scorer)
     metric = "success" if task == "sentiment" else "mean_score"
