@@ -617,6 +617,11 @@ def render(report: dict) -> str:
                   "instruments measure and what a model this size does, not whether the paper's claims hold for "
                   "its models. Run with `--model gpt2-xl` (topic, relevance, knowledge) or a LLaMA-3 8B "
                   "(sentiment, toxicity) for that.", ""]
+    elif "gpt2-xl" not in report["model"].lower() and "8b" not in report["model"].lower():
+        lines += [f"**Scale.** `{report['model']}` ({report['n_layer']} blocks) is not the paper's model (GPT-2-XL for "
+                  "topic, relevance and knowledge; an 8B LLaMA for sentiment and toxicity): a verdict here says what "
+                  "this model does under the paper's protocol, not whether the paper's figures hold for its models.",
+                  ""]
     lines += claims_lines(report)
     t = ex["topic"]
     lines += ["## Topic steering (weddings)", "", f"*The paper:* {CLAIMS['topic']}", "",
