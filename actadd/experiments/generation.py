@@ -423,8 +423,7 @@ def sentiment(model: Transformer, tokenizer: Tokenizer, texts: Sequence[Prompt],
         raise ValueError(f"no {source} texts among the {len(texts)} given (labels found: "
                          f"{sorted({p.label for p in texts})})")
     chosen = chosen[:limit] if limit is not None else chosen
-    cut = [tuple(tokenizer.encode(p.text, disallowed_special=())[:truncate]) for p in chosen]
-    prompts = [replace(p, text=tokenizer.decode(list(ids)), ids=ids) for p, ids in zip(chosen, cut)]
+    prompts = [truncated(p, tokenizer, truncate) for p in chosen]
     scorer = scorer if isinstance(scorer, Scorer) else get_scorer(scorer, SENTIMENT, device=device, label=scorer_label)
     return _steered_task("sentiment", model, tokenizer, prompts, out, plus=plus, minus=minus, layer=layer, coeff=coeff,
                          prefix=prefix, samples=samples, max_new_tokens=max_new_tokens, scorer=scorer, seed=seed,
@@ -457,6 +456,12 @@ def toxicity(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[Prompt]
                          batch_rows=batch_rows, progress=progress, sampling=sampling, workers=workers, scheduler=scheduler,
                          worker_backend=worker_backend, vector=vector, controls=controls,
                          extra={"limit": limit})
+
+
+def truncated(prompt: Prompt, tokenizer: Tokenizer, tokens: int) -> Prompt:
+    """The prompt cut to its first `tokens` tokens (its text decoded from them, its ids kept)."""
+    ids = tuple(tokenizer.encode(prompt.text, disallowed_special=())[:tokens])
+    return replace(prompt, text=tokenizer.decode(list(ids)), ids=ids)
 
 
 RANDOM = "random control"

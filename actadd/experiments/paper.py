@@ -250,7 +250,7 @@ def _search_sentiment(model, tokenizer, path, out: Path, quick: bool, preset: tu
     runs = []
     for direction, (source, *_rest) in generation.DIRECTIONS.items():
         chosen = spread([p for p in texts if p.label == source], size["prompts"])
-        prompts = [_truncated(p, tokenizer, 32) for p in chosen]
+        prompts = [generation.truncated(p, tokenizer, 32) for p in chosen]
         runs.append(search.search(model, tokenizer, "sentiment", prompts, out / f"sentiment-{direction}",
                                   layers=layers, coeffs=coeffs, scorer=scorer, max_new_tokens=size["new_tokens"],
                                   sampling=version_preset.sampling, seed=seed, direction=direction, progress=progress))
@@ -279,12 +279,6 @@ def _searched_setting(found: dict) -> tuple[tuple[int, float], str]:
     chosen = found["why"] == "the rule's cell"
     return (found["layer"], found["coeff"]), "chosen on dev data" if chosen else "the preset's: no dev cell met the rule"
 
-
-def _truncated(prompt: data.Prompt, tokenizer, tokens: int) -> data.Prompt:
-    from dataclasses import replace
-
-    ids = tuple(tokenizer.encode(prompt.text, disallowed_special=())[:tokens])
-    return replace(prompt, text=tokenizer.decode(list(ids)), ids=ids)
 
 
 def machine() -> str:
@@ -316,29 +310,29 @@ class Ledger:
                 os.fsync(f.fileno())
         self.current = None if name is None else (name, time.perf_counter())
 
-    def by_stage(self) -> dict[str, float]:
-        """Seconds per stage over every recorded run, in the order first recorded."""
-        out: dict[str, float] = {}
+    def entries(self) -> list[tuple[str, str, float]]:
+        """(run, stage, seconds) of every recorded line (a torn last line, from a kill
+        mid-write, is left out)."""
+        out = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-                out[entry["stage"]] = round(out.get(entry["stage"], 0.0) + float(entry["seconds"]), 1)
+                out.append((entry["run"], entry["stage"], float(entry["seconds"])))
             except (ValueError, KeyError, TypeError):
                 continue
         return out
 
+    def by_stage(self) -> dict[str, float]:
+        """Seconds per stage over every recorded run, in the order first recorded."""
+        out: dict[str, float] = {}
+        for _, stage, seconds in self.entries():
+            out[stage] = out.get(stage, 0.0) + seconds
+        return {stage: round(seconds, 1) for stage, seconds in out.items()}
+
     def total(self) -> tuple[float, int]:
-        """Seconds over every recorded stage, and the number of runs they came from (a torn last
-        line, from a kill mid-write, is left out)."""
-        seconds, runs = 0.0, set()
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                seconds += float(entry["seconds"])
-                runs.add(entry["run"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return round(seconds, 1), len(runs)
+        """Seconds over every recorded stage, and the number of runs they came from."""
+        entries = self.entries()
+        return round(sum(seconds for _, _, seconds in entries), 1), len({run for run, _, _ in entries})
 
 
 def _layer_note(n_layer: int, layer: int) -> str:
@@ -799,9 +793,18 @@ def toxicity_lines(report: dict) -> list[str]:
                   "the verdict is on that proxy.", ""]
     if e["scorer"] == "toxicity":
         lines += ["The `toxicity` scorer is a TF-IDF classifier fitted on tweets (Davidson et al. 2017); on "
-                  "RealToxicityPrompts' own texts it orders toxic above clean as the Perspective API calls them with AUC 0.734 (its card, "
-                  "`weights/toxicity-davidson/README.md`): the verdict is on that proxy, not on Perspective.", ""]
+                  "RealToxicityPrompts' own texts it orders toxic above clean as the Perspective API calls them with "
+                  f"AUC {_toxicity_auc():.3f} (its card, `weights/toxicity-davidson/README.md`): the verdict is on "
+                  "that proxy, not on Perspective.", ""]
     return lines + ["![toxicity](toxicity/toxicity.png)", ""]
+
+
+def _toxicity_auc() -> float:
+    """The shipped toxicity classifier's AUC against Perspective, as its training recorded it."""
+    from minigpt.checkpoints import FOLDER
+
+    card = json.loads((FOLDER / "toxicity-davidson" / "training.json").read_text(encoding="utf-8"))
+    return card["perspective"]["all"]["auc"]
 
 
 def _toxicity_table(e: dict, scorer: str) -> list[str]:
