@@ -90,32 +90,58 @@ class Sampling:
             return top_p_sorted(logits, self.top_p)
         return logits
 
-    def _penalized(self, logits, counts):
-        """float64 logits / temperature, minus the penalties (in place on one copy)."""
+    def _penalized(self, logits, counts, seen=None, out=None):
+        """float64 logits / temperature, minus the penalties, in place on one copy (into `out`, a
+        reused float64 buffer of the logits' shape, where given). `seen`: (rows, tokens) index
+        arrays reaching every entry whose count is > 0, repeats allowed; the penalties are then
+        applied there alone, the same floats, as x - penalty * 0 is x everywhere else."""
         xp = array_namespace(logits)
-        logits = logits.astype(xp.float64)
+        if out is None:
+            logits = logits.astype(xp.float64)
+        else:
+            out[...] = logits                                                   # float32 -> float64, exact
+            logits = out
         if self.temperature != 1:                                               # x / 1 is x
             logits /= self.temperature
+        if not (self.freq_penalty or self.presence_penalty):
+            return logits
+        if seen is None:
+            if self.freq_penalty:
+                logits -= self.freq_penalty * counts
+            if self.presence_penalty:
+                logits -= self.presence_penalty * (counts > 0)
+            return logits
+        rows, tokens = seen                                                     # a repeat writes the same float
+        count, value = counts[rows, tokens], logits[rows, tokens]
         if self.freq_penalty:
-            logits -= self.freq_penalty * counts
+            value -= self.freq_penalty * count
         if self.presence_penalty:
-            logits -= self.presence_penalty * (counts > 0)
+            value -= self.presence_penalty * (count > 0)
+        logits[rows, tokens] = value
         return logits
 
     def _candidates(self, logits) -> bool:
         """Whether top-p is decided from each row's largest logits (NumPy, a large vocabulary)."""
         return array_namespace(logits) is np and logits.shape[-1] >= 4 * TOP_P_CANDIDATES
 
-    def sample(self, logits, counts, uniforms):
+    def sample(self, logits, counts, uniforms, seen=None, workspace=None):
         """One token id per row, [batch] int64, on the logits' backend. Row b takes the first
-        token whose cumulative probability exceeds uniforms[b] (in [0, 1), same backend)."""
+        token whose cumulative probability exceeds uniforms[b] (in [0, 1), same backend).
+        `seen` and `workspace` (NumPy only) make a step cheaper, never different: the (rows,
+        tokens) whose counts are > 0 (see _penalized), and a float64 buffer of the logits' shape
+        to work in, reused from step to step rather than fresh pages of that size each time."""
         xp = array_namespace(logits)
         if self.temperature == 0:
             return logits.argmax(axis=-1).astype(xp.int64)
-        if self.top_k is None and self.top_p is not None and self.top_p < 1 and self._candidates(logits):
+        if xp is not np:
+            seen = workspace = None
+        whole = self.top_k is None and (self.top_p is None or self.top_p == 1)
+        if whole and workspace is not None:
+            return _draw_in_place(self._penalized(logits, counts, seen, workspace), uniforms)
+        if self.top_k is None and not whole and self._candidates(logits):
             # Rows are independent: those decided by their largest logits draw among them, the
             # rest from the whole sorted vocabulary, each as _draw would.
-            penalized = self._penalized(logits, counts)
+            penalized = self._penalized(logits, counts, seen, workspace)
             index, values, decided = _candidate_rows(penalized, self.top_p, TOP_P_CANDIDATES)
             if decided.all():
                 return _draw_among(index, values, uniforms)
@@ -136,6 +162,16 @@ def _draw(filtered, uniforms):
     # entries <= the target, as cdf does not decrease. A removed token has zero width and
     # is never the answer (u < 1, so u * total < total in floating point too).
     return (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1).astype(xp.int64)
+
+
+def _draw_in_place(logits, uniforms):
+    """_draw's token, bit for bit, for float64 NumPy logits that it overwrites: the same
+    subtraction, exp and cumulative sum with no temporary of the vocabulary's size, and each
+    row's count of sums <= its target found by binary search (the sums never decrease)."""
+    logits -= logits.max(axis=-1, keepdims=True)
+    cdf = np.cumsum(np.exp(logits, out=logits), axis=-1, out=logits)          # [batch, vocab]
+    targets = uniforms * cdf[:, -1]
+    return np.array([np.searchsorted(row, t, side="right") for row, t in zip(cdf, targets)], dtype=np.int64)
 
 
 def _draw_among(index, values, uniforms):
@@ -313,6 +349,12 @@ def _steps(model, prompts, samples, max_new_tokens, sampling, row_seeds, eos_tok
     uniforms = backend.to_device(np.stack([np.random.default_rng(s).random(max_new_tokens)
                                            for s in row_seeds]))  # [batch, step]
     rows = xp.arange(batch)
+    # On the host, the ids each row has seen (its prompt, then each new one; padding as the
+    # row's first id): where its counts are > 0, so that the penalties touch those alone.
+    seen_ids = np.repeat(np.where(mask, tokens, tokens[:, -1:]), samples, axis=0)  # a row's last id is real
+    seen_ids = np.concatenate([seen_ids, np.zeros((batch, max_new_tokens), np.int64)], axis=1)
+    width = tokens.shape[1]
+    workspace = np.empty((batch, vocab)) if xp is np else None                # float64, every step's
     cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
     logits = model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]
     if samples > 1:  # the prompt pass once per prompt, its keys and values copied to its rows
@@ -321,10 +363,12 @@ def _steps(model, prompts, samples, max_new_tokens, sampling, row_seeds, eos_tok
         logits = logits[prompt_of_row]
     stopped = np.zeros(batch, dtype=bool)
     for step in range(max_new_tokens):
-        new = sampling.sample(logits, counts, uniforms[:, step])  # [batch], on the device
+        seen = (np.arange(batch)[:, None], seen_ids[:, :width + step])
+        new = sampling.sample(logits, counts, uniforms[:, step], seen, workspace)  # [batch], on the device
         ids = backend.to_host(new)                             # the step's one transfer to the host
         yield [None if s else int(t) for s, t in zip(stopped, ids)]
         counts[rows, new] += 1
+        seen_ids[:, width + step] = ids
         if eos_token_id is not None:
             stopped |= ids == eos_token_id
         if stopped.all() or step + 1 == max_new_tokens:

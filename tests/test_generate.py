@@ -200,6 +200,35 @@ def test_sampling_draws_among_candidates_the_token_of_the_whole_vocabulary(seed,
         g.TOP_P_CANDIDATES = old
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.sampled_from([None, 1.0, 0.3]),
+       st.sampled_from([0.0, 1.0, 0.37]), st.sampled_from([0.0, 0.5]), st.sampled_from([1.0, 0.7]))
+def test_sampling_with_seen_ids_and_a_workspace_draws_the_reference_token(seed, batch, top_p, freq, presence,
+                                                                           temperature):
+    """The decoding loop's path (penalties only where a row has seen an id, given with repeats;
+    the draw in a reused float64 buffer, found by binary search) gives the token of the reference:
+    the dense penalties over every count, then the cumulative sum over the whole vocabulary."""
+    import importlib
+
+    g = importlib.import_module("minigpt.generate")
+    rng = np.random.default_rng(seed)
+    vocab = 1100 + int(rng.integers(0, 50))               # >= 4 x 256: top-p takes its candidates path
+    kinds = [rng.normal(0, 3, vocab), rng.integers(-3, 4, vocab).astype(float), np.zeros(vocab)]
+    logits = np.stack([kinds[int(rng.integers(0, 3))] for _ in range(batch)]).astype(np.float32)
+    ids = rng.integers(0, 30, (batch, 12))                # each row's history, repeats and all
+    counts = np.zeros((batch, vocab), dtype=np.int64)
+    for row, history in zip(counts, ids):
+        np.add.at(row, history, 1)
+    uniforms = rng.random(batch)
+    sampling = Sampling(temperature=temperature, top_p=top_p, freq_penalty=freq, presence_penalty=presence)
+    reference = g._draw(sampling.filter(logits, counts), uniforms)
+    workspace = np.full((batch, vocab), np.nan)           # stale contents must not matter
+    seen = (np.arange(batch)[:, None], ids)
+    np.testing.assert_array_equal(sampling._penalized(logits, counts, seen, np.full((batch, vocab), np.nan)),
+                                  sampling._penalized(logits, counts))   # bit for bit, not only the tokens
+    np.testing.assert_array_equal(sampling.sample(logits, counts, uniforms, seen, workspace), reference)
+
+
 def test_top_p_takes_the_fast_path_on_a_large_vocabulary_and_keeps_the_same_tokens():
     """On GPT-2's vocabulary size Sampling.filter partitions; the kept set equals a plain
     stable sort written out here (cumulative mass before each token at most p)."""
