@@ -349,7 +349,8 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str | None, minus: str
     The vector is the x-vector plus - minus, or `unit_vector(layer)`: any steering vector at
     coefficient 1 that steers that layer only (e.g. a mean of contrast pairs, either reading;
     plus and minus are then None). Texts shorter than the longest layer's vector are errors (or
-    with `skip_short`, left out of every cell)."""
+    with `skip_short`, left out of every cell). Texts of several groups (a corpus folder's files)
+    add each group's tokens, mean difference and perplexity ratio to a row, as "GROUP key"."""
     for L in layers:
         if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= L < model.config.n_layer:
             raise ValueError(f"layer {L!r} in the grid: this model has blocks 0 to {model.config.n_layer - 1}")
@@ -412,7 +413,11 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str | None, minus: str
         bar.close()
         groups = [g for g, _ in texts]
         for row, vector, out in zip(rows, vectors, steered):
-            row.update(LogprobShift(groups, base, out, _masked(vector, seqs, mask)).summary()["all"])
+            summary = LogprobShift(groups, base, out, _masked(vector, seqs, mask)).summary()
+            row.update(summary.pop("all"))
+            if len(summary) > 1:                      # each file of a corpus folder, as `logprobs` shows them
+                for group, figures in summary.items():
+                    row.update({f"{group} {k}": figures[k] for k in ("tokens", "mean_logprob_diff", "perplexity_ratio")})
     if prompt is not None:
         plain_next = next_distribution(model, ids)
         per_pass = max(1, batch_tokens // len(ids))

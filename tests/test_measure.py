@@ -178,6 +178,10 @@ def test_sweep_cells_equal_the_single_runs(model, texts):
         for key in ("tokens", "texts"):
             assert row[key] == single[key]
         assert math.isclose(row["mean_logprob_diff"], single["mean_logprob_diff"], rel_tol=1e-9, abs_tol=1e-12)
+        per_group = measure.logprob_shift(model, texts, vector).summary()
+        for group in ("one", "two"):                  # each file of a corpus, as `actadd logprobs` gives it
+            assert row[f"{group} tokens"] == per_group[group]["tokens"]
+            assert math.isclose(row[f"{group} perplexity_ratio"], per_group[group]["perplexity_ratio"], rel_tol=1e-9)
         nt = measure.next_token(model, TOK, " the abab the", vector)
         # The cells' next-token passes are one batch (row_hooks): equal to float32 rounding.
         assert math.isclose(row["kl"], nt.kl, rel_tol=1e-5, abs_tol=1e-9)
