@@ -117,8 +117,9 @@ def test_loading_is_linear_in_the_special_tokens(tmp_path):
             best = min(best, time.perf_counter() - start)
         times[n] = best
         assert len(tok.special_tokens) == n + 1
-    # 8x the tokens: linear is ~8x the time, the quadratic loop it replaced was ~64x
-    assert times[32768] < 2.0 and times[32768] < 24 * max(times[4096], 0.005), times
+    # 8x the tokens: linear is ~8x the time, the quadratic loop it replaced was ~64x (a ratio of
+    # two timings of one run; no fixed seconds, which a loaded machine exceeds)
+    assert times[32768] < 24 * max(times[4096], 0.005), times
 
 
 # --- fuzz ---------------------------------------------------------------------------------------
