@@ -31,6 +31,16 @@ ERRORS = (ConfigError, CheckpointError, BackendError, VectorFileError, ValueErro
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; Ctrl-C ends it with one line (what was saved, where a run saves as it
+    goes) and exit status 130, not a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:
+        print(f"\nactadd: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="actadd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     steer = sub.add_parser("steer", help="steered and unsteered completions of a prompt, same seed",
@@ -676,7 +686,17 @@ def _paper(parser, args):
     model, tok = _load(args)
     sentiment_model = (minigpt.load(args.sentiment_model, backend=args.backend, **weights_option(args))
                        if args.sentiment_model else None)        # --revision is --model's, as for --fluency-model
-    report = paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
+    try:
+        report = _run_paper(args, model, tok, sentiment_model, scorers, layers)
+    except KeyboardInterrupt as e:        # the experiment cut short says what it saved; say the rest
+        kept = f"the experiments finished before it are kept in {args.out}"
+        raise KeyboardInterrupt(f"{e} ({kept})" if str(e) else f"{kept}; run the same command to resume") from None
+    print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
+    return 0
+
+
+def _run_paper(args, model, tok, sentiment_model, scorers, layers) -> dict:
+    return paper.run(model, tok, args.out, model_name=args.model, quick=args.quick,
                        relevance_data=args.relevance_data, lama=args.lama, layers=layers, seed=args.seed,
                        version=args.preset, sentiment_data=args.sentiment_data, toxicity_data=args.toxicity_data,
                        sentiment_model=sentiment_model, sentiment_model_name=args.sentiment_model or "",
@@ -686,8 +706,6 @@ def _paper(parser, args):
                        command=command_line(args.argv),
                        sizes={"topic_samples": args.topic_samples, "max_chunks": args.chunks, "facts": args.facts,
                               "sentiment_prompts": args.prompts, "toxicity_prompts": args.prompts}, **scorers)
-    print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
-    return 0
 
 
 def command_line(argv: list[str]) -> str:

@@ -42,6 +42,16 @@ ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; Ctrl-C ends it with one line (what was saved, where a run saves as it
+    goes) and exit status 130, not a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:
+        print(f"\nminigpt: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minigpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     nxt = sub.add_parser("next", help="print the most likely next tokens after a prompt")

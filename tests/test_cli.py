@@ -95,3 +95,15 @@ def test_errors_go_to_stderr_with_exit_status_2(folder, capsys):
         with pytest.raises(SystemExit) as info:
             main(argv + ["--model", str(folder)])
         assert info.value.code == 2
+
+
+def test_ctrl_c_in_minigpt_is_one_line_and_status_130(monkeypatch, capsys):
+    """Before: a KeyboardInterrupt traceback; after: `minigpt: interrupted`, exit status 130."""
+    import minigpt.cli
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minigpt.cli, "_generate", stop)
+    assert minigpt.cli.main(["generate", "hello", "--model", "tiny-books"]) == 130
+    assert capsys.readouterr().err.strip() == "minigpt: interrupted"

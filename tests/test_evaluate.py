@@ -529,3 +529,47 @@ def test_the_whale_vector_puts_completions_on_topic_beyond_seed_noise(books):
         diffs.append(steered["vs_unsteered"]["on_topic"]["value"])
     diffs = np.array(diffs)
     assert diffs.mean() > 0.3 and diffs.mean() > 3 * diffs.std(ddof=1) / np.sqrt(len(diffs)), diffs
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+class StopAfter(LengthScorer):
+    """Scores one unit, then stops as Ctrl-C would, in the middle of the run."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def __call__(self, texts):
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt
+        return super().__call__(texts)
+
+
+def test_ctrl_c_says_what_is_saved_and_the_rerun_resumes(books, labelled, tmp_path, monkeypatch, capsys):
+    """Before: an 18-frame KeyboardInterrupt traceback. After: one line naming what was saved
+    and where, exit status 130, and the same command finishing the run."""
+    model, tok = books
+    texts = data.read_labelled(labelled)
+    kw = dict(layer=0, coeff=4.0, samples=2, max_new_tokens=4, progress=False, batch_rows=2)
+    with pytest.raises(generation.Interrupted) as stop:
+        generation.toxicity(model, tok, texts, tmp_path / "o", scorer=StopAfter(1), **kw)
+    # units of one prompt's 2 samples: the first scored, the second generated (saved before scoring), of 5
+    # prompts ("No" is too short) x 2 conditions x 2 samples
+    assert (stop.value.saved, stop.value.total, stop.value.unit) == (4, 20, "sample")
+    assert str(stop.value) == f"4 of 20 samples saved in {tmp_path / 'o' / 'results.jsonl'}; run the same command to resume"
+    resumed = generation.toxicity(model, tok, texts, tmp_path / "o", scorer=LengthScorer(), **kw)
+    whole = generation.toxicity(model, tok, texts, scorer=LengthScorer(), **kw)
+    assert [r["tokens"] for r in resumed.samples] == [r["tokens"] for r in whole.samples]
+
+    import actadd.cli
+    monkeypatch.setattr(actadd.cli, "get_scorer", lambda *a, **k: StopAfter(0))
+    code = main(["eval", "toxicity", "--model", "tiny-books", "--data", str(labelled), "--field", "text", "--layer",
+                 "0", "--coeff", "1", "--out", str(tmp_path / "cli"), "--no-progress", "-n", "1", "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    # one unit of all 12 rows (6 lines read as prompts x 2 conditions), generated and saved, then stopped while scored
+    assert err.strip() == (f"actadd: interrupted: 12 of 12 samples saved in {tmp_path / 'cli' / 'results.jsonl'}; "
+                           "run the same command to resume")

@@ -47,7 +47,7 @@ from ..provenance import ModelSource, fingerprint
 from ..steering import PAPER_SAMPLING, Steering, row_hooks, steering_vector, x_vector
 from . import stats
 from .data import WEDDING_WORDS, Prompt, digest
-from .results import NUMBER, OPTIONAL_NUMBER, ResultsFile
+from .results import NUMBER, OPTIONAL_NUMBER, Interrupted, ResultsFile
 from .runner import Here, open_runner
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer, refuse_pickles
 
@@ -245,11 +245,17 @@ def execute(task: str, ctx: Context, conditions: list[Condition], prompts: list[
             said += f"; on {runner.describe()}"
         print(said, file=sys.stderr)
     bar = progress_bar(rows_todo, show_progress, f"eval {task}", "sample")
-    for _, records in runner.run(sample_unit, ctx, todo):
-        results.append(records)                       # finished generation is kept before scoring
-        if scorer is not None:
-            results.append(score_records(scorer, records))
-        bar.update(len(records))
+    saved = total_rows - rows_todo
+    try:
+        for _, records in runner.run(sample_unit, ctx, todo):
+            results.append(records)                   # finished generation is kept before scoring
+            saved += len(records)
+            if scorer is not None:
+                results.append(score_records(scorer, records))
+            bar.update(len(records))
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(results.path, saved, total_rows, "sample") from None
     bar.close()
 
     def key(r):

@@ -38,7 +38,7 @@ from ..provenance import fingerprint
 from ..steering import SteeringVector, site, steering_vector, x_vector
 from . import stats
 from .data import WEDDING_WORDS, Fact, digest
-from .results import NUMBER, ResultsFile
+from .results import NUMBER, Interrupted, ResultsFile
 from .runner import ModelContext, open_runner
 
 # The records of results.jsonl, by kind: what a resumed run reads back (results.check_record).
@@ -108,10 +108,17 @@ def _run_batches(results: ResultsFile, todo: list, work, model, tokenizer, progr
     records appended as it finishes; if they finish out of order the file is then put in
     batch order."""
     bar = progress_bar(sum(len(b) for b in todo), progress, desc, unit)
-    with open_runner(workers, scheduler, worker_backend) as runner:
-        for _, records in runner.run(work, ModelContext(model, tokenizer), todo):
-            results.append(records)
-            bar.update(len(records))
+    total = sum(len(ids) for ids in batch_ids)
+    saved = total - sum(len(b) for b in todo)
+    try:
+        with open_runner(workers, scheduler, worker_backend) as runner:
+            for _, records in runner.run(work, ModelContext(model, tokenizer), todo):
+                results.append(records)
+                saved += len(records)
+                bar.update(len(records))
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(results.path, saved, total, unit) from None
     bar.close()
     batch_of = {i: k for k, ids in enumerate(batch_ids) for i in ids}     # batch by batch, by id within, as
     results.reorder(lambda r: (batch_of.get(r.get("id"), -1), r.get("id", -1)))   # one process writes it

@@ -26,6 +26,16 @@ class ResumeError(ValueError):
     """A results file that cannot be resumed: other settings, or not a results file."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run that saves as it goes: what is on disk, for the one line the
+    command-line tools print instead of a traceback."""
+
+    def __init__(self, path: Path | None, saved: int, total: int, unit: str):
+        self.path, self.saved, self.total, self.unit = path, saved, total, unit
+        where = f"saved in {path}; run the same command to resume" if path is not None else "kept in memory only"
+        super().__init__(f"{saved:,} of {total:,} {unit}s {where}")
+
+
 class ResultsFile:
     """Records of one run, one JSON object a line; line 1 is {"kind": "settings", ...}.
 
