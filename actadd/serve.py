@@ -57,6 +57,7 @@ MAX_BODY = 16_384          # bytes of JSON a request may send
 MAX_NEW_TOKENS = 200       # per completion
 MAX_ROWS = 4               # completions of each kind
 MAX_TEXT = 2_000           # characters of a prompt, plus or minus
+LOCK_WAIT_S = 2.0          # how long a request waits for the one before it to let go of the model
 TOKEN_HEADER = "X-ActAdd-Token"
 
 
@@ -205,6 +206,16 @@ class Steerer:
             "command": s.command(self.name, self.options),
         }
 
+    def check_fits(self, s: Settings) -> None:
+        """The prompt (with BOS) and max_new_tokens within the model's positions, or a ValueError
+        saying by how much: `actadd steer` refuses the same settings."""
+        n = len(tokens_with_bos(self.tokenizer, s.prompt))
+        limit = self.model.config.n_positions
+        if n + s.max_new_tokens > limit:
+            raise ValueError(f"prompt: {n} tokens (with BOS) + max_new_tokens {s.max_new_tokens} = "
+                             f"{n + s.max_new_tokens}, more than this model's {limit} positions; shorten the prompt "
+                             f"or ask for at most {max(limit - n, 0)} new tokens")
+
     def completions(self, s: Settings, vector):
         """(kind, texts) after each new token of either kind, alternating: `actadd steer`'s
         sampling (rows from default_rng([seed, row]), the same for both kinds) one step at a time."""
@@ -347,7 +358,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> dict:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):  # '²' is a digit to isdigit
             raise BadRequest("a request body needs a Content-Length", HTTPStatus.LENGTH_REQUIRED)
         if int(length) > MAX_BODY:
             raise BadRequest(f"a body of {int(length):,} bytes; at most {MAX_BODY:,}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
@@ -355,6 +366,9 @@ class Handler(BaseHTTPRequestHandler):
             return json.loads(self.rfile.read(int(length)) or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"the body is not JSON: {e}") from None
+        except RecursionError:                        # e.g. 10,000 nested '[': the parser's stack, not ours
+            raise BadRequest("the body nests too deeply to be settings (JSON arrays or objects inside each other "
+                             "thousands of times)") from None
 
     def _settings(self) -> Settings:
         try:
@@ -382,7 +396,9 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"no endpoint {url.path!r}", HTTPStatus.NOT_FOUND)
         settings = self._settings()
         steerer = self.server.steerer
-        if not steerer.lock.acquire(blocking=False):
+        # A request sent the moment the previous answer arrived may find that request's thread
+        # still releasing the lock: it waits that moment out; a run in progress is a 409.
+        if not steerer.lock.acquire(timeout=LOCK_WAIT_S):
             raise BadRequest("busy: the model is running another request; try again when it ends",
                              HTTPStatus.CONFLICT)
         try:
@@ -405,6 +421,7 @@ class Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         vector = _refusing(lambda: steerer.vector(s))
         inspection = _refusing(lambda: steerer.inspect(s, vector))   # a prompt shorter than the vector fails here
+        _refusing(lambda: steerer.check_fits(s))                       # before the stream starts, not inside it
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")

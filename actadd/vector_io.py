@@ -372,7 +372,7 @@ def import_gguf(path: str | os.PathLike, model: Transformer, allow_other_weights
         if not t.name.startswith("direction."):
             continue
         index = t.name.split(".", 1)[1]
-        if not index.isdigit() or not 1 <= int(index) <= n - 1:
+        if not (index.isascii() and index.isdigit()) or not 1 <= int(index) <= n - 1:
             raise VectorFileError(f"{path}: tensor {t.name}: expected direction.1 to direction.{n - 1} for a model of "
                                   f"{n} blocks (direction.i goes after block i)")
         dims = [int(d) for d in t.shape]

@@ -298,7 +298,7 @@ def gguf_name(name: str) -> str:
     """blk.3.attn_q.weight -> layers.3.self_attn.q_proj.weight; a name not of LLaMA's is kept,
     to be refused as unexpected by name."""
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES and parts[1].isdigit():
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES and parts[1].isascii() and parts[1].isdigit():
         return f"layers.{int(parts[1])}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
     if len(parts) == 2 and parts[0] in GGUF_NAMES:
         return f"{GGUF_NAMES[parts[0]]}.{parts[1]}"

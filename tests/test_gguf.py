@@ -104,6 +104,9 @@ def test_refusals(model, tmp_path, monkeypatch):
         import_gguf(write_foreign(tmp_path / "h.gguf", {1: np.zeros(16)}, dtype=np.float16), model)
     with pytest.raises(VectorFileError, match="expected direction.1 to direction.3"):
         import_gguf(write_foreign(tmp_path / "n.gguf", {4: np.zeros(16)}), model)
+    for index in ("²", "٣"):                  # digits to str.isdigit; int() refused the first (a bare ValueError)
+        with pytest.raises(VectorFileError, match=f"u.gguf: tensor direction.{index}: expected direction.1"):
+            import_gguf(write_foreign(tmp_path / "u.gguf", {index: np.zeros(16)}), model)
     with pytest.raises(VectorFileError, match="for 'llama' models, and this is a 'gpt2' model"):
         import_gguf(write_foreign(tmp_path / "l.gguf", {1: np.zeros(16)}, hint="llama"), model)
     with warnings.catch_warnings():

@@ -157,6 +157,13 @@ def test_a_results_line_that_is_not_a_record_is_refused_naming_the_line(books, t
     one_line_error(outcome, ResumeError, f"{path}:4: ", message)
 
 
+def test_a_results_file_that_is_a_folder_is_refused_naming_it(books, tmp_path):
+    """Before: an IsADirectoryError traceback."""
+    (tmp_path / "run" / "results.jsonl").mkdir(parents=True)
+    outcome, _, _ = bounded(sentiment_run, books, tmp_path, tmp_path / "run", megabytes=300)
+    one_line_error(outcome, ResumeError, f"{tmp_path / 'run' / 'results.jsonl'}: a folder")
+
+
 def test_a_field_of_the_wrong_type_is_named(books, tmp_path):
     sentiment_run(books, tmp_path, tmp_path / "run")
     path = tmp_path / "run" / "results.jsonl"

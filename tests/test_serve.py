@@ -195,6 +195,9 @@ def test_the_page_s_own_origin_and_localhost_are_accepted(server):
 @pytest.mark.parametrize("body,status,why", [
     (b"x" * (MAX_BODY + 1), 413, f"at most {MAX_BODY:,}"),
     (b"{not json", 400, "not JSON"),
+    (b"[" * 10_000, 400, "nests too deeply"),                                          # a RecursionError, a 500 before
+    ({**SETTINGS, "prompt": "the sea " * 60, "max_new_tokens": 200}, 400,              # a stream that failed, before
+     "more than this model's 256 positions"),
     ({**SETTINGS, "max_new_tokens": MAX_NEW_TOKENS + 1}, 400, "max_new_tokens: expected an integer from 1 to 200"),
     ({**SETTINGS, "n": 5}, 400, "n: expected an integer from 1 to 4"),
     ({**SETTINGS, "layer": 4}, 400, "layer: expected an integer from 0 to 3"),
@@ -225,6 +228,31 @@ def test_a_failure_inside_is_said_to_the_page(server, monkeypatch):
     status, _, body = request(server, "POST", "/api/vector", SETTINGS)
     assert status == 500 and "ZeroDivisionError" in json.loads(body)["error"]
     assert not server.steerer.lock.locked()
+
+
+class SlowToRelease:
+    """The server's lock, let go of 50 ms after the answer went out: the moment in which a
+    back-to-back request arrives, made long enough to hit every time."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def acquire(self, *args, **kwargs):
+        return self.lock.acquire(*args, **kwargs)
+
+    def release(self):
+        time.sleep(0.05)
+        self.lock.release()
+
+    def locked(self):
+        return self.lock.locked()
+
+
+def test_back_to_back_requests_are_not_refused_as_busy(server, monkeypatch):
+    """Before: 4-35 of 40 back-to-back downloads got 409, sent while the last one's thread was
+    still letting go of the model after its answer."""
+    monkeypatch.setattr(server.steerer, "lock", SlowToRelease(server.steerer.lock))
+    assert [request(server, "POST", "/api/vector", SETTINGS)[0] for _ in range(5)] == [200] * 5
 
 
 def test_one_run_at_a_time(server):

@@ -56,6 +56,9 @@ class ResultsFile:
         self.torn = False
         if self.path is None:
             return
+        if self.path.exists() and not self.path.is_file():
+            raise ResumeError(f"{self.path}: a folder (or other non-file) where the run's results file goes; "
+                              "remove it or choose another output folder")
         if self.path.exists():
             self._read()
         else:

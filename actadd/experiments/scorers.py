@@ -411,7 +411,7 @@ class Perspective(Scorer):
             if attempt == self.retries:
                 raise ScorerError(f"perspective: no answer after {self.retries + 1} attempts (last: {problem})")
             delay = self.backoff * 2 ** attempt
-            if retry_after is not None and retry_after.strip().isdigit():
+            if retry_after is not None and retry_after.strip().isascii() and retry_after.strip().isdigit():
                 delay = max(delay, float(retry_after))
             time.sleep(delay)
         raise AssertionError("unreachable")
