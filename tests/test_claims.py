@@ -51,6 +51,16 @@ def test_a_null_is_inconclusive_with_the_smallest_effect_its_n_could_detect():
     assert 0.7 < np.mean(hits) < 0.9
 
 
+def test_nothing_measured_is_no_verdict_and_the_rule_states_the_multiplier_used():
+    """Before: "knowledge preserved: reproduced" on tiny-books, where P@1 was 0 steered and
+    unsteered on all 34 facts (an interval [0, 0], inside the bound): no knowledge to lose."""
+    assert claims.judge({"value": 0.0, "low": 0.0, "high": 0.0, "n": 34}, "above", -0.02)["verdict"] == "inconclusive"
+    e = {"value": 0.0, "low": -0.1, "high": 0.1, "n": 100}
+    multiplier = claims.judge(e, "above")["detectable"] / 0.1
+    assert multiplier == pytest.approx((norm.ppf(0.975) + norm.ppf(0.8)) / norm.ppf(0.975), rel=1e-12)
+    assert f"= {multiplier:.4f} x the interval's half-width" in claims.RULE    # not "2.80 / 1.96" (1.4286)
+
+
 def test_a_claim_of_no_harm_is_judged_against_its_bound():
     bound = claims.HARM["overhead"]                                     # 0.4%
     assert claims.judge({"value": 0.001, "low": -0.001, "high": 0.003, "n": 20}, "below", bound)["verdict"] \

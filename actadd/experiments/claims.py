@@ -164,11 +164,14 @@ CLAIMS = (
 )
 
 POWER = 0.8
+_Z = NormalDist().inv_cdf(0.975)
+DETECTABLE = (_Z + NormalDist().inv_cdf(POWER)) / _Z     # x the half-width: 1.4294 (2.80 / 1.96 rounded)
 RULE = ("**Verdicts** are computed, never written by hand: *reproduced* where our 95% paired interval lies wholly "
         "on the claimed side (of zero for an effect; of the stated bound for a claim of no harm), *contradicted* "
         "where it lies wholly on the other side, *inconclusive* otherwise, with the smallest effect this n could "
-        f"have detected: ({POWER:.0%} power, two-sided 5%, normal approximation) 2.80 / 1.96 x the interval's "
-        "half-width, from the bound. Bounds of no harm (the paper gives none): perplexity ratio 1.05, "
+        f"have detected: ({POWER:.0%} power, two-sided 5%, normal approximation) (z(0.975) + z({POWER:.2f})) / "
+        f"z(0.975) = {DETECTABLE:.4f} x the interval's half-width, from the bound. An interval of no width (every "
+        "pair equal, e.g. P@1 0 steered and unsteered) is inconclusive: nothing varied to judge by. Bounds of no harm (the paper gives none): perplexity ratio 1.05, "
         "P@1 down 0.02, overhead 0.4% (the paper's own axis).")
 
 
@@ -183,6 +186,8 @@ def judge(estimate: dict | None, side: str, bound: float = 0.0, confidence: floa
     if estimate is None or any(not _finite(estimate.get(k)) for k in ("low", "high")):
         return {"verdict": "not run", "detectable": None}
     low, high = estimate["low"], estimate["high"]
+    if low == high:                                   # every pair equal: nothing was measured, e.g. no knowledge to lose
+        return {"verdict": "inconclusive", "detectable": 0.0}
     claimed, other = (low > bound, high < bound) if side == "above" else (high < bound, low > bound)
     verdict = "reproduced" if claimed else "contradicted" if other else "inconclusive"
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
