@@ -122,7 +122,8 @@ def _main(argv: list[str] | None = None) -> int:
     for i, (plain, steered) in enumerate(zip(result.unsteered, result.steered)):
         left = textwrap.wrap(args.prompt + plain, width) or [""]
         right = textwrap.wrap(args.prompt + steered, width) or [""]
-        print(f"{f'unsteered #{i} (seed {args.seed})':<{width}} | steered #{i} (seed {args.seed})")
+        draws = f"(rng [{args.seed}, {i}])"                 # row i draws from default_rng([seed, i]), both columns
+        print(f"{f'unsteered #{i} {draws}':<{width}} | steered #{i} {draws}")
         for k in range(max(len(left), len(right))):
             a = left[k] if k < len(left) else ""
             b = right[k] if k < len(right) else ""
