@@ -46,7 +46,7 @@ def _main(argv: list[str] | None = None) -> int:
     steer = sub.add_parser("steer", help="steered and unsteered completions of a prompt, same seed",
                            description="Adds coeff x (resid_pre(plus) - resid_pre(minus)) at blocks.LAYER.hook_resid_pre "
                                        "of the prompt's first positions, and samples with the paper's settings.")
-    steer.add_argument("--model", default="gpt2", help=MODEL_HELP + " (default gpt2)")
+    steer.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
     steer.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     steer.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     steer.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -137,7 +137,7 @@ def _main(argv: list[str] | None = None) -> int:
 # Measurements
 
 
-def _add_model_args(p, default_model="gpt2"):
+def _add_model_args(p, default_model="tiny-books"):
     p.add_argument("--model", default=default_model, help=f"{MODEL_HELP} (default {default_model})")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
@@ -345,7 +345,7 @@ def _add_eval_commands(sub):
     toxicity.add_argument("--plus", default="Love")
     toxicity.add_argument("--minus", default="Hate")
     for task, samples, tokens in ((topic, 200, 40), (sentiment, 1, 64), (toxicity, 25, 32)):
-        task.add_argument("--model", required=True, help=MODEL_HELP)
+        task.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
         task.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -395,7 +395,7 @@ def _add_eval_commands(sub):
                            "relations.jsonl) or one of its JSONL files, in LAMA's own schemas")
     knowledge.add_argument("--limit", type=int, help="the first N facts only")
     for task in (relevance, knowledge):
-        task.add_argument("--model", required=True, help=MODEL_HELP)
+        task.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
         task.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -444,8 +444,8 @@ def _add_paper_command(sub):
                        description="Runs the paper's GPT-2 experiments with its settings (layers rescaled to the "
                                    "model's depth) into OUT/: one folder per experiment (JSON, CSV, PNG), "
                                    "OUT/paper.json and OUT/REPORT.md, our figures beside the paper's claims.")
-    p.add_argument("--model", required=True, help=MODEL_HELP + "; gpt2-xl for the paper's model, tiny-books or "
-                   "smollm2-135m offline")
+    p.add_argument("--model", default="tiny-books", help=MODEL_HELP + "; gpt2-xl for the paper's model, tiny-books "
+                   "(the default) or smollm2-135m offline")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)

@@ -56,7 +56,7 @@ def _main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     nxt = sub.add_parser("next", help="print the most likely next tokens after a prompt")
     nxt.add_argument("text", nargs="?", help="the prompt (or give --ids)")
-    nxt.add_argument("--model", required=True, help=MODEL_HELP)
+    nxt.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
     nxt.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     nxt.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     nxt.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
@@ -66,7 +66,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     gen = sub.add_parser("generate", help="sample continuations (streamed for one prompt and one sample)")
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
-    gen.add_argument("--model", required=True, help=MODEL_HELP)
+    gen.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
     gen.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     gen.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     gen.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)

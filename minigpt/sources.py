@@ -14,6 +14,7 @@ still retried by huggingface_hub, without its retry messages on the terminal.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
 import logging
 import os
@@ -133,14 +134,23 @@ class Source:
                    else "the hub could not be reached (no network, or HF_HUB_OFFLINE=1)")
             raise CheckpointError(
                 f"{filename} of {self} is not in the local Hugging Face cache, and {why}. Download it once "
-                "with network access, or pass a local folder."
+                f"with network access, or pass a local folder.{self._suggestion()}"
             ) from None
         except EntryNotFoundError:
             if not required:
                 return None
             raise CheckpointError(f"{self} has no {filename}") from None
         except Exception as e:  # unknown repo or revision, gated repo, network errors, ...
-            raise CheckpointError(f"could not fetch {filename} from {self}: {e}") from e
+            raise CheckpointError(f"could not fetch {filename} from {self}: {e}{self._suggestion()}") from e
+
+    def _suggestion(self) -> str:
+        """' Did you mean ...?' where a hub id without an owner is a near miss of a model that
+        needs no network (a typo such as 'tiny-boks'), else ''."""
+        offline = [*SHIPPED, *INSTALLED]
+        close = difflib.get_close_matches(self.repo_id or "", offline, n=1, cutoff=0.75)
+        if not close or "/" in (self.repo_id or ""):
+            return ""
+        return f" Did you mean {close[0]!r}? (models that need no network: {', '.join(offline)})"
 
 
 _RESOLVED: dict[str, bool] = {}

@@ -107,3 +107,24 @@ def test_ctrl_c_in_minigpt_is_one_line_and_status_130(monkeypatch, capsys):
     monkeypatch.setattr(minigpt.cli, "_generate", stop)
     assert minigpt.cli.main(["generate", "hello", "--model", "tiny-books"]) == 130
     assert capsys.readouterr().err.strip() == "minigpt: interrupted"
+
+
+@pytest.mark.parametrize("prog,command", [
+    ("actadd", ["steer"]), ("actadd", ["logprobs"]), ("actadd", ["nexttoken"]), ("actadd", ["sweep"]),
+    ("actadd", ["pairs"]), ("actadd", ["calibrate"]), ("actadd", ["lens"]), ("actadd", ["serve"]),
+    ("actadd", ["eval", "topic"]), ("actadd", ["eval", "sentiment"]), ("actadd", ["eval", "toxicity"]),
+    ("actadd", ["eval", "relevance"]), ("actadd", ["eval", "knowledge"]), ("actadd", ["paper"]),
+    ("minigpt", ["next"]), ("minigpt", ["generate"]),
+])
+def test_every_model_flag_defaults_to_the_shipped_offline_model(prog, command, capsys):
+    """Before: gpt2 (a download) for steer, sweep, logprobs, nexttoken, pairs, calibrate and
+    lens, tiny-books for serve, required for eval, paper and minigpt. `reproduce` keeps gpt2-xl:
+    its numbers are gpt2-xl's; `eval overhead` takes --model or --shape."""
+    import actadd.cli
+
+    cli = actadd.cli if prog == "actadd" else minigpt.cli
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "tiny-books (the default)" in text or "(default tiny-books)" in text, text
+    assert "smollm2-135m" in text                                   # the installed model is named too
