@@ -297,7 +297,7 @@ def test_steer_prints_both_columns_and_json_matches_generate(folder, capsys, tmp
             "--layer", "1", "--coeff", "6", "-n", "2", "--seed", "3", "--max-new-tokens", "5"]
     assert main(argv + ["--save", str(tmp_path / "v.safetensors")]) == 0
     out = capsys.readouterr().out
-    assert "unsteered #0 (seed 3)" in out and "| steered #1 (seed 3)" in out and "|steering|" in out
+    assert "unsteered #0 (rng [3, 0])" in out and "| steered #1 (rng [3, 1])" in out and "|steering|" in out
     assert main(argv + ["--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     model, tok = minigpt.load(folder)
