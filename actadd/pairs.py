@@ -321,11 +321,22 @@ class PairReport:
     def loo_change(self) -> list[float]:
         return [w - self.effect_mean for w in self.effect_without]
 
+    @property
+    def noise(self) -> float:
+        """The size a leave-one-out change must exceed to be named: the sd of the random vectors'
+        effects (what any addition of the mean's size does); nan without two controls."""
+        c = self.control
+        return c["sd"] if c["n"] > 1 else float("nan")
+
     def role(self, i: int) -> str:
-        """"carries" if leaving it out moves the mean's effect toward zero, "cancels" if away."""
+        """"carries" if leaving it out moves the mean's effect toward zero, "cancels" if away;
+        "noise" where that move is within the controls' sd (a +0.004 change beside random
+        vectors that vary by 0.2 says nothing), "-" without controls to tell."""
         change = self.loo_change[i]
-        if not math.isfinite(change) or change == 0 or self.effect_mean == 0:
+        if not math.isfinite(change) or change == 0 or self.effect_mean == 0 or not math.isfinite(self.noise):
             return "-"
+        if abs(change) <= self.noise:
+            return "noise"
         return "cancels" if (change > 0) == (self.effect_mean > 0) else "carries"
 
     def flags(self, i: int) -> list[str]:
@@ -348,6 +359,7 @@ class PairReport:
                 "padding": self.padding, "residual_norm": self.residual_norm, "mean_vector_norm": self.mean_norm,
                 "mean_vector_norm_relative": self.mean_norm / self.residual_norm, "effect_mean": self.effect_mean,
                 "min_cosine": self.min_cosine, "control": self.control, "control_effects": self.control_effects,
+                "role_noise": self.noise,
                 "flagged": [i for i in range(len(self.pairs)) if self.flags(i)],
                 "pairs": self.rows(), "cosine": self.cosine.tolist()}
 
@@ -359,7 +371,10 @@ class PairReport:
         if self.control_effects:
             c = self.control
             lines.append(f"random vectors of the same size ({c['n']}): {c['mean']:+.4f} +- {c['sd']:.4f} (sd), "
-                         f"from {c['min']:+.4f} to {c['max']:+.4f}")
+                         f"from {c['min']:+.4f} to {c['max']:+.4f}; a role is named where leaving a pair out "
+                         f"moves the effect by more than that sd")
+        else:
+            lines.append("no random controls (--controls 0): roles are not named, as nothing tells a change from noise")
         lines += [
                  f"{'#':>3} {'plus':<22} {'minus':<22} {'|v|/|r|':>7} {'cos mean':>8} {'cos rest':>8} "
                  f"{'alone':>8} {'without':>8} {'role':>7}  flags"]
