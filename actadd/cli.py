@@ -70,7 +70,7 @@ def _main(argv: list[str] | None = None) -> int:
     steer.add_argument("--allow-other-weights", action="store_true", help="apply a --vector made on other weights")
     steer.add_argument("--save", help="write the steering vector to this .safetensors file (a direction: or .gguf, "
                        "a llama.cpp control vector)")
-    steer.add_argument("-n", type=int, default=3, help="completions of each kind (default 3)")
+    steer.add_argument("-n", "--samples", dest="n", type=int, default=3, help="completions of each kind (default 3)")
     steer.add_argument("--seed", type=int, default=0)
     steer.add_argument("--max-new-tokens", type=int, default=50)
     steer.add_argument("--temperature", type=float, default=PAPER_SAMPLING["temperature"])
@@ -94,7 +94,7 @@ def _main(argv: list[str] | None = None) -> int:
         vector = _vector(parser, args, model, tok)
         args.align = args.align or vector.alignment
         if args.save:
-            save(vector, args.save)
+            print(f"saved {save(vector, args.save)}", file=sys.stderr)
         reports = norm_report(model, tok, vector, args.prompt, alignment=args.align)
         result = generate(model, tok, args.prompt, vector, n=args.n, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, alignment=args.align, temperature=args.temperature,
@@ -161,6 +161,15 @@ def _add_vector_args(p):
     p.add_argument("--allow-other-weights", action="store_true")
 
 
+def _check_save(path: str) -> None:
+    """--save names its format by its suffix: a name without one was written as safetensors
+    without saying so."""
+    if Path(path).suffix not in (".safetensors", ".gguf"):
+        raise ValueError(f"--save {path}: end the name in .safetensors (any steering vector) or .gguf (a direction, "
+                         "as a llama.cpp control vector)")
+    writable_file(path, "--save")
+
+
 def _check_recipe(parser, args, minus_required=False):
     """Exactly one way of giving the vector: --vector, --pairs with --layer and --coeff, or
     --plus (and --minus) with --layer and --coeff."""
@@ -197,7 +206,7 @@ def _vector_inputs(parser, args) -> None:
     if args.vector is not None and not Path(args.vector).is_file():
         raise ValueError(f"--vector {args.vector}: no such file")
     if getattr(args, "save", None):
-        writable_file(args.save, "--save")
+        _check_save(args.save)
     if args.layer is not None:
         _numbers(args.layer, int, "--layer")                             # a typo in a list: now, not after loading
     _positions(args.positions)
@@ -250,7 +259,8 @@ def _add_measure_commands(sub):
     _corpus_args(p, required=False)
     p.add_argument("--prompt", help="also (or instead) the next-token KL after this prompt")
     p.add_argument("--topic", nargs="*", default=(), help="with --prompt: token strings for effectiveness/disruption")
-    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv, PREFIX.json and PREFIX.png")
+    p.add_argument("--out", required=True, help="output folder: writes sweep.csv, sweep.json and sweep.png there "
+                   "(before 0.3, a file prefix)")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("reproduce", help="the original library's numbers on gpt2-xl, beside ours")
     _add_model_args(p, default_model="gpt2-xl")
@@ -479,6 +489,11 @@ def _add_paper_command(sub):
                    "preset's 1,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the claims table (each row's estimate, interval, n "
+                   "and verdict) as JSON")
+    p.add_argument("--rerun", action="append", choices=["overhead"], default=[],
+                   help="time overhead again (a rerun into the same --out keeps the first run's timings, as every "
+                        "other experiment resumes)")
     _add_dask_args(p)
 
 
@@ -555,13 +570,16 @@ def _sweep(parser, args):
             parser.error(f"--align {a!r}: expected one of {ALIGNMENTS}")
     if args.corpus:
         measure.corpus_files(args.corpus)
-    writable_file(Path(args.out).with_suffix(".csv"), "--out")
+    if Path(args.out).suffix in (".csv", ".json", ".png"):
+        parser.error(f"--out {args.out}: a folder now, as for every command (sweep.csv, sweep.json and sweep.png go "
+                     "in it), not a file name")
+    writable_folder(args.out, "--out")
     model, tok = _load(args)
     texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens) if args.corpus else None
     rows = measure.sweep(model, tok, args.plus, args.minus, layers, coeffs, alignments, args.pad, texts=texts,
                          prompt=args.prompt, topic_tokens=_topic_ids(tok, args.topic), mask=not args.no_mask,
                          skip_short=args.skip_short, progress=not args.no_progress)
-    written = measure.write_sweep(rows, args.out)
+    written = measure.write_sweep(rows, Path(args.out) / "sweep")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -692,7 +710,12 @@ def _paper(parser, args):
     except KeyboardInterrupt as e:        # the experiment cut short says what it saved; say the rest
         kept = f"the experiments finished before it are kept in {args.out}"
         raise KeyboardInterrupt(f"{e} ({kept})" if str(e) else f"{kept}; run the same command to resume") from None
-    print(f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)")
+    said = f"wrote {Path(args.out) / 'REPORT.md'} and {Path(args.out) / 'paper.json'} ({report['wall_s']} s)"
+    if args.json:
+        print(said, file=sys.stderr)
+        print(json.dumps(json_safe(report["claims"]), indent=2))
+    else:
+        print(said)
     return 0
 
 
@@ -704,7 +727,7 @@ def _run_paper(args, model, tok, sentiment_model, scorers, layers) -> dict:
                        sentiment_dev_data=args.sentiment_dev_data, toxicity_dev_data=args.toxicity_dev_data,
                        progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
                        worker_backend=args.worker_backend,
-                       command=command_line(args.argv),
+                       command=command_line(args.argv), rerun=args.rerun,
                        sizes={"topic_samples": args.topic_samples, "max_chunks": args.chunks, "facts": args.facts,
                               "sentiment_prompts": args.prompts, "toxicity_prompts": args.prompts}, **scorers)
 
@@ -741,7 +764,7 @@ def _pairs(parser, args):
         measure.corpus_files(args.corpus)
     writable_folder(args.out, "--out")
     if args.save:
-        writable_file(args.save, "--save")
+        _check_save(args.save)
     model, tok = _load(args)
     if args.prompt is not None:
         metric = pairs.effectiveness_metric(model, tok, args.prompt, _topic_ids(tok, args.topic))

@@ -41,6 +41,20 @@ MODEL_HELP = ("a Hugging Face folder, a GGUF file, a shipped model (tiny-books, 
 ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 
+class Renamed(argparse.Action):
+    """An old spelling of a flag, kept for one release: it sets the new flag's value and says so
+    on stderr. Give it the new flag's dest, `new=` its name, and help=argparse.SUPPRESS."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated and goes in the next release; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; Ctrl-C ends it with one line (what was saved, where a run saves as it
     goes) and exit status 130, not a traceback."""
@@ -62,7 +76,8 @@ def _main(argv: list[str] | None = None) -> int:
     nxt.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
     nxt.add_argument("--ids", type=int, nargs="+", help="the prompt as token ids instead of text")
     nxt.add_argument("--bos", action="store_true", help="prepend the BOS token (GPT-2: <|endoftext|>; OPT: </s>), as TransformerLens and ActAdd do")
-    nxt.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
+    nxt.add_argument("--rows", type=int, default=10, help="how many tokens to show (default 10)")
+    nxt.add_argument("--top-k", dest="rows", type=int, action=Renamed, new="--rows", help=argparse.SUPPRESS)
 
     gen = sub.add_parser("generate", help="sample continuations (streamed for one prompt and one sample)")
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
@@ -77,7 +92,8 @@ def _main(argv: list[str] | None = None) -> int:
     gen.add_argument("--freq-penalty", type=float, default=0.0, help="subtracted per earlier occurrence")
     gen.add_argument("--presence-penalty", type=float, default=0.0, help="subtracted once if the token occurred")
     gen.add_argument("--seed", type=int, default=0, help="row i draws from numpy default_rng([seed, i])")
-    gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt (default 1)")
+    gen.add_argument("-n", "--samples", type=int, default=1, help="samples per prompt (default 1)")
+    gen.add_argument("--num-samples", dest="samples", type=int, action=Renamed, new="--samples", help=argparse.SUPPRESS)
     gen.add_argument("--bos", action="store_true", help="prepend the BOS token (the paper's setting)")
     gen.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
     args = parser.parse_args(argv)
@@ -86,8 +102,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     if (args.text is None) == (args.ids is None):
         parser.error("give the prompt either as TEXT or as --ids, not both")
-    if args.top_k < 1:
-        parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.rows < 1:
+        parser.error(f"--rows must be at least 1, got {args.rows}")
     try:
         if args.text is not None:
             model, tokenizer = load(args.model, revision=args.revision, backend=args.backend, **weights_option(args))
@@ -102,7 +118,7 @@ def _main(argv: list[str] | None = None) -> int:
             if tokenizer is None:
                 raise CheckpointError(f"--bos needs the tokenizer files (vocab.json, merges.txt) in {args.model}")
             ids = [tokenizer.bos_token_id] + ids
-        top = top_next_tokens(model, ids, args.top_k)
+        top = top_next_tokens(model, ids, args.rows)
     except ERRORS as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
@@ -122,13 +138,13 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _generate(parser, args) -> int:
-    if args.num_samples < 1:
-        parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.samples < 1:
+        parser.error(f"--samples must be at least 1, got {args.samples}")
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.freq_penalty, args.presence_penalty)
         model, tok = load(args.model, revision=args.revision, backend=args.backend, **weights_option(args))
         prompts = [[tok.bos_token_id] * args.bos + tok.encode(p) for p in args.prompts]
-        rows = [(j, ids) for j, ids in enumerate(prompts) for _ in range(args.num_samples)]
+        rows = [(j, ids) for j, ids in enumerate(prompts) for _ in range(args.samples)]
         steps = stream(model, [ids for _, ids in rows], max_new_tokens=args.max_new_tokens, sampling=sampling,
                        seed=args.seed, eos_token_id=None if args.no_stop else tok.eos_token_id)
     except ERRORS as e:
@@ -147,7 +163,7 @@ def _generate(parser, args) -> int:
             if token is not None:
                 row.append(token)
     for i, ((j, _), tokens) in enumerate(zip(rows, new)):
-        print(f"--- prompt {j}, sample {i % args.num_samples} ---")
+        print(f"--- prompt {j}, sample {i % args.samples} ---")
         print(args.prompts[j] + tok.decode(tokens))
     return 0
 

@@ -296,8 +296,13 @@ def test_steer_prints_both_columns_and_json_matches_generate(folder, capsys, tmp
     argv = ["steer", "--model", str(folder), "--prompt", " the abab the", "--plus", "the ab", "--minus", " a",
             "--layer", "1", "--coeff", "6", "-n", "2", "--seed", "3", "--max-new-tokens", "5"]
     assert main(argv + ["--save", str(tmp_path / "v.safetensors")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "unsteered #0 (rng [3, 0])" in out and "| steered #1 (rng [3, 1])" in out and "|steering|" in out
+    assert f"saved {tmp_path / 'v.safetensors'}" in err                    # before: nothing said
+    assert main(argv + ["--save", str(tmp_path / "v")]) == 2                 # before: safetensors, unsaid
+    assert "end the name in .safetensors" in capsys.readouterr().err and not (tmp_path / "v").exists()
+    assert main([*argv[:-6], "--samples", "2", *argv[-4:]]) == 0             # -n's long name
+    assert capsys.readouterr().out == out
     assert main(argv + ["--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     model, tok = minigpt.load(folder)

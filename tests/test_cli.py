@@ -50,8 +50,9 @@ def test_load_refuses_a_tokenizer_larger_than_the_model_vocabulary(tmp_path):
 
 
 def test_next_takes_text_and_prints_tokens_with_probabilities(folder, capsys):
-    assert main(["next", " the abab", "--model", str(folder), "--top-k", "4"]) == 0
-    out = capsys.readouterr().out
+    assert main(["next", " the abab", "--model", str(folder), "--top-k", "4"]) == 0    # the old spelling of --rows
+    out, err = capsys.readouterr()
+    assert err == "minigpt next: --top-k is deprecated and goes in the next release; use --rows\n"
     ids = TOKENIZER.encode(" the abab")
     assert f"prompt ids: {ids}" in out and "prompt tokens: ' the' ' ' 'abab'" in out
     rows = parse_table(out)
@@ -67,14 +68,14 @@ def test_bos_prepends_end_of_text(folder, capsys):
 
 
 def test_ids_work_without_tokenizer_files(capsys):
-    assert main(["next", "--model", FIXTURE, "--ids", "5", "17", "99", "--top-k", "4"]) == 0
+    assert main(["next", "--model", FIXTURE, "--ids", "5", "17", "99", "--rows", "4"]) == 0
     out = capsys.readouterr().out
     assert "prompt tokens" not in out
     assert [r[0] for r in parse_table(out)] == expected_top(GPT2.from_pretrained(FIXTURE), [5, 17, 99], 4)[0]
 
 
 def test_python_dash_m_runs_the_same_command(folder):
-    out = subprocess.run([sys.executable, "-m", "minigpt", "next", "the", "--model", str(folder), "--top-k", "3"],
+    out = subprocess.run([sys.executable, "-m", "minigpt", "next", "the", "--model", str(folder), "--rows", "3"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert len(parse_table(out.stdout)) == 3
@@ -91,7 +92,7 @@ def test_errors_go_to_stderr_with_exit_status_2(folder, capsys):
     assert "special token" in capsys.readouterr().err
     assert main(["next", "x", "--model", "./no/such/folder"]) == 2
     assert "no such folder" in capsys.readouterr().err
-    for argv in (["next", "x", "--ids", "1"], ["next"], ["next", "x", "--top-k", "0"]):
+    for argv in (["next", "x", "--ids", "1"], ["next"], ["next", "x", "--rows", "0"]):
         with pytest.raises(SystemExit) as info:
             main(argv + ["--model", str(folder)])
         assert info.value.code == 2

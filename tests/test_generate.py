@@ -448,11 +448,13 @@ def test_cli_streams_one_sample_and_prints_batches(folder, capsys):
                         prepend_bos=True, stop_at_eos=False)
     assert capsys.readouterr().out == "the ab" + expected.texts[0] + "\n"
 
-    assert main(["generate", "the", "ab", "--model", str(folder), "--max-new-tokens", "3", "--num-samples", "2"]) == 0
-    out = capsys.readouterr().out
     batch = generate(model, ["the", "the", "ab", "ab"], tok, max_new_tokens=3)
-    for i, (j, text) in enumerate(zip([0, 0, 1, 1], batch.texts)):
-        assert f"--- prompt {j}, sample {i % 2} ---\n{['the', 'ab'][j]}{text}\n" in out
+    for spelling in ("-n", "--samples", "--num-samples"):                 # the last: deprecated, said on stderr
+        assert main(["generate", "the", "ab", "--model", str(folder), "--max-new-tokens", "3", spelling, "2"]) == 0
+        out, err = capsys.readouterr()
+        for i, (j, text) in enumerate(zip([0, 0, 1, 1], batch.texts)):
+            assert f"--- prompt {j}, sample {i % 2} ---\n{['the', 'ab'][j]}{text}\n" in out
+        assert ("--num-samples is deprecated" in err) == (spelling == "--num-samples")
 
     assert main(["generate", "x", "--model", str(folder), "--top-p", "2"]) == 2
     assert "top_p=2.0: expected a number in (0, 1]" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def outputs(t):
     vector = ["--plus", "whale", "--layer", "0", "--coeff", "1"]
     return [
         (["steer", "--model", NO_MODEL, "--prompt", "In the morning we", "--minus", "", *vector], "--save", "file"),
-        (["sweep", "--model", NO_MODEL, "--plus", "whale", "--layers", "0", "--coeffs", "1", "--prompt", "x"], "--out", "file"),
+        (["sweep", "--model", NO_MODEL, "--plus", "whale", "--layers", "0", "--coeffs", "1", "--prompt", "x"], "--out", "folder"),
         (["eval", "topic", "--model", NO_MODEL], "--out", "folder"),
         (["eval", "sentiment", "--model", NO_MODEL, "--data", str(t / "texts.tsv"), "--layer", "0", "--coeff", "1"],
          "--out", "folder"),
@@ -55,15 +55,17 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(places, caps
     argv, option, kind = outputs(places)[command]
     name, message = BAD_PLACES[bad]
     target = places / name if not name.startswith("/") else name
+    if kind == "file":
+        target = f"{target}.safetensors"                   # --save names its format by its suffix
     if kind == "file" and bad == "a file":                  # where a file is wanted, a folder stands
-        (places / "taken.csv").mkdir()
-        target, message = places / ("taken" if argv[0] == "sweep" else "taken.csv"), "a folder, not a file"
+        (places / "taken.safetensors").mkdir()
+        target, message = places / "taken.safetensors", "a folder, not a file"
     outcome, _, _ = bounded(main, argv + [option, str(target)])
     assert outcome == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"actadd: error: {option}") and message in err and "\n" not in err, err
     assert NO_MODEL not in err
-    left = sorted(p.name for p in places.iterdir() if p.name != "taken.csv")
+    left = sorted(p.name for p in places.iterdir() if p.name != "taken.safetensors")
     assert left == ["a-file", "docs", "pairs.tsv", "prompts.txt", "texts.tsv"]        # nothing made
 
 

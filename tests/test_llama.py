@@ -262,7 +262,7 @@ def test_every_command_that_loads_a_model_takes_the_weight_policy(reference, tmp
         printed[policy] = capsys.readouterr().out.split("\nweights ")[0]           # the memory line differs
     assert asked == ["lazy", "float32"] and printed["lazy"].replace(", weights='lazy'", "") == printed["float32"]
     assert "rank" in printed["lazy"]
-    assert minigpt_main(["next", "--model", str(tmp_path / "bf16"), "--ids", "1", "5", "--top-k", "3"]) == 0
+    assert minigpt_main(["next", "--model", str(tmp_path / "bf16"), "--ids", "1", "5", "--rows", "3"]) == 0
     assert asked[-1] == "auto"                                           # not given: the family's default
     capsys.readouterr()
     steered = {}

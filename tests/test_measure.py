@@ -328,7 +328,11 @@ def test_cli_measurements_match_the_library(folder, capsys, tmp_path):
                  str(tmp_path / "sw"), "--no-progress", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["layer"], r["coeff"]) for r in rows] == [(0, -1.0), (0, 2.0), (1, -1.0), (1, 2.0), (3, -1.0), (3, 2.0)]
-    assert json.loads((tmp_path / "sw.json").read_text()) == rows
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text()) == rows     # --out is a folder, as everywhere
+    with pytest.raises(SystemExit) as refused:                                # a file name, as before 0.3
+        main(["sweep", "--model", str(folder), "--plus", "a", "--layers", "0", "--coeffs=1", "--corpus",
+              str(folder / "corpus.txt"), "--out", str(tmp_path / "old.csv"), "--no-progress"])
+    assert refused.value.code == 2 and "a folder now, as for every command" in capsys.readouterr().err
     assert main(["reproduce", "--model", str(folder), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     ours = measure.reproduce(model, tok)

@@ -96,7 +96,7 @@ class Quoted:
     run_here: tuple[str, ...] = ("unsteered", "ActAdd", "prompted")   # the rows we also run
 
 
-ICLR_SOURCE = "ICLR 2025 submission, sentiment and toxicity tables (../shared/REFERENCE.md 6b)"
+ICLR_SOURCE = "ICLR 2025 submission (OpenReview 2XBPdPIcFK), its sentiment and toxicity tables"
 QUOTED = {
     "sentiment": Quoted(
         "iclr2025", "Sentiment, IMDb, n = 1,000, Twitter-roBERTa; LLaMA-3.1-8B, l = 6, c = 3",

@@ -80,7 +80,8 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
         sentiment_scorer=None, toxicity_scorer=None, sentiment_also: Sequence = (), toxicity_also: Sequence = (),
         sentiment_dev_data: str | Path | None = None, toxicity_dev_data: str | Path | None = None,
         progress: bool = True, workers: int | None = None, scheduler: str | None = None,
-        worker_backend: str | None = None, sizes: dict | None = None, command: str | None = None) -> dict:
+        worker_backend: str | None = None, sizes: dict | None = None, command: str | None = None,
+        rerun: Sequence[str] = ()) -> dict:
     """The battery; returns paper.json's content. Topic uses the paper's prompt, vector and
     words at every layer (the quick preset: 4 layers, 32 samples); relevance and knowledge the
     paper's layer rescaled to this depth; overhead the paper's batch 32 x 64 at the middle block;
@@ -154,9 +155,15 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
         report["experiments"]["knowledge"] = _knowledge_headline(result.summary, str(lama))
 
     say("overhead")
-    summary = overhead.overhead(model, repeats=size["repeats"], seed=seed, progress=progress)
-    overhead.write(summary, out / "overhead")
-    report["experiments"]["overhead"] = _overhead_headline(summary)
+    # Timings are this machine's at this moment: a rerun keeps the first run's, as every other
+    # experiment resumes, unless asked (rerun=["overhead"]); a rerun that re-timed would change
+    # the report's overhead row alone.
+    summary = None if "overhead" in rerun else _kept_overhead(out / "overhead" / "summary.json", model, size["repeats"])
+    kept = summary is not None
+    if not kept:
+        summary = overhead.overhead(model, repeats=size["repeats"], seed=seed, progress=progress)
+        overhead.write(summary, out / "overhead")
+    report["experiments"]["overhead"] = {**_overhead_headline(summary), "kept_from_earlier_run": kept}
 
     s_model, s_tok = sentiment_model or (model, tokenizer)
     s_name = sentiment_model_name or report["model"]
@@ -497,6 +504,18 @@ def _knowledge_headline(summary: dict, data: str) -> dict:
                          "difference_high": rows[k]["difference_high"]} for k in (1, 5, 10)}}
 
 
+def _kept_overhead(path: Path, model: Transformer, repeats: int) -> dict | None:
+    """An earlier run's overhead summary in this folder, if it timed this model (its repr and
+    backend) with these repeats; else None (timed again)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
+        same = (summary["model"] == repr(model) and summary["backend"] == model.backend.name
+                and summary["rows"][0]["repeats"] == repeats)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return summary if same else None
+
+
 def _overhead_headline(summary: dict) -> dict:
     out = {"layer": summary["layer"], "repeats": summary["rows"][0]["repeats"],
            "addition_ms": 1e3 * summary["addition"]["median_s"],
@@ -683,6 +702,9 @@ def render(report: dict) -> str:
         noise = f"{signed_pct(n['premium'])} [{signed_pct(n['low'])}, {signed_pct(n['high'])}]" if n else "n/a"
         lines.append(f"| {s['work']} | {signed_pct(s['premium'])} [{signed_pct(s['low'])}, {signed_pct(s['high'])}] "
                      f"| {noise} |")
+    if o.get("kept_from_earlier_run"):
+        lines += ["", "*Kept from the first run in this folder* (timings are that moment's; `--rerun overhead` "
+                      "times them again)."]
     lines += ["", "A premium inside the noise floor's interval is below what this machine can measure. The "
               f"addition itself, timed alone on the forward pass's activation, takes {num(o['addition_ms'])} ms: "
               f"{num(100 * o['addition_fraction'], 4)}% of the unsteered pass (one add per steered layer, on the "
@@ -739,7 +761,12 @@ def _quoted_lines(q: claims.Quoted) -> list[str]:
 def _scored_head(report: dict, task: str, title: str) -> tuple[dict, list[str]]:
     """The section's title, the paper's table, and (unless skipped) the version's settings."""
     e = report["experiments"][task]
-    lines = [f"## {title}", ""] + _quoted_lines(claims.QUOTED[task])
+    q = claims.QUOTED[task]
+    # One version per report: the paper's table only where it is the version compared here.
+    quoted = _quoted_lines(q) if q.version == report["version"] else [
+        f"*The paper*: this report compares version {report['version']}, whose figures are in the claims table; the "
+        f"{q.version} table is in a report run with `--preset {q.version}`.", ""]
+    lines = [f"## {title}", ""] + quoted
     if "skipped" in e:
         return e, lines + [f"*Here:* skipped: {e['skipped']}.", ""]
     return e, lines + _version_lines(report, e, task)
