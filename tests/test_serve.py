@@ -387,6 +387,13 @@ def test_the_page_in_a_browser(server, browser, capsys, tmp_path):
     loaded = actadd.load(saved, server.steerer.model)
     made = server.steerer.vector(Settings(prompt="In the morning we", plus="whale", minus="", layer=1, coeff=6.0))
     assert np.array_equal(loaded.activations[0], made.activations[0])
+    # The model busy for 3 s (past the server's 2 s wait: a 409): the download retries, then saves.
+    server.steerer.lock.acquire()
+    threading.Timer(3.0, server.steerer.lock.release).start()
+    browser.find_element(By.ID, "download").click()
+    again = browser.downloads / "actadd-vector (1).safetensors"
+    wait.until(lambda d: again.exists() and again.stat().st_size > 0)
+    assert again.read_bytes() == saved.read_bytes() and browser.find_element(By.ID, "error").text == ""
     browser.find_element(By.ID, "words").send_keys("whale sea")
     browser.find_element(By.ID, "grid-button").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid rect.cell")) == 4 * 7)
