@@ -69,7 +69,8 @@ def corpus_files(path: str | Path) -> list[Path]:
     so); checked to exist, so that a command can say so before loading a model."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
+        raise ValueError(f"{path}: no such file or folder (docs/data.md: what each experiment reads and where to get "
+                         "it)")
     if path.is_dir():
         files = sorted(p for p in path.glob("*.txt") if p.is_file())
         if not files:

@@ -5,6 +5,8 @@ every module), and each docs page is linked from it."""
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "audit").glob("**/*.md")),
          ROOT / "weights" / "tiny-books" / "README.md", ROOT / "weights" / "toxicity-davidson" / "README.md"]
@@ -64,3 +66,14 @@ def test_the_readme_is_a_front_door():
     assert [m for m in modules if f"`{m}`" not in table] == []             # every module has its line
     linked = set(re.findall(r"\(docs/([\w-]+\.md)\)", readme))
     assert linked == {p.name for p in (ROOT / "docs").glob("*.md")}          # every page is reachable
+
+
+def test_a_missing_book_says_where_to_get_it(tmp_path):
+    """Before: the walkthrough, run from a fresh clone, stopped at FileNotFoundError
+    '../shared/corpora/gutenberg/pg2701.txt' with no word of where the books come from."""
+    import minigpt
+    from minigpt.checkpoints import held_out_chunks
+
+    _, tok = minigpt.load("tiny-books")
+    with pytest.raises(FileNotFoundError, match="pg2701.txt: no such book file .* docs/data.md says where to get them"):
+        held_out_chunks(tok, tmp_path / "pg2701.txt")

@@ -22,6 +22,9 @@ def held_out_chunks(tokenizer, path, n: int = 64, count: int = 40) -> list[tuple
     """`count` chunks of `n` tokens, each with <|endoftext|> first, from the held-out end of a book
     file (grouped under its file name): text to measure tiny-books on that it was not trained on."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such book file (the Project Gutenberg books tiny-books was trained on; "
+                                "docs/data.md says where to get them, and MINIGPT_CORPORA where they are)")
     ids = tokenizer.encode(split_held_out(path.read_text(encoding="utf-8"))[1], disallowed_special=())
     if len(ids) < n * count:
         raise ValueError(f"{path}: the held-out part has {len(ids)} tokens, fewer than {count} chunks of {n}")

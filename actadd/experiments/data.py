@@ -28,6 +28,9 @@ LABELS = {"0": "negative", "neg": "negative", "negative": "negative",
 BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
+# Every missing data path says where the data sets come from (none is copied into the repository).
+WHERE_TO_GET = " (docs/data.md: what each experiment reads and where to get it)"
+
 def line_breaks(text: str) -> str:
     """Each HTML line-break tag (`<br />`, as IMDb's reviews mark paragraphs) made a line break:
     the text as tiny-imdb was trained on it."""
@@ -70,7 +73,7 @@ def read_labelled(path: str | Path, text_field: str = "text", label_field: str =
     tag a line break (IMDb's raw reviews, for a model trained on clean text such as tiny-imdb)."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder{WHERE_TO_GET}")
     if path.is_dir():
         if (path / "pos").is_dir() and (path / "neg").is_dir():
             items = [(t, LABELS[d], src) for d in ("neg", "pos") for t, src in _folder_texts(path / d)]
@@ -201,7 +204,7 @@ def read_documents(path: str | Path, field: str = "text") -> list[tuple[str, str
     sample: {"filename", "text"}), a .txt file (one document), or a folder of .txt files."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder{WHERE_TO_GET}")
     if path.is_dir():
         docs = [(str(f), _read(f)) for f in _files(path, "*.txt")]
     elif path.suffix == ".jsonl":
@@ -254,7 +257,7 @@ def read_lama(path: str | Path, tokenizer: Tokenizer) -> tuple[list[Fact], list[
     elif path.is_file():
         files = [(_group_of(path), path)]
     else:
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder{WHERE_TO_GET}")
     templates = None
     facts, skipped = [], []
     for group, file in files:
