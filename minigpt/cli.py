@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import sys
 
 import numpy as np
@@ -78,6 +79,7 @@ def _main(argv: list[str] | None = None) -> int:
     nxt.add_argument("--bos", action="store_true", help="prepend the BOS token (GPT-2: <|endoftext|>; OPT: </s>), as TransformerLens and ActAdd do")
     nxt.add_argument("--rows", type=int, default=10, help="how many tokens to show (default 10)")
     nxt.add_argument("--top-k", dest="rows", type=int, action=Renamed, new="--rows", help=argparse.SUPPRESS)
+    nxt.add_argument("--json", action="store_true", help="print the prompt ids and the rows as JSON")
 
     gen = sub.add_parser("generate", help="sample continuations (streamed for one prompt and one sample)")
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
@@ -96,6 +98,8 @@ def _main(argv: list[str] | None = None) -> int:
     gen.add_argument("--num-samples", dest="samples", type=int, action=Renamed, new="--samples", help=argparse.SUPPRESS)
     gen.add_argument("--bos", action="store_true", help="prepend the BOS token (the paper's setting)")
     gen.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
+    gen.add_argument("--json", action="store_true", help="print every row's prompt, sample, text and token ids as "
+                     "JSON (no streaming)")
     args = parser.parse_args(argv)
     if args.command == "generate":
         return _generate(parser, args)
@@ -126,6 +130,12 @@ def _main(argv: list[str] | None = None) -> int:
     def show(i):
         return repr(tokenizer.token_str(i)) if tokenizer else ""
 
+    if args.json:
+        print(json.dumps({"model": args.model, "prompt_ids": ids, "rows": [
+            {"rank": rank, "id": int(i), "token": tokenizer.token_str(i) if tokenizer else None, "logit": float(logit),
+             "prob": float(prob)} for rank, (i, logit, prob) in enumerate(top, 1)]}, indent=2))
+        return 0
+
     print(f"{model} from {args.model}")
     print(f"prompt ids: {ids}")
     if tokenizer:
@@ -150,7 +160,7 @@ def _generate(parser, args) -> int:
     except ERRORS as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
-    if len(rows) == 1:  # stream: print each token as it comes (a character may span tokens)
+    if len(rows) == 1 and not args.json:  # stream: print each token as it comes (a character may span tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         print(args.prompts[0], end="", flush=True)
         for (token,) in steps:
@@ -162,6 +172,10 @@ def _generate(parser, args) -> int:
         for row, token in zip(new, step):
             if token is not None:
                 row.append(token)
+    if args.json:
+        print(json.dumps([{"prompt": args.prompts[j], "sample": i % args.samples, "text": tok.decode(tokens),
+                           "tokens": tokens} for i, ((j, _), tokens) in enumerate(zip(rows, new))], indent=2))
+        return 0
     for i, ((j, _), tokens) in enumerate(zip(rows, new)):
         print(f"--- prompt {j}, sample {i % args.samples} ---")
         print(args.prompts[j] + tok.decode(tokens))

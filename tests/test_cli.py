@@ -1,5 +1,6 @@
 """`minigpt next` (the README's main command) and `minigpt.load`."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,10 @@ def test_next_takes_text_and_prints_tokens_with_probabilities(folder, capsys):
     assert f"prompt ids: {ids}" in out and "prompt tokens: ' the' ' ' 'abab'" in out
     rows = parse_table(out)
     order, logits, probs = expected_top(GPT2.from_pretrained(folder), ids, 4)
+    assert main(["next", " the abab", "--model", str(folder), "--rows", "4", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompt_ids"] == ids and [r["id"] for r in printed["rows"]] == order
+    np.testing.assert_allclose([r["prob"] for r in printed["rows"]], probs, atol=1e-4)
     assert [r[0] for r in rows] == order
     np.testing.assert_allclose([r[1] for r in rows], logits, atol=1e-3)
     np.testing.assert_allclose([r[2] for r in rows], probs, atol=1e-4)

@@ -6,6 +6,7 @@ minigpt float32, differ only by the summation order of different matmul shapes; 
 15x margin while any indexing mistake (a wrong position id, a key from another row) is >1e-2.
 """
 
+import json
 import subprocess
 import sys
 
@@ -455,6 +456,10 @@ def test_cli_streams_one_sample_and_prints_batches(folder, capsys):
         for i, (j, text) in enumerate(zip([0, 0, 1, 1], batch.texts)):
             assert f"--- prompt {j}, sample {i % 2} ---\n{['the', 'ab'][j]}{text}\n" in out
         assert ("--num-samples is deprecated" in err) == (spelling == "--num-samples")
+    assert main(["generate", "the", "ab", "--model", str(folder), "--max-new-tokens", "3", "-n", "2", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(r["prompt"], r["sample"]) for r in printed] == [("the", 0), ("the", 1), ("ab", 0), ("ab", 1)]
+    assert [r["tokens"] for r in printed] == batch.tokens and [r["text"] for r in printed] == batch.texts
 
     assert main(["generate", "x", "--model", str(folder), "--top-p", "2"]) == 2
     assert "top_p=2.0: expected a number in (0, 1]" in capsys.readouterr().err
