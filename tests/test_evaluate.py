@@ -573,3 +573,13 @@ def test_ctrl_c_says_what_is_saved_and_the_rerun_resumes(books, labelled, tmp_pa
     # one unit of all 12 rows (6 lines read as prompts x 2 conditions), generated and saved, then stopped while scored
     assert err.strip() == (f"actadd: interrupted: 12 of 12 samples saved in {tmp_path / 'cli' / 'results.jsonl'}; "
                            "run the same command to resume")
+
+
+def test_an_argument_that_is_not_a_sampling_setting_is_refused_before_any_file(books, labelled, tmp_path):
+    """Before: toxicity(..., truncate=6) (sentiment's argument) made the results file, then failed
+    at the first batch inside generate()."""
+    model, tok = books
+    with pytest.raises(TypeError, match="unexpected argument\\(s\\) 'truncate': the keywords left over are sampling"):
+        generation.toxicity(model, tok, data.read_labelled(labelled), tmp_path / "o", layer=0, coeff=1.0,
+                            truncate=6, scorer=LengthScorer(), progress=False)
+    assert not (tmp_path / "o" / "results.jsonl").exists()

@@ -310,9 +310,13 @@ def _check_common(samples: int, max_new_tokens: int, batch_rows: int, seed: int)
 
 def make_context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model, relevance_model, topic=None):
     """A run's Context: the paper's sampling updated by `sampling`, checked before any work."""
+    known = ("temperature", "top_k", "top_p", "freq_penalty", "presence_penalty")
+    unknown = sorted(set(sampling) - set(known))
+    if unknown:      # a misplaced argument (e.g. sentiment's truncate given to toxicity) would fail at the first batch
+        raise TypeError(f"unexpected argument(s) {', '.join(map(repr, unknown))}: the keywords left over are sampling "
+                        f"settings, one of {', '.join(known)}")
     sampling = {**PAPER_SAMPLING, **sampling}
-    minigpt.Sampling(**{k: v for k, v in sampling.items() if k in ("temperature", "top_k", "top_p", "freq_penalty",
-                                                                    "presence_penalty")})  # checked before any work
+    minigpt.Sampling(**sampling)                      # checked before any work
     return Context(model, tokenizer, max_new_tokens, sampling, seed, fluency_model,
                    _relevance(relevance_model) if relevance_model else None, topic, relevance_model)
 
