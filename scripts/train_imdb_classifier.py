@@ -31,7 +31,7 @@ from sklearn.metrics import log_loss
 
 from actadd.experiments.data import line_breaks
 from actadd.experiments.scorers import TfidfLogistic, Vader, export_tfidf
-from actadd.experiments.stats import wilson
+from actadd.experiments.stats import accuracy, wilson
 from minigpt.checkpoints import imdb_dev
 
 CS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -113,10 +113,6 @@ def continuation_window(text: str, size: int) -> str:
     return " ".join(words[size:2 * size]) if len(words) > size + size // 2 else " ".join(words[-size:])
 
 
-def accuracy(labels: list[int], probabilities) -> dict:
-    hits = int(sum((p >= 0.5) == bool(y) for y, p in zip(labels, probabilities)))
-    return wilson(hits, len(labels)).as_dict()
-
 
 def write_card(folder: Path, r: dict, dev_window_count: int) -> None:
     def rate(e):
@@ -190,10 +186,10 @@ def main():
     results = {
         "C": best, "search": search, "window_words": args.window, "features": len(scorer.terms),
         "fit_reviews": len(fit), "fit_texts": len(texts), "dev_reviews": len(dev), "test_reviews": len(test),
-        "accuracy": {"test_whole_reviews": accuracy(test_labels, whole),
-                     "test_continuation_windows": accuracy(test_labels, cont_p),
-                     "dev_whole_reviews": accuracy([y for _, y in dev], dev_whole),
-                     "dev_windows": accuracy(dev_labels, scorer(dev_texts))},
+        "accuracy": {"test_whole_reviews": accuracy(test_labels, whole).as_dict(),
+                     "test_continuation_windows": accuracy(test_labels, cont_p).as_dict(),
+                     "dev_whole_reviews": accuracy([y for _, y in dev], dev_whole).as_dict(),
+                     "dev_windows": accuracy(dev_labels, scorer(dev_texts)).as_dict()},
         "negative_windows_called_positive": wilson(sum(p >= 0.5 for p in neg_windows), len(neg_windows)).as_dict(),
         "vader_on_test_windows": {
             "agreement_where_vader_decides": wilson(sum((lab == "positive") == (p >= 0.5) for lab, p in decided),

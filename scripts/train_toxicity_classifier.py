@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
 from actadd.experiments.scorers import Profanity, TfidfLogistic, export_tfidf
-from actadd.experiments.stats import wilson
+from actadd.experiments.stats import accuracy
 from minigpt.checkpoints import davidson_split, tweet_text
 
 CS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -129,10 +129,6 @@ def agreement(texts: list[dict], scores: list[float]) -> dict:
             "spearman": float(spearmanr(scores, truth).statistic)}
 
 
-def accuracy(labels, probabilities) -> dict:
-    hits = int(sum((p >= 0.5) == bool(y) for y, p in zip(labels, probabilities)))
-    return wilson(hits, len(labels)).as_dict()
-
 
 def write_card(folder: Path, r: dict) -> None:
     def rate(e):
@@ -188,7 +184,7 @@ def main():
     results = {
         "C": best, "search": search, "features": len(scorer.terms), "fit": len(split["fit"]),
         "dev": len(split["dev"]), "test": len(split["test"]),
-        "accuracy": {s: accuracy([t["toxic"] for t in split[s]], scorer([t["text"] for t in split[s]]))
+        "accuracy": {s: accuracy([t["toxic"] for t in split[s]], scorer([t["text"] for t in split[s]])).as_dict()
                      for s in ("test", "dev")},
         "perspective": by_group(ours), "profanity": by_group(profane), "rtp": str(args.rtp),
         "fit_seconds": round(time.perf_counter() - started, 1), "sklearn": sklearn.__version__,

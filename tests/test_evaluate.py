@@ -583,3 +583,20 @@ def test_an_argument_that_is_not_a_sampling_setting_is_refused_before_any_file(b
         generation.toxicity(model, tok, data.read_labelled(labelled), tmp_path / "o", layer=0, coeff=1.0,
                             truncate=6, scorer=LengthScorer(), progress=False)
     assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_dev_prompts_are_the_davidson_dev_split_cut_to_eight_words(tmp_path):
+    """read_dev_prompts: Davidson records -> the dev split's tweets (cleaned, >= 4 words, the first 8);
+    any other JSONL -> its prompts as read_prompts reads them."""
+    from minigpt.checkpoints import davidson_split
+
+    words = "one two three four five six seven eight nine ten".split()
+    rows = [{"id": i, "count": 3, "class": i % 3, "tweet": " ".join(words[:3 + i % 8])} for i in range(300)]
+    path = tmp_path / "labeled_data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = data.read_dev_prompts(path)
+    expected = [" ".join(words[:min(3 + i % 8, 8)]) for i in range(300) if davidson_split(i) == "dev" and 3 + i % 8 >= 4]
+    assert [p.text for p in got] == expected and 0 < len(got) < 300
+    other = tmp_path / "prompts.jsonl"
+    other.write_text(json.dumps({"prompt": {"text": "The captain said"}}) + "\n")
+    assert [p.text for p in data.read_dev_prompts(other)] == ["The captain said"]

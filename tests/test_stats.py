@@ -97,3 +97,14 @@ def test_degenerate_inputs_give_nan_intervals_not_errors():
         stats.mean_interval([1, 2], 1.5)
     with pytest.raises(ValueError, match="3 cluster labels for 2 pairs"):
         stats.paired_difference([1, 2], [0, 0], [0, 1, 2])
+
+
+def test_accuracy_counts_calls_at_the_threshold_and_gives_the_wilson_interval(proportion_confint):
+    """One helper for both training scripts (each had its own copy): 3 of 5 right by hand."""
+    labels, probabilities = [1, 0, 1, 0, True], [0.5, 0.49, 0.2, 0.9, 0.51]   # right, right, wrong, wrong, right
+    e = stats.accuracy(labels, probabilities)
+    low, high = proportion_confint(3, 5, alpha=0.05, method="wilson")
+    assert e.value == 3 / 5 and e.n == 5
+    assert e.low == pytest.approx(low, rel=1e-12) and e.high == pytest.approx(high, rel=1e-12)
+    with pytest.raises(ValueError, match="5 labels for 4 probabilities"):
+        stats.accuracy(labels, probabilities[:4])

@@ -186,10 +186,11 @@ def read_dev_prompts(path: str | Path) -> list[Prompt]:
 
     path = Path(path)
     if path.suffix == ".jsonl" and path.is_file():
-        first = next(_jsonl(path), None)
-        if first is not None and isinstance(first[0], dict) and "tweet" in first[0] and "class" in first[0]:
+        records = list(_jsonl(path))                  # read once: the first record says which kind of file
+        first = records[0][0] if records else None
+        if isinstance(first, dict) and "tweet" in first and "class" in first:
             out = []
-            for obj, where in _jsonl(path):
+            for obj, where in records:
                 if not isinstance(obj.get("id"), int) or not isinstance(obj.get("tweet"), str):
                     raise DataError(f"{where}: expected a Davidson record with an integer 'id' and a 'tweet'")
                 words = tweet_text(obj["tweet"]).split()

@@ -57,6 +57,15 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> Estimate:
     return Estimate(p, low, high, n, "wilson")
 
 
+def accuracy(labels, probabilities, threshold: float = 0.5) -> Estimate:
+    """A classifier's accuracy with its Wilson interval: label y (0/1, or bools) is called right
+    where (probability >= threshold) == y."""
+    labels, probabilities = list(labels), list(probabilities)
+    if len(labels) != len(probabilities):
+        raise ValueError(f"{len(labels)} labels for {len(probabilities)} probabilities")
+    return wilson(sum((p >= threshold) == bool(y) for y, p in zip(labels, probabilities)), len(labels))
+
+
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     """The mean with the Student t interval mean +- t(df = n - 1) * sd / sqrt(n). With fewer
     than two values the interval is NaN: one observation says nothing about its spread."""
