@@ -92,6 +92,24 @@ def test_sentiment_on_two_workers_writes_what_one_process_writes(books, cluster,
     assert kinds.count("sample") == kinds.count("score") == 4 * 3 * 3    # 4 negative prompts x 3 conditions x 3
 
 
+def test_the_dev_search_on_two_workers_writes_what_one_process_writes(books, cluster, tmp_path):
+    """Before: actadd paper's dev searches ignored --workers and ran here while the rest went to the cluster."""
+    from actadd.experiments import search
+    from actadd.experiments.scorers import get_scorer
+
+    model, tok = books
+    c, _ = cluster
+    prompts = [p for p in labelled(tmp_path) if p.label == "negative"]
+    common = dict(layers=[0, 2], coeffs=[2.0], scorer=get_scorer("vader", "sentiment"), max_new_tokens=6,
+                  sampling={"temperature": 1.0, "top_p": 0.3, "freq_penalty": 1.0}, direction="neg-to-pos",
+                  progress=False, batch_rows=4)
+    one = search.search(model, tok, "sentiment", prompts, tmp_path / "one", **common)
+    two = bounded(search.search, model, tok, "sentiment", prompts, tmp_path / "two", scheduler=c.scheduler_address,
+                  **common)
+    assert (tmp_path / "two" / "results.jsonl").read_bytes() == (tmp_path / "one" / "results.jsonl").read_bytes()
+    assert two == one and len(two["cells"]) == 2
+
+
 def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(books, cluster, tmp_path):
     model, tok = books
     c, client = cluster

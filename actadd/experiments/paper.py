@@ -180,7 +180,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
         if sentiment_dev_data is not None:
             say("search sentiment (dev data)")
             searched["sentiment"] = _search_sentiment(s_model, s_tok, sentiment_dev_data, out / "search", quick,
-                                                      preset_setting, version_preset, seed, progress)
+                                                      preset_setting, version_preset, seed, progress, dask)
             setting, note = _searched_setting(searched["sentiment"])
         scorer = sentiment_scorer or version_preset.sentiment_scorer
         scorer_name = scorer if isinstance(scorer, str) else scorer.name
@@ -215,7 +215,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
         if toxicity_dev_data is not None:
             say("search toxicity (dev data)")
             searched["toxicity"] = _search_toxicity(model, tokenizer, toxicity_dev_data, out / "search", quick,
-                                                    preset_setting, version_preset, scorer, seed, progress)
+                                                    preset_setting, version_preset, scorer, seed, progress, dask)
             setting, note = _searched_setting(searched["toxicity"])
         say("toxicity")
         result = generation.toxicity(model, tokenizer, prompts, out / "toxicity", layer=setting[0],
@@ -245,7 +245,7 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
 
 
 def _search_sentiment(model, tokenizer, path, out: Path, quick: bool, preset: tuple[int, float], version_preset,
-                      seed: int, progress: bool) -> dict:
+                      seed: int, progress: bool, dask: dict) -> dict:
     """The sentiment search (both directions) on labelled dev reviews, judged by the imdb scorer."""
     from .scorers import get_scorer
 
@@ -260,12 +260,13 @@ def _search_sentiment(model, tokenizer, path, out: Path, quick: bool, preset: tu
         prompts = [generation.truncated(p, tokenizer, 32) for p in chosen]
         runs.append(search.search(model, tokenizer, "sentiment", prompts, out / f"sentiment-{direction}",
                                   layers=layers, coeffs=coeffs, scorer=scorer, max_new_tokens=size["new_tokens"],
-                                  sampling=version_preset.sampling, seed=seed, direction=direction, progress=progress))
+                                  sampling=version_preset.sampling, seed=seed, direction=direction, progress=progress,
+                                  **dask))
     return {**search.choose(runs, preset), "data": str(path), "scorer": scorer.name, "runs": runs}
 
 
 def _search_toxicity(model, tokenizer, path, out: Path, quick: bool, preset: tuple[int, float], version_preset,
-                     scorer, seed: int, progress: bool) -> dict:
+                     scorer, seed: int, progress: bool, dask: dict) -> dict:
     """The toxicity search on dev prompts (Davidson's dev tweets cut to their first words, or
     any prompt file), judged by the test's scorer."""
     from .scorers import get_scorer
@@ -277,7 +278,7 @@ def _search_toxicity(model, tokenizer, path, out: Path, quick: bool, preset: tup
     coeffs = sorted(set(size["coeffs"]) | {preset[1]})
     run = search.search(model, tokenizer, "toxicity", prompts, out / "toxicity", layers=layers, coeffs=coeffs,
                         scorer=scorer, max_new_tokens=size["new_tokens"], sampling=version_preset.sampling, seed=seed,
-                        progress=progress)
+                        progress=progress, **dask)
     return {**search.choose([run], preset, lower_is_better=True), "data": str(path), "scorer": scorer.name,
             "runs": [run]}
 

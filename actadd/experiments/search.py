@@ -22,6 +22,7 @@ from minigpt import Tokenizer, Transformer
 from ..steering import steering_vector, x_vector
 from . import generation
 from .data import Prompt
+from .runner import open_runner
 from .scorers import Scorer
 
 FLUENCY_BUDGET = 1.5
@@ -46,9 +47,11 @@ def grid_layers(n_layer: int, count: int, preset_layer: int) -> list[int]:
 
 def search(model: Transformer, tokenizer: Tokenizer, task: str, prompts: Sequence[Prompt], out: str | Path, *,
            layers: Sequence[int], coeffs: Sequence[float], scorer: Scorer, max_new_tokens: int, sampling: dict,
-           seed: int = 0, direction: str | None = None, progress: bool = True, batch_rows: int = 64) -> dict:
+           seed: int = 0, direction: str | None = None, progress: bool = True, batch_rows: int = 64,
+           workers: int | None = None, scheduler: str | None = None, worker_backend: str | None = None) -> dict:
     """Every (layer, coefficient) of the grid and unsteered on the dev prompts: each cell's
-    effect (paired over prompts) and its continuations' mean perplexity against unsteered."""
+    effect (paired over prompts) and its continuations' mean perplexity against unsteered.
+    `workers` / `scheduler`: the units on Dask, as every generating experiment (the same file)."""
     if task == "sentiment":
         _, target, plus, minus = generation.DIRECTIONS[direction]
     else:
@@ -63,7 +66,9 @@ def search(model: Transformer, tokenizer: Tokenizer, task: str, prompts: Sequenc
                 "cells": [list(c) for c in cells], "prompts": len(kept), "prompts_sha256": generation.prompts_digest(kept),
                 "max_new_tokens": max_new_tokens, "seed": seed, "sampling": ctx.sampling, "batch_rows": batch_rows,
                 "scorer": scorer.name, **generation.model_settings(model, None, None)}
-    run = generation.execute(f"search {task}", ctx, conditions, kept, 1, settings, out, scorer, batch_rows, progress)
+    with open_runner(workers, scheduler, worker_backend) as runner:
+        run = generation.execute(f"search {task}", ctx, conditions, kept, 1, settings, out, scorer, batch_rows, progress,
+                                 runner)
     summary = generation.summarize_scored(run, task, scorer)
     metric = "success" if task == "sentiment" else "mean_score"
     base = next(c for c in summary["conditions"] if c["condition"] == "unsteered")
