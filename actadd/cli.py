@@ -16,7 +16,7 @@ from pathlib import Path
 import minigpt
 from minigpt import BackendError, CheckpointError, ConfigError
 from minigpt.backend import BACKENDS
-from minigpt.cli import BACKEND_HELP, MODEL_HELP, WEIGHTS_HELP, weights_option
+from minigpt.cli import BACKEND_HELP, MODEL_HELP, WEIGHTS_HELP, interruptible, weights_option
 from minigpt.weights import WEIGHT_POLICIES
 
 from . import interpret, measure, pairs
@@ -31,13 +31,7 @@ ERRORS = (ConfigError, CheckpointError, BackendError, VectorFileError, ValueErro
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; Ctrl-C ends it with one line (what was saved, where a run saves as it
-    goes) and exit status 130, not a traceback."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt as e:
-        print(f"\nactadd: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
-        return 130
+    return interruptible("actadd", _main, argv)               # Ctrl-C: one line, status 130
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -56,14 +56,18 @@ class Renamed(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; Ctrl-C ends it with one line (what was saved, where a run saves as it
-    goes) and exit status 130, not a traceback."""
+def interruptible(prog: str, command, argv) -> int:
+    """command(argv), where Ctrl-C ends the program with one line (what was saved, where a run
+    saves as it goes: the KeyboardInterrupt's message) and exit status 130, not a traceback."""
     try:
-        return _main(argv)
+        return command(argv)
     except KeyboardInterrupt as e:
-        print(f"\nminigpt: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        print(f"\n{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return interruptible("minigpt", _main, argv)
 
 
 def _main(argv: list[str] | None = None) -> int:
