@@ -349,9 +349,10 @@ def _steps(model, prompts, samples, max_new_tokens, sampling, row_seeds, eos_tok
     uniforms = backend.to_device(np.stack([np.random.default_rng(s).random(max_new_tokens)
                                            for s in row_seeds]))  # [batch, step]
     rows = xp.arange(batch)
-    # On the host, the ids each row has seen (its prompt, then each new one; padding as the
-    # row's first id): where its counts are > 0, so that the penalties touch those alone.
-    seen_ids = np.repeat(np.where(mask, tokens, tokens[:, -1:]), samples, axis=0)  # a row's last id is real
+    # On the host, the ids each row has seen (its prompt, then each new one): where its counts
+    # are > 0, so that the penalties touch those alone. Left padding stands as the row's last
+    # prompt id, which is real and so already among them.
+    seen_ids = np.repeat(np.where(mask, tokens, tokens[:, -1:]), samples, axis=0)
     seen_ids = np.concatenate([seen_ids, np.zeros((batch, max_new_tokens), np.int64)], axis=1)
     width = tokens.shape[1]
     workspace = np.empty((batch, vocab)) if xp is np else None                # float64, every step's

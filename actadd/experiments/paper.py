@@ -94,7 +94,9 @@ def run(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name
     (search.RULE), never on the test prompts; without them, the version's own setting.
     `sizes`: smaller sizes than the preset's (SIZES keys, e.g. {"facts": 4000}), named in the
     report.
-    `workers` / `scheduler`: every experiment but overhead on Dask (overhead is timed here)."""
+    `workers` / `scheduler`: every experiment but overhead on Dask (overhead is timed here).
+    `rerun`: experiments to redo in a folder that has them; only "overhead" (the others resume
+    from their results files, and overhead keeps the first run's timings unless named here)."""
     if version not in claims.PRESETS:
         raise ValueError(f"version={version!r}: expected one of {sorted(claims.PRESETS)}")
     out = Path(writable_folder(out, "out"))
@@ -506,8 +508,9 @@ def _knowledge_headline(summary: dict, data: str) -> dict:
 
 
 def _kept_overhead(path: Path, model: Transformer, repeats: int) -> dict | None:
-    """An earlier run's overhead summary in this folder, if it timed this model (its repr and
-    backend) with these repeats; else None (timed again)."""
+    """An earlier run's overhead summary in this folder, if it timed a model of this shape (its
+    repr: timings depend on the shapes, not on the weights' values) on this backend with these
+    repeats; else None (timed again)."""
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
         same = (summary["model"] == repr(model) and summary["backend"] == model.backend.name
