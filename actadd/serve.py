@@ -206,19 +206,11 @@ class Steerer:
             "command": s.command(self.name, self.options),
         }
 
-    def check_fits(self, s: Settings) -> None:
-        """The prompt (with BOS) and max_new_tokens within the model's positions, or a ValueError
-        saying by how much: `actadd steer` refuses the same settings."""
-        n = len(tokens_with_bos(self.tokenizer, s.prompt))
-        limit = self.model.config.n_positions
-        if n + s.max_new_tokens > limit:
-            raise ValueError(f"prompt: {n} tokens (with BOS) + max_new_tokens {s.max_new_tokens} = "
-                             f"{n + s.max_new_tokens}, more than this model's {limit} positions; shorten the prompt "
-                             f"or ask for at most {max(limit - n, 0)} new tokens")
-
     def completions(self, s: Settings, vector):
-        """(kind, texts) after each new token of either kind, alternating: `actadd steer`'s
-        sampling (rows from default_rng([seed, row]), the same for both kinds) one step at a time."""
+        """A generator of (kind, texts) after each new token of either kind, alternating: `actadd
+        steer`'s sampling (rows from default_rng([seed, row]), the same for both kinds) one step at
+        a time. The settings are checked here, when it is made (a prompt too long for the new
+        tokens, as `actadd steer` refuses it), not at its first step, inside a stream."""
         tok = self.tokenizer
         ids = tokens_with_bos(tok, s.prompt)
         check_lengths(np.array([len(ids)]), vector.length, vector.placement(s.align))
@@ -227,7 +219,10 @@ class Steerer:
         rows = [ids] * s.n
         streams = {"unsteered": minigpt.stream(self.model, rows, **common),
                    "steered": minigpt.stream(self.model, rows, fwd_hooks=vector.hooks(len(ids), s.align), **common)}
-        new = {kind: [[] for _ in rows] for kind in streams}
+        return self._alternate(streams, len(rows))
+
+    def _alternate(self, streams: dict, rows: int):
+        new = {kind: [[] for _ in range(rows)] for kind in streams}
         for steps in zip_longest(*streams.values()):
             for kind, step in zip(streams, steps):
                 if step is None:
@@ -235,7 +230,7 @@ class Steerer:
                 for row, token in zip(new[kind], step):
                     if token is not None:
                         row.append(token)
-                yield kind, [tok.decode(t) for t in new[kind]]
+                yield kind, [self.tokenizer.decode(t) for t in new[kind]]
 
     def grid(self, s: Settings) -> dict:
         """Next-token KL after the prompt (and effectiveness over the words' tokens) for every
@@ -421,7 +416,7 @@ class Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         vector = _refusing(lambda: steerer.vector(s))
         inspection = _refusing(lambda: steerer.inspect(s, vector))   # a prompt shorter than the vector fails here
-        _refusing(lambda: steerer.check_fits(s))                       # before the stream starts, not inside it
+        completions = _refusing(lambda: steerer.completions(s, vector))  # checked before the stream starts
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -429,7 +424,7 @@ class Handler(BaseHTTPRequestHandler):
         self._streaming = True
         self._event("inspect", inspection)
         count = 0
-        for kind, texts in steerer.completions(s, vector):                 # a closed tab: a write fails
+        for kind, texts in completions:                                    # a closed tab: a write fails
             count += 1
             self._event("token", {"kind": kind, "texts": texts, "ms": 1000 * (time.perf_counter() - started)})
         self._event("done", {"ms": 1000 * (time.perf_counter() - started), "events": count})

@@ -354,7 +354,7 @@ def _steps(model, prompts, samples, max_new_tokens, sampling, row_seeds, eos_tok
     # prompt id, which is real and so already among them.
     seen_ids = np.repeat(np.where(mask, tokens, tokens[:, -1:]), samples, axis=0)
     seen_ids = np.concatenate([seen_ids, np.zeros((batch, max_new_tokens), np.int64)], axis=1)
-    width = tokens.shape[1]
+    width, seen_rows = tokens.shape[1], np.arange(batch)[:, None]
     workspace = np.empty((batch, vocab)) if xp is np else None                # float64, every step's
     cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
     logits = model.forward(tokens, hooks, attention_mask=mask, cache=cache, last_only=True)[:, -1]
@@ -364,7 +364,7 @@ def _steps(model, prompts, samples, max_new_tokens, sampling, row_seeds, eos_tok
         logits = logits[prompt_of_row]
     stopped = np.zeros(batch, dtype=bool)
     for step in range(max_new_tokens):
-        seen = (np.arange(batch)[:, None], seen_ids[:, :width + step])
+        seen = (seen_rows, seen_ids[:, :width + step])
         new = sampling.sample(logits, counts, uniforms[:, step], seen, workspace)  # [batch], on the device
         ids = backend.to_host(new)                             # the step's one transfer to the host
         yield [None if s else int(t) for s, t in zip(stopped, ids)]

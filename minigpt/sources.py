@@ -147,8 +147,10 @@ class Source:
         """' Did you mean ...?' where a hub id without an owner is a near miss of a model that
         needs no network (a typo such as 'tiny-boks'), else ''."""
         offline = [*SHIPPED, *INSTALLED]
-        close = difflib.get_close_matches(self.repo_id or "", offline, n=1, cutoff=0.75)
-        if not close or "/" in (self.repo_id or ""):
+        if self.repo_id is None or "/" in self.repo_id:       # an owner's repo is nobody's typo of ours
+            return ""
+        close = difflib.get_close_matches(self.repo_id, offline, n=1, cutoff=0.75)
+        if not close:
             return ""
         return f" Did you mean {close[0]!r}? (models that need no network: {', '.join(offline)})"
 

@@ -197,7 +197,7 @@ def test_the_page_s_own_origin_and_localhost_are_accepted(server):
     (b"{not json", 400, "not JSON"),
     (b"[" * 10_000, 400, "nests too deeply"),                                          # a RecursionError, a 500 before
     ({**SETTINGS, "prompt": "the sea " * 60, "max_new_tokens": 200}, 400,              # a stream that failed, before
-     "more than this model's 256 positions"),
+     "plus max_new_tokens=200 is longer than n_positions=256"),
     ({**SETTINGS, "max_new_tokens": MAX_NEW_TOKENS + 1}, 400, "max_new_tokens: expected an integer from 1 to 200"),
     ({**SETTINGS, "n": 5}, 400, "n: expected an integer from 1 to 4"),
     ({**SETTINGS, "layer": 4}, 400, "layer: expected an integer from 0 to 3"),

@@ -33,7 +33,7 @@ from minigpt import Tokenizer, Transformer
 from ..output import json_safe, writable_folder, write_text
 from . import claims, data, generation, likelihood, overhead, search
 
-PAPER = "Turner et al., *Steering Language Models With Activation Engineering*, arXiv 2308.10248v5"
+PAPER = "Turner et al., *Steering Language Models With Activation Engineering*, arXiv 2308.10248"
 
 # What the paper states, per experiment (the claims; where it gives no number, we say so).
 CLAIMS = {
@@ -618,7 +618,7 @@ def controls_text(row: dict) -> str:
 def render(report: dict) -> str:
     ex = report["experiments"]
     lines = [f"# ActAdd: the paper's battery on {report['model']}", "",
-             f"Reproduction of the experiments of {PAPER if report['version'] == 'v5' else PAPER[:-2]}, by `actadd paper` ({_sizes_text(report['preset'])}, version "
+             f"Reproduction of the experiments of {PAPER}{'v5' if report['version'] == 'v5' else ''}, by `actadd paper` ({_sizes_text(report['preset'])}, version "
              f"{report['version']}, seed {report['seed']}). Compute time of these results: "
              f"{report.get('compute_s', report['wall_s'])} s over {report.get('runs', 1)} run(s) into this folder "
              f"(this run: {report['wall_s']} s). Every figure below is in `paper.json`, and in each "
