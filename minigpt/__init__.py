@@ -1,4 +1,4 @@
-"""minigpt: transformers in NumPy (GPT-2, OPT, LLaMA), every residual-stream step under its TransformerLens
+"""minigpt: transformers in NumPy (GPT-2, OPT, LLaMA, Gemma 3), every residual-stream step under its TransformerLens
 hook name. `load` and `from_pretrained` pick the family from config.json's model_type, or from a GGUF
 file's general.architecture."""
 
@@ -12,15 +12,16 @@ from .config import ConfigError, GPT2Config
 from .generate import Generation, Sampling, generate, stream
 from .gpt2 import GPT2
 from .model import HookPoint, KVCache, Transformer, hook_names
+from .gemma3 import Gemma3, Gemma3Config
 from .llama import Llama, LlamaConfig
 from .opt import OPT, OPTConfig
 from .sources import CheckpointError, locate
 from .tokenizer import Tokenizer, TokenizerError
 
-FAMILIES = {cls.model_type: cls for cls in (GPT2, OPT, Llama)}     # config.json's model_type -> the family's class
-GGUF_FAMILIES = {cls.gguf_architecture: cls for cls in (Llama,)}    # a GGUF file's general.architecture -> the class
+FAMILIES = {cls.model_type: cls for cls in (GPT2, OPT, Llama, Gemma3)}     # config.json's model_type -> the family's class
+GGUF_FAMILIES = {cls.gguf_architecture: cls for cls in (Llama, Gemma3)}    # a GGUF file's general.architecture -> the class
 
-__all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Llama", "LlamaConfig", "Transformer", "from_pretrained", "FAMILIES", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
+__all__ = ["GPT2", "GPT2Config", "OPT", "OPTConfig", "Llama", "LlamaConfig", "Gemma3", "Gemma3Config", "Transformer", "from_pretrained", "FAMILIES", "Tokenizer", "load", "generate", "stream", "Generation", "Sampling",
            "HookPoint", "KVCache", "Backend", "ConfigError", "CheckpointError", "TokenizerError",
            "BackendError", "hook_names"]
 

@@ -459,6 +459,8 @@ def load_model(file: GGUFFile, families: dict, backend, weights: str = "auto"):
         heads = family.gguf_interleaved_heads(config, hf)
         order = interleaved_rows(heads, config.d_head) if heads else None
         state[hf] = file.tensor(name, lazy=weights == "lazy", order=order)
+        if hasattr(family, "gguf_tensor"):      # a family whose converter changed values (gemma3.py: norms + 1)
+            state[hf] = family.gguf_tensor(hf, state[hf])
     return family(config, state, source=source, backend=backend)
 
 

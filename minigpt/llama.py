@@ -28,8 +28,8 @@ import numpy as np
 from .backend import Backend, array_namespace
 from .config import (ConfigError, check_header, config_fields, prefixed, read_json, require_bool, require_divides,
                      require_number, require_positive_int, show)
-from .model import HookPoints, KVCache, Transformer, linear_t, mean_last
-from .weights import CheckpointError, check_blocks, select_tensors, stack_rows
+from .model import HookPoints, KVCache, Transformer, linear_t, mean_last, project, rotate_half, stacked
+from .weights import CheckpointError, check_blocks, select_tensors
 
 
 HOOK_NAME_HELP = (
@@ -338,16 +338,6 @@ def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rotate_half(x):
-    """[..., d] -> [-x2, x1] of its halves x1, x2: the rotation of each pair (i, i + d/2)."""
-    half = x.shape[-1] // 2
-    xp = array_namespace(x)
-    out = xp.empty(x.shape, dtype=x.dtype)
-    out[..., :half] = -x[..., half:]
-    out[..., half:] = x[..., :half]
-    return out
-
-
 def silu(x):
     """x * sigmoid(x) = x / (1 + exp(-x)), in float32, step by step in one new buffer: the
     same floats as the formula written out, without its three temporaries (a prefill's are
@@ -357,36 +347,6 @@ def silu(x):
     xp.exp(y, out=y)
     y += 1.0
     return xp.divide(x, y, out=y)
-
-
-def stacked(modules: list[dict], xp) -> list[tuple]:
-    """Projections of one input (q, k, v; gate, up) as products to run: one, their weights'
-    rows stacked (weights.stack_rows: the modules' weights become views of it), or one each
-    where the weights stay in a mapped float32 file. Each product: (weight, bias, [out widths])."""
-    weight, views = stack_rows([m["weight"] for m in modules], xp)
-    if weight is None:
-        return [(m["weight"], m.get("bias"), [m["weight"].shape[0]]) for m in modules]
-    bias = None
-    if "bias" in modules[0]:            # vectors: copied into one whatever they are views of
-        bias = xp.concatenate([m["bias"] for m in modules])
-        bounds = np.cumsum([0] + [w.shape[0] for w in views])
-        for m, a, b in zip(modules, bounds[:-1], bounds[1:]):
-            m["bias"] = bias[a:b]
-    for m, w in zip(modules, views):
-        m["weight"] = w
-    return [(weight, bias, [w.shape[0] for w in views])]
-
-
-def project(x, products: list[tuple]) -> list:
-    """x through each product of `stacked`, each output split back into its projections'."""
-    outs = []
-    for weight, bias, widths in products:
-        y = linear_t(x, weight, bias)                                          # [batch, pos, sum(widths)]
-        start = 0
-        for width in widths:
-            outs.append(y[..., start:start + width])
-            start += width
-    return outs
 
 
 def parameter_count(config: LlamaConfig) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import Backend, array_namespace, get_backend
 from .weights import (CheckpointError, LazyTensor, check_dtypes, check_policy, choose_policy, matmul, read_headers,
-                      read_tensors, resolve_checkpoint)
+                      read_tensors, resolve_checkpoint, stack_rows)
 
 # ---------------------------------------------------------------------------------------------
 # Primitives (pure functions; float32 in, float32 out: constants are Python floats, which
@@ -72,8 +72,8 @@ def softmax(x, out=None):
     return e
 
 
-def attention_scores(q, k, mask_bias):
-    """q k^T / sqrt(d_head) + mask_bias: q [batch, kv_head, group, query, d_head], k [batch, kv_head,
+def attention_scores(q, k, mask_bias, divisor=None):
+    """q k^T / sqrt(d_head) + mask_bias (or / `divisor`: Gemma's sqrt(query_pre_attn_scalar)): q [batch, kv_head, group, query, d_head], k [batch, kv_head,
     key, d_head], mask_bias [batch, 1, query, key] (0, or -inf where the key is in the query's
     future or padding) -> [batch, kv_head, group, query, key]. `group`: the query heads that share
     a key/value head (grouped-query attention; 1 without): their query rows are stacked against
@@ -84,7 +84,7 @@ def attention_scores(q, k, mask_bias):
     # d_head = 64 the factor is 1/8 and both give the same floats. Into a new array in this
     # axis order, so that stacking the group's rows is a view, not a second copy.
     xp = array_namespace(q)
-    rows = xp.divide(q, math.sqrt(d_head), out=xp.empty(q.shape, dtype=q.dtype)).reshape(batch, n_kv, group * seq, d_head)
+    rows = xp.divide(q, divisor or math.sqrt(d_head), out=xp.empty(q.shape, dtype=q.dtype)).reshape(batch, n_kv, group * seq, d_head)
     scores = (rows @ k.transpose(0, 1, 3, 2)).reshape(batch, n_kv, group, seq, -1)
     scores += mask_bias[:, :, None]
     return scores
@@ -100,7 +100,7 @@ def weighted_values(pattern, v):
 ATTENTION_BLOCK = 128  # query rows per block of `causal_attention`
 
 
-def causal_attention(q, k, v, mask_bias, start, block=None):
+def causal_attention(q, k, v, mask_bias, start, block=None, divisor=None):
     """weighted_values(softmax(attention_scores(q, k, mask_bias)), v), computed block by block of
     queries, each against only the keys it may see (those before the block's end): half the work
     of the full square on a long prompt, and blocks of scores small enough to stay in cache.
@@ -111,16 +111,56 @@ def causal_attention(q, k, v, mask_bias, start, block=None):
     block = block or ATTENTION_BLOCK
     seq = q.shape[-2]
     if seq <= block:
-        scores = attention_scores(q, k, mask_bias)
+        scores = attention_scores(q, k, mask_bias, divisor)
         return weighted_values(softmax(scores, out=scores), v)
     xp = array_namespace(q)
     z = xp.empty(q.shape, dtype=q.dtype)                                       # [batch, kv_head, group, query, d_head]
     for i in range(0, seq, block):
         end = min(i + block, seq)
         seen = start + end                                                     # keys visible to this block
-        scores = attention_scores(q[..., i:end, :], k[..., :seen, :], mask_bias[..., i:end, :seen])
+        scores = attention_scores(q[..., i:end, :], k[..., :seen, :], mask_bias[..., i:end, :seen], divisor)
         z[..., i:end, :] = weighted_values(softmax(scores, out=scores), v[..., :seen, :])
     return z
+
+
+def rotate_half(x):
+    """[..., d] -> [-x2, x1] of its halves x1, x2: the rotation of each pair (i, i + d/2)."""
+    half = x.shape[-1] // 2
+    xp = array_namespace(x)
+    out = xp.empty(x.shape, dtype=x.dtype)
+    out[..., :half] = -x[..., half:]
+    out[..., half:] = x[..., :half]
+    return out
+
+
+def stacked(modules: list[dict], xp) -> list[tuple]:
+    """Projections of one input (q, k, v; gate, up) as products to run: one, their weights'
+    rows stacked (weights.stack_rows: the modules' weights become views of it), or one each
+    where the weights stay in a mapped float32 file. Each product: (weight, bias, [out widths])."""
+    weight, views = stack_rows([m["weight"] for m in modules], xp)
+    if weight is None:
+        return [(m["weight"], m.get("bias"), [m["weight"].shape[0]]) for m in modules]
+    bias = None
+    if "bias" in modules[0]:            # vectors: copied into one whatever they are views of
+        bias = xp.concatenate([m["bias"] for m in modules])
+        bounds = np.cumsum([0] + [w.shape[0] for w in views])
+        for m, a, b in zip(modules, bounds[:-1], bounds[1:]):
+            m["bias"] = bias[a:b]
+    for m, w in zip(modules, views):
+        m["weight"] = w
+    return [(weight, bias, [w.shape[0] for w in views])]
+
+
+def project(x, products: list[tuple]) -> list:
+    """x through each product of `stacked`, each output split back into its projections'."""
+    outs = []
+    for weight, bias, widths in products:
+        y = linear_t(x, weight, bias)                                          # [batch, pos, sum(widths)]
+        start = 0
+        for width in widths:
+            outs.append(y[..., start:start + width])
+            start += width
+    return outs
 
 
 def mean_last(x):
@@ -453,9 +493,10 @@ class Transformer:
         out += p["bias"]
         return out
 
-    def attend(self, name: str, q, k, v, hook: HookPoints, mask_bias, kv, start: int):
+    def attend(self, name: str, q, k, v, hook: HookPoints, mask_bias, kv, start: int, divisor=None):
         """Causal attention of hooked q, k, v [batch, pos, head, d_head]: with a KV cache, this
-        pass's keys and values are appended to it and everything in it is attended to. Returns
+        pass's keys and values are appended to it and everything in it is attended to (scores
+        divided by sqrt(d_head), or by `divisor`). Returns
         hook_z [batch, pos, head, d_head], before the output projection."""
         batch, seq, n_head, d_head = q.shape
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                 # [batch, head, pos, d_head]
@@ -474,11 +515,11 @@ class Transformer:
             return t.reshape(batch, n_head, *t.shape[-2:])
 
         if hook.observes(name + ".hook_attn_scores", name + ".hook_pattern"):
-            scores = hook(name + ".hook_attn_scores", heads(attention_scores(q, k, mask_bias)))  # [batch, head, query, key]
+            scores = hook(name + ".hook_attn_scores", heads(attention_scores(q, k, mask_bias, divisor)))  # [batch, head, query, key]
             pattern = hook(name + ".hook_pattern", softmax(scores))            # [batch, head, query, key]
             z = weighted_values(pattern.reshape(*q.shape[:-1], -1), v)         # [batch, kv_head, group, pos, d_head]
         else:
-            z = causal_attention(q, k, v, mask_bias, start)                    # the same, by query blocks
+            z = causal_attention(q, k, v, mask_bias, start, divisor=divisor)   # the same, by query blocks
         return hook(name + ".hook_z", heads(z).transpose(0, 2, 1, 3))          # [batch, pos, head, d_head]
 
     # --- the pass's bookkeeping, on the host ---------------------------------------------------

@@ -21,14 +21,20 @@ HF_TO_GGUF = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "o
               "mlp.down_proj": "ffn_down"}
 
 
-def gguf_name(hf: str) -> str:
+# Gemma 3's (convert_hf_to_gguf.py's Gemma3Model): four norms a block, and q/k norms
+GEMMA3_TO_GGUF = {**HF_TO_GGUF, "post_attention_layernorm": "post_attention_norm",
+                  "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+                  "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+
+
+def gguf_name(hf: str, names: dict = HF_TO_GGUF) -> str:
     """A transformers name as llama.cpp's (a name already in llama.cpp's form is kept)."""
     if hf.startswith("blk."):
         return hf
     parts = hf.removeprefix("model.").split(".")
     if parts[0] == "layers":
-        return f"blk.{parts[1]}.{HF_TO_GGUF['.'.join(parts[2:-1])]}.{parts[-1]}"
-    return f"{HF_TO_GGUF[parts[0]]}.{parts[-1]}"
+        return f"blk.{parts[1]}.{names['.'.join(parts[2:-1])]}.{parts[-1]}"
+    return f"{names[parts[0]]}.{parts[-1]}"
 
 
 def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -102,6 +108,9 @@ def write_llama_gguf(path: Path, tensors: dict[str, np.ndarray], config: dict, k
         f"{architecture}.rope.dimension_count": d_head,
         f"{architecture}.vocab_size": config["vocab_size"],
     }
+    if architecture == "gemma3":      # the converter's Gemma3Model keys (no local rope base, no pattern)
+        keys.update({"gemma3.attention.key_length": d_head, "gemma3.attention.value_length": d_head,
+                     "gemma3.attention.sliding_window": config["sliding_window"]})
     keys.update(metadata or {})
     for key, value in keys.items():
         if value is None:
@@ -130,10 +139,14 @@ def write_llama_gguf(path: Path, tensors: dict[str, np.ndarray], config: dict, k
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
     for hf, tensor in tensors.items():
-        name = gguf_name(hf)
-        if "q_proj" in hf:
+        if architecture == "gemma3":  # no permutation (llama.cpp rotates Gemma's halves); norms + 1
+            name = gguf_name(hf, GEMMA3_TO_GGUF)
+            tensor = tensor + np.float32(1.0) if hf.endswith("norm.weight") else tensor
+        else:
+            name = gguf_name(hf)
+        if "q_proj" in hf and architecture != "gemma3":
             tensor = llama_cpp_permute(tensor, heads)
-        elif "k_proj" in hf:
+        elif "k_proj" in hf and architecture != "gemma3":
             tensor = llama_cpp_permute(tensor, kv)
         kind = "F32" if tensor.ndim == 1 or kinds is None else kinds(name, tensor.shape)
         data = encode(tensor, kind, rng)

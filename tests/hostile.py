@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from minigpt import GPT2Config, LlamaConfig, OPTConfig, llama, opt, weights
+from minigpt import Gemma3Config, GPT2Config, LlamaConfig, OPTConfig, gemma3, llama, opt, weights
 
 # The smallest config of each family that the tests run, as config.json writes it.
 CONFIGS = {
@@ -22,8 +22,12 @@ CONFIGS = {
     "llama": {"model_type": "llama", "vocab_size": 300, "hidden_size": 8, "intermediate_size": 16,
               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
               "max_position_embeddings": 16},
+    "gemma3": {"model_type": "gemma3_text", "vocab_size": 300, "hidden_size": 8, "intermediate_size": 16,
+               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+               "max_position_embeddings": 16, "sliding_window": 4, "sliding_window_pattern": 2},
 }
-LAYERS_FIELD = {"gpt2": "n_layer", "opt": "num_hidden_layers", "llama": "num_hidden_layers"}
+LAYERS_FIELD = {"gpt2": "n_layer", "opt": "num_hidden_layers", "llama": "num_hidden_layers",
+                "gemma3": "num_hidden_layers"}
 
 
 def write_tiny(kind: str, folder: Path, config: dict | None = None, seed: int = 0) -> Path:
@@ -36,6 +40,8 @@ def write_tiny(kind: str, folder: Path, config: dict | None = None, seed: int = 
         shapes, prefix = weights.expected_shapes(GPT2Config(**fields)), ""
     elif kind == "opt":
         shapes, prefix = opt.expected_shapes(OPTConfig(**fields)), "model.decoder."
+    elif kind == "gemma3":
+        shapes, prefix = gemma3.expected_shapes(Gemma3Config(**fields)), "model."
     else:
         shapes, prefix = llama.expected_shapes(LlamaConfig(**fields)), "model."
     rng = np.random.default_rng(seed)

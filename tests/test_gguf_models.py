@@ -266,7 +266,7 @@ def test_other_architectures_are_refused_naming_those_supported(checkpoint, tmp_
     _, _, tensors = checkpoint
     path = write_llama_gguf(tmp_path / "q.gguf", tensors, FIELDS, architecture="qwen2")
     one_line(bounded(minigpt.from_pretrained, path)[0], path, "general.architecture is 'qwen2', which minigpt does "
-             "not run (it runs 'llama')")
+             "not run (it runs 'llama', 'gemma3')")
 
 
 def test_missing_and_unexpected_tensors_are_refused_by_name(checkpoint, tmp_path):

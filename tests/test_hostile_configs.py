@@ -62,7 +62,7 @@ CASES = [
     ("gpt2", {"tie_word_embeddings": "false"}, r'tie_word_embeddings: "false" is not supported \(GPT-2 uses true\)'),
     ("gpt2", {"n_embd": None}, r"n_embd: null \(expected a positive integer\)"),
     ("gpt2", {"n_head": {"heads": 2}}, r'n_head: \{"heads": 2\} is an object \(expected a positive integer\)'),
-    ("gpt2", {"model_type": "GPT2"}, r'model_type: "GPT2" is not supported \(minigpt runs "gpt2", "opt", "llama"\)'),
+    ("gpt2", {"model_type": "GPT2"}, r'model_type: "GPT2" is not supported \(minigpt runs "gpt2", "opt", "llama", "gemma3_text"\)'),
     ("gpt2", {"model_type": ["gpt2"]}, r'model_type: \["gpt2"\] is not supported'),
 ]
 
