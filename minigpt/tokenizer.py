@@ -1,4 +1,5 @@
-"""GPT-2's byte-level BPE tokenizer, in pure Python (standard library only).
+"""GPT-2's byte-level BPE tokenizer, in pure Python (standard library only). (SentencePiece-style
+vocabularies, Llama 2's and Gemma's, are sentencepiece.py's, a subclass.)
 
     text  --pre-tokenize-->  words  --UTF-8, spelled in GPT-2's byte alphabet-->  symbols
           --BPE merges, lowest rank first-->  tokens  --vocab.json-->  ids
@@ -247,10 +248,14 @@ class Tokenizer:
             kind = model.get("type") if isinstance(model, dict) else model
             raise TokenizerError(f"{path}: model: type {json.dumps(kind)} (expected a byte-level BPE: type \"BPE\" "
                                  "with a vocab object)")
-        vocab = dict(model["vocab"])
         added = raw.get("added_tokens") or []
         if not isinstance(added, list):
             raise TokenizerError(f"{path}: added_tokens: {describe(added)} (expected an array of tokens)")
+        if model.get("byte_fallback") is True:     # SentencePiece-style: "▁" for spaces, bytes as <0xXX>
+            from .sentencepiece import SentencePieceTokenizer
+
+            return SentencePieceTokenizer.from_tokenizer_json(path, raw, special)
+        vocab = dict(model["vocab"])
         for i, t in enumerate(added):
             if not (isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)
                     and not isinstance(t.get("id"), bool)):
@@ -285,9 +290,13 @@ class Tokenizer:
         file = read_gguf(path)
         where = str(file.path)
         kind = file.string("tokenizer.ggml.model")
+        if kind == "llama":                         # SentencePiece-style: Llama 2's, Gemma's
+            from .sentencepiece import SentencePieceTokenizer
+
+            return SentencePieceTokenizer.from_gguf(file)
         if kind != "gpt2":
             raise TokenizerError(f"{where}: tokenizer.ggml.model is {kind!r}; minigpt reads byte-level BPE vocabularies "
-                                 "(\"gpt2\")" + (", not SentencePiece ones (\"llama\") yet" if kind == "llama" else ""))
+                                 "(\"gpt2\") and SentencePiece-style ones (\"llama\")")
         pre = file.string("tokenizer.ggml.pre", default=None)
         if pre is None:
             raise TokenizerError(f"{where}: no tokenizer.ggml.pre; minigpt needs the pre-tokenizer named (one of "
@@ -386,18 +395,23 @@ class Tokenizer:
         ids: list[int] = []
         split = re.compile("(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")")
         for k, part in enumerate(split.split(text)):
-            ids.extend([self.special_tokens[part]] if k % 2 else self.encode_ordinary(part))
+            ids.extend([self.special_tokens[part]] if k % 2 else self._encode_text(part, at_start=k == 0))
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of `text`, every character ordinary text (special tokens included; added
         tokens, which are not special, are still matched whole)."""
+        return self._encode_text(text, at_start=True)
+
+    def _encode_text(self, text: str, at_start: bool) -> list[int]:
+        """Ids of text between special tokens: its added tokens matched whole, the rest as words.
+        `at_start`: whether it begins the whole text (a SentencePiece prefix space may depend on it)."""
         if self._added is not None:
             ids: list[int] = []
             for k, part in enumerate(self._added.split(text)):
-                ids.extend([self.added_tokens[part]] if k % 2 else self._encode_words(part))
+                ids.extend([self.added_tokens[part]] if k % 2 else self._encode_words(part, at_start and k == 0))
             return ids
-        return self._encode_words(text)
+        return self._encode_words(text, at_start)
 
     def pre_tokenize(self, text: str) -> list[str]:
         """The words of `text` under this tokenizer's pre-tokenizer (step 1)."""
@@ -408,7 +422,7 @@ class Tokenizer:
             return words(text)
         return [word for piece in digits.split(text) if piece for word in words(piece)]
 
-    def _encode_words(self, text: str) -> list[int]:
+    def _encode_words(self, text: str, at_start: bool = True) -> list[int]:
         ids: list[int] = []
         cache = self._cache
         for word in self.pre_tokenize(text):

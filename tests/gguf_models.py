@@ -129,7 +129,12 @@ def write_llama_gguf(path: Path, tensors: dict[str, np.ndarray], config: dict, k
             writer.add_tokenizer_pre(tokenizer["pre"])
         writer.add_token_list(tokenizer["tokens"])
         writer.add_token_types(tokenizer["token_type"])
-        writer.add_token_merges(tokenizer["merges"])
+        if tokenizer.get("merges") is not None:          # SentencePiece-style files store scores instead
+            writer.add_token_merges(tokenizer["merges"])
+        if tokenizer.get("scores") is not None:
+            writer.add_token_scores(tokenizer["scores"])
+        if tokenizer.get("add_space_prefix") is not None:
+            writer.add_add_space_prefix(tokenizer["add_space_prefix"])
         for role in ("bos", "eos", "unk", "pad"):
             if tokenizer.get(role) is not None:
                 getattr(writer, {"bos": "add_bos_token_id", "eos": "add_eos_token_id", "unk": "add_unk_token_id",

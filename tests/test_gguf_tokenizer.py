@@ -221,8 +221,8 @@ def test_a_tokenizer_json_with_smollms_pre_tokenizer_reads_as_smollm(trained, tm
 
 
 @pytest.mark.parametrize("changes,match", [
-    ({"model": "llama"}, "tokenizer.ggml.model is 'llama'; minigpt reads byte-level BPE vocabularies (\"gpt2\"), "
-                         "not SentencePiece ones (\"llama\") yet"),
+    ({"model": "bert"}, "tokenizer.ggml.model is 'bert'; minigpt reads byte-level BPE vocabularies (\"gpt2\") and "
+                        "SentencePiece-style ones (\"llama\")"),
     ({"pre": "default"}, "tokenizer.ggml.pre is 'default', a pre-tokenizer minigpt does not know"),
     ({"pre": None}, "no tokenizer.ggml.pre; minigpt needs the pre-tokenizer named"),
     ({"bos": 10**6}, "tokenizer.ggml.bos_token_id is 1000000, past the {n} tokens"),
