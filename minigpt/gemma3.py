@@ -149,6 +149,8 @@ class Gemma3Config:
             params = {GLOBAL: params, LOCAL: params}
         params = params or {}
         legacy = raw.get("rope_scaling")
+        if legacy is not None and not isinstance(legacy, dict):
+            raise ConfigError(f"{source}: rope_scaling: {show(legacy)} (expected an object or null)")
         rope = {}
         for kind, theta_key, default in ((GLOBAL, "rope_theta", 1_000_000.0), (LOCAL, "rope_local_base_freq", 10_000.0)):
             key = f"rope_parameters.{kind}"

@@ -262,3 +262,47 @@ def test_a_gguf_file_as_llama_cpp_writes_gemma3_equals_transformers_gguf_loader(
     np.testing.assert_array_equal(model.layers[0]["input_layernorm"]["weight"],
                                   ref_model.model.layers[0].input_layernorm.weight.detach().numpy())
     record_parity(f"Gemma 3 GGUF ({kinds or 'F32'}) vs transformers' GGUF loader", logits=max_abs(model(tokens), ref), scaled=err)
+
+
+@pytest.fixture(scope="module")
+def gemma_tensors(reference, tmp_path_factory):
+    from gguf_models import hf_tensors
+
+    fields = {k: v for k, v in GGUF_FIELDS.items() if v is not None}
+    return hf_tensors(write_gemma(reference, tmp_path_factory.mktemp("g"), fields, seed=2)), fields
+
+
+@pytest.mark.parametrize("metadata,match", [
+    ({"gemma3.block_count": 10**8}, "blocks cannot be in a checkpoint of"),
+    ({"gemma3.attention.sliding_window": 0}, "gemma3.attention.sliding_window is 0"),
+    ({"gemma3.attention.key_length": 7, "gemma3.attention.value_length": 7, "gemma3.rope.dimension_count": 7},
+     "head_dim: 7 is odd"),
+    ({"gemma3.attention.value_length": 16}, "gemma3.attention.value_length differs from gemma3.attention.key_length=8"),
+    ({"gemma3.rope.dimension_count": 4}, "gemma3.rope.dimension_count is 4, not the head size 8"),
+    ({"gemma3.rope.scaling.type": "yarn"}, "gemma3.rope.scaling.type is 'yarn'"),
+    ({"gemma3.final_logit_softcapping": 30.0}, "gemma3.final_logit_softcapping is set"),
+    ({"gemma3.vocab_size": 65}, "gemma3.vocab_size is 65, but token_embd.weight has 64 rows"),
+    ({"gemma3.attention.head_count_kv": 3}, "num_key_value_heads: 3 does not divide num_attention_heads=4"),
+    ({"gemma3.attention.layer_norm_rms_epsilon": float("nan")}, "gemma3.attention.layer_norm_rms_epsilon is nan"),
+    ({"gemma3.attention.sliding_window_pattern": 0}, "gemma3.attention.sliding_window_pattern is 0"),
+])
+def test_hostile_gguf_metadata_is_refused_in_one_line_before_allocation(gemma_tensors, tmp_path, metadata, match):
+    from gguf_models import write_llama_gguf
+    from hostile import bounded
+
+    tensors, fields = gemma_tensors
+    path = write_llama_gguf(tmp_path / "h.gguf", tensors, {**fields, "sliding_window": 3}, metadata=metadata,
+                            architecture="gemma3")
+    outcome, _, _ = bounded(minigpt.from_pretrained, path, megabytes=50)
+    assert isinstance(outcome, minigpt.CheckpointError | ConfigError), repr(outcome)
+    assert str(outcome).startswith(str(path)) and match in str(outcome) and "\n" not in str(outcome), str(outcome)
+
+
+def test_missing_and_unexpected_gemma_tensors_are_refused_by_name(gemma_tensors, tmp_path):
+    from gguf_models import write_llama_gguf
+
+    tensors, fields = gemma_tensors
+    fewer = {k: v for k, v in tensors.items() if k != "model.layers.1.post_feedforward_layernorm.weight"}
+    path = write_llama_gguf(tmp_path / "few.gguf", fewer, {**fields, "sliding_window": 3}, architecture="gemma3")
+    with pytest.raises(minigpt.CheckpointError, match="layers.1.post_feedforward_layernorm.weight"):
+        minigpt.from_pretrained(path)

@@ -131,7 +131,10 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70
 FIELDS = sorted({f for c in CONFIGS.values() for f in c} | {"rope_scaling", "rope_parameters", "rope_theta", "rms_norm_eps",
                                                              "head_dim", "tie_word_embeddings", "n_inner", "n_ctx",
                                                              "word_embed_proj_dim", "do_layer_norm_before", "hidden_act",
-                                                             "layer_norm_epsilon", "activation_function"})
+                                                             "layer_norm_epsilon", "activation_function",
+                                                             "sliding_window", "sliding_window_pattern", "layer_types",
+                                                             "query_pre_attn_scalar", "rope_local_base_freq",
+                                                             "hidden_activation", "final_logit_softcapping"})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
