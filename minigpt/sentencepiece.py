@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .textfiles import describe
-from .tokenizer import Tokenizer, TokenizerError, _merge, bpe
+from .tokenizer import Tokenizer, TokenizerError, _merge, bpe, check_vocabulary_ids, gguf_named, gguf_tokens
 
 SPACE = "▁"                                  # U+2581, SentencePiece's space
 BYTE_TOKEN = re.compile(r"<0x([0-9A-F]{2})>")
@@ -46,7 +46,7 @@ class SentencePieceTokenizer(Tokenizer):
                  _source: str = "vocab", _where=None):
         if prefix not in PREFIXES:
             raise TokenizerError(f"{_source}: prefix {prefix!r}: expected one of {', '.join(PREFIXES)}")
-        _check_ids(vocab, _source)
+        check_vocabulary_ids(vocab, _source)
         named = {"bos_token": bos_token, "eos_token": eos_token, "unk_token": unk_token}
         specials = list(dict.fromkeys([t for t in named.values() if t is not None] + list(special)))
         for token in specials + list(added):
@@ -157,11 +157,7 @@ class SentencePieceTokenizer(Tokenizer):
         Gemma's files store tokens of 2-31 spaces as spaces; they are respelled with "▁", as
         transformers does, so that the merges reach them."""
         where = str(file.path)
-        tokens = file.strings("tokenizer.ggml.tokens")
-        types = file.numbers("tokenizer.ggml.token_type", default=None)
-        types = [1] * len(tokens) if types is None else types.tolist()
-        if len(types) != len(tokens):
-            raise TokenizerError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+        tokens, types = gguf_tokens(file)
         architecture = file.string("general.architecture", default="")
         gemma = architecture in GEMMA_ARCHITECTURES
         spelled = [SPACE * len(t) if gemma and " " in t and not t.strip() else t for t in tokens]
@@ -183,12 +179,7 @@ class SentencePieceTokenizer(Tokenizer):
             merges = derived_merges(spelled, scores.tolist())
         special = [t for t, kind in zip(spelled, types) if kind in (2, 3, 5)]     # unknown, control, unused
         added = [t for t, s, kind in zip(tokens, spelled, types) if kind == 4 and t == s]   # user-defined
-        named = {}
-        for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id")):
-            i = file.integer("tokenizer.ggml." + key, default=None, minimum=0)
-            if i is not None and i >= len(tokens):
-                raise TokenizerError(f"{where}: tokenizer.ggml.{key} is {i}, past the {len(tokens)} tokens")
-            named[role] = None if i is None else spelled[i]
+        named = gguf_named(file, spelled, ("bos_token", "eos_token", "unk_token"))
         prefix = file.boolean("tokenizer.ggml.add_space_prefix", default=True)
         # transformers' LlamaTokenizer puts the prefix before the text only (Metaspace "first")
         tokenizer = cls(vocab, merges, special=special, added=added, prefix="first" if prefix else "never",
@@ -237,21 +228,6 @@ def derived_merges(tokens: list[str], priority: list[float]) -> list[tuple[str, 
         found += [(-p, -len(a), -len(b), a, b) for a, b in cuts]
     found.sort(key=lambda e: e[:3])                  # stable: equals keep the file's order
     return [(a, b) for *_, a, b in found]
-
-
-def _check_ids(vocab, source: str) -> None:
-    if not isinstance(vocab, dict) or not vocab:
-        raise TokenizerError(f"{source}: the vocabulary must be a non-empty object of token -> id")
-    seen: dict[int, str] = {}
-    for token, i in vocab.items():
-        if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int):
-            raise TokenizerError(f"{source}: entry {token!r}: {i!r} is not a token string -> integer id")
-        if i in seen:
-            raise TokenizerError(f"{source}: id {i} is given to both {seen[i]!r} and {token!r}")
-        seen[i] = token
-    if len(seen) != max(seen) + 1 or min(seen) != 0:
-        missing = next(i for i in range(len(vocab)) if i not in seen)
-        raise TokenizerError(f"{source}: ids must be 0..{len(vocab) - 1}, but {missing} is missing (largest id {max(seen)})")
 
 
 def _steps(node) -> list[dict]:

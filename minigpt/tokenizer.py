@@ -304,11 +304,7 @@ class Tokenizer:
         if pre not in GGUF_PRE_TOKENIZERS:
             raise TokenizerError(f"{where}: tokenizer.ggml.pre is {pre!r}, a pre-tokenizer minigpt does not know (it "
                                  f"knows {', '.join(repr(p) for p in GGUF_PRE_TOKENIZERS)}, as llama.cpp reads them)")
-        tokens = file.strings("tokenizer.ggml.tokens")
-        types = file.numbers("tokenizer.ggml.token_type", default=None)
-        types = [1] * len(tokens) if types is None else types.tolist()
-        if len(types) != len(tokens):
-            raise TokenizerError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+        tokens, types = gguf_tokens(file)
         vocab: dict[str, int] = {}
         for i, token in enumerate(tokens):
             if vocab.setdefault(token, i) != i:
@@ -320,12 +316,7 @@ class Tokenizer:
         if by_type[6]:
             raise TokenizerError(f"{where}: token {by_type[6][0]!r} has type 6 (a byte token of a SentencePiece "
                                  "vocabulary), which a byte-level BPE has no use for")
-        named = {}
-        for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id")):
-            i = file.integer("tokenizer.ggml." + key, default=None, minimum=0)
-            if i is not None and i >= len(tokens):
-                raise TokenizerError(f"{where}: tokenizer.ggml.{key} is {i}, past the {len(tokens)} tokens")
-            named[role] = None if i is None else tokens[i]
+        named = gguf_named(file, tokens, ("bos_token", "eos_token"))
         merges = [_merge(m, f"{where}: tokenizer.ggml.merges[{i}]")
                   for i, m in enumerate(file.strings("tokenizer.ggml.merges"))]
         pattern = GGUF_PRE_TOKENIZERS[pre]
@@ -488,6 +479,32 @@ class Tokenizer:
 # Files
 
 
+def gguf_tokens(file) -> tuple[list[str], list[int]]:
+    """A GGUF file's tokens (ids in order) and llama.cpp's token types (1 normal, 2 unknown, 3
+    control, 4 user-defined, 5 unused, 6 byte; all normal where the file gives none)."""
+    tokens = file.strings("tokenizer.ggml.tokens")
+    types = file.numbers("tokenizer.ggml.token_type", default=None)
+    types = [1] * len(tokens) if types is None else types.tolist()
+    if len(types) != len(tokens):
+        raise TokenizerError(f"{file.path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    return tokens, types
+
+
+GGUF_ROLE_KEYS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id"}
+
+
+def gguf_named(file, tokens: list[str], roles) -> dict[str, str | None]:
+    """role -> the token a GGUF file's tokenizer.ggml.*_token_id names (None where it names none)."""
+    named = {}
+    for role in roles:
+        key = GGUF_ROLE_KEYS[role]
+        i = file.integer("tokenizer.ggml." + key, default=None, minimum=0)
+        if i is not None and i >= len(tokens):
+            raise TokenizerError(f"{file.path}: tokenizer.ggml.{key} is {i}, past the {len(tokens)} tokens")
+        named[role] = None if i is None else tokens[i]
+    return named
+
+
 def _merge(m, where: str) -> tuple[str, str]:
     """A merge as tokenizer.json stores it: "a b" (tokenizers < 0.20) or ["a", "b"]."""
     pair = m.split(" ") if isinstance(m, str) else m
@@ -496,7 +513,8 @@ def _merge(m, where: str) -> tuple[str, str]:
     return pair[0], pair[1]
 
 
-def _check_vocab(vocab, source: str, specials=(EOT,), named=None, literal=()) -> None:
+def check_vocabulary_ids(vocab, source: str) -> None:
+    """A vocabulary is token string -> integer id, the ids 0..n-1 each once."""
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{source}: the vocabulary must be a non-empty object of token -> id")
     seen: dict[int, str] = {}
@@ -510,6 +528,10 @@ def _check_vocab(vocab, source: str, specials=(EOT,), named=None, literal=()) ->
     if missing is not None:
         raise TokenizerError(f"{source}: ids must be 0..{len(vocab) - 1}, but {missing} is missing "
                              f"(largest id {max(seen)})")
+
+
+def _check_vocab(vocab, source: str, specials=(EOT,), named=None, literal=()) -> None:
+    check_vocabulary_ids(vocab, source)
     alphabet = byte_alphabet()
     for token in specials:
         if token not in vocab:

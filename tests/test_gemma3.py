@@ -306,3 +306,19 @@ def test_missing_and_unexpected_gemma_tensors_are_refused_by_name(gemma_tensors,
     path = write_llama_gguf(tmp_path / "few.gguf", fewer, {**fields, "sliding_window": 3}, architecture="gemma3")
     with pytest.raises(minigpt.CheckpointError, match="layers.1.post_feedforward_layernorm.weight"):
         minigpt.from_pretrained(path)
+
+
+def test_a_bfloat16_checkpoint_held_lazily_gives_the_float32_floats(reference, tmp_path):
+    """The weight policies on Gemma: a bfloat16 save, widened at load or a slab at a time where
+    used, the same floats at every hook."""
+    import torch
+
+    hf = write_gemma(reference, tmp_path / "f32", FIELDS, seed=9)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    eager = minigpt.from_pretrained(tmp_path / "bf16", weights="float32")
+    lazy = minigpt.from_pretrained(tmp_path / "bf16", weights="lazy")
+    assert lazy.lazy_weights and not eager.lazy_weights
+    tokens = [[2, 5, 9, 11, 3, 7, 60, 1]]
+    _, a = eager.run_with_cache(tokens)
+    _, b = lazy.run_with_cache(tokens)
+    assert all(np.array_equal(a[n], b[n]) for n in a)
