@@ -1,7 +1,8 @@
 """What every model family shares: the primitives of a forward pass, the hook points under
 TransformerLens's names, the KV cache, and `Transformer`, the entry points (run_with_cache,
 run_with_hooks), input checks and pass set-up that each family's class inherits. Each family's
-forward pass reads top to bottom in its own file (gpt2.py, opt.py); none imports another.
+forward pass reads top to bottom in its own file (gpt2.py, opt.py, llama.py, gemma3.py);
+none imports another.
 
 Array code gets its namespace from the arrays (`array_namespace(x)`) or from `self.xp`, never
 from a bare `np.` call on an activation, so that CuPy runs the same code (see backend.py).
@@ -73,9 +74,10 @@ def softmax(x, out=None):
 
 
 def attention_scores(q, k, mask_bias, divisor=None):
-    """q k^T / sqrt(d_head) + mask_bias (or / `divisor`: Gemma's sqrt(query_pre_attn_scalar)): q [batch, kv_head, group, query, d_head], k [batch, kv_head,
-    key, d_head], mask_bias [batch, 1, query, key] (0, or -inf where the key is in the query's
-    future or padding) -> [batch, kv_head, group, query, key]. `group`: the query heads that share
+    """q k^T / sqrt(d_head) + mask_bias (or q k^T / `divisor`: Gemma's sqrt(query_pre_attn_scalar)):
+    q [batch, kv_head, group, query, d_head], k [batch, kv_head, key, d_head], mask_bias [batch, 1,
+    query, key] (0, or -inf where the key is in the query's future or padding) -> [batch, kv_head,
+    group, query, key]. `group`: the query heads that share
     a key/value head (grouped-query attention; 1 without): their query rows are stacked against
     it, one plain product per key/value head, where a product broadcast over the group costs
     twice as much at a decode step's single row."""

@@ -160,7 +160,7 @@ def test_a_hub_that_does_not_resolve_is_answered_from_the_cache_at_once(cache):
     assert "Retrying" not in stderr and "thrown while requesting" not in stderr, stderr
     error, _, _ = load_unreachable(cache_dir, "tiny-boks")    # a typo of a shipped model: named, not a hub riddle
     assert error.endswith("or pass a local folder. Did you mean 'tiny-books'? (models that need no network: "
-                          "tiny-books, tiny-imdb, smollm2-135m)"), error
+                          "tiny-books, tiny-imdb, smollm2-135m, gemma3-270m)"), error
     # answered at once: no connection tried, no backoff slept (counted, not timed: the retrying
     # client slept 1 + 2 + 4 + 8 + 8 s here before)
     assert network == {"connects": [], "slept": []}, network

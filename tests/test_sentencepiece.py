@@ -1,4 +1,4 @@
-"""SentencePiece-style BPE (minigpt/sentencepiece.py) against Hugging Face tokenizers on a
+"""SentencePiece-style BPE (minigpt/tokenizer.py's SentencePieceTokenizer) against Hugging Face tokenizers on a
 vocabulary trained here: tokenizer.json as Gemma writes it (Replace " " -> "▁", no pre-split), as
 Llama 2 writes it (Metaspace "first", a Strip decoder) and in its older form (Prepend + Replace),
 and "always"; byte fallback for characters the vocabulary lacks, added and special tokens; GGUF
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigpt
-from minigpt.sentencepiece import SentencePieceTokenizer, derived_merges
+from minigpt.tokenizer import SentencePieceTokenizer, derived_merges
 from minigpt.tokenizer import TokenizerError
 from test_gguf_tokenizer import CRAFTED
 from test_tokenizer import FRAGMENTS, sample_corpus
