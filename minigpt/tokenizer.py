@@ -254,17 +254,7 @@ class Tokenizer:
             raise TokenizerError(f"{path}: added_tokens: {describe(added)} (expected an array of tokens)")
         if model.get("byte_fallback") is True:     # SentencePiece-style: "▁" for spaces, bytes as <0xXX>
             return SentencePieceTokenizer.from_tokenizer_json(path, raw, special)
-        vocab = dict(model["vocab"])
-        for i, t in enumerate(added):
-            if not (isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)
-                    and not isinstance(t.get("id"), bool)):
-                raise TokenizerError(f"{path}: added_tokens[{i}]: {json.dumps(t)[:80]} (expected an object with a string "
-                                     "content and an integer id)")
-            vocab.setdefault(t["content"], t["id"])
-        merges = model.get("merges") or []
-        if not isinstance(merges, list):
-            raise TokenizerError(f"{path}: model.merges: {describe(merges)} (expected an array)")
-        merges = [_merge(m, f"{path}: model.merges[{i}]") for i, m in enumerate(merges)]
+        vocab, merges = _json_vocab_and_merges(path, model, added)
         pattern = _pattern_of(raw.get("pre_tokenizer"), path)
         specials = [t["content"] for t in added if t.get("special")]
         if not special:                              # no tokenizer_config.json: GPT-2's rule, or no BOS
@@ -500,6 +490,21 @@ def gguf_named(file, tokens: list[str], roles) -> dict[str, str | None]:
             raise TokenizerError(f"{file.path}: tokenizer.ggml.{key} is {i}, past the {len(tokens)} tokens")
         named[role] = None if i is None else tokens[i]
     return named
+
+
+def _json_vocab_and_merges(path: Path, model: dict, added: list) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A tokenizer.json's vocabulary (model.vocab, then the added tokens' ids) and its merges."""
+    vocab = dict(model["vocab"])
+    for i, t in enumerate(added):
+        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)
+                and not isinstance(t.get("id"), bool)):
+            raise TokenizerError(f"{path}: added_tokens[{i}]: {json.dumps(t)[:80]} (expected an object with a string "
+                                 "content and an integer id)")
+        vocab.setdefault(t["content"], t["id"])
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{path}: model.merges: {describe(merges)} (expected an array)")
+    return vocab, [_merge(m, f"{path}: model.merges[{i}]") for i, m in enumerate(merges)]
 
 
 def _merge(m, where: str) -> tuple[str, str]:
@@ -803,17 +808,8 @@ class SentencePieceTokenizer(Tokenizer):
         Strip decoder) and its older form (normalizer Prepend "▁" + Replace). Anything else that
         would change the tokens is refused by name."""
         model = raw["model"]
-        vocab = dict(model["vocab"])
         added = raw.get("added_tokens") or []
-        for i, t in enumerate(added):
-            if not (isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)):
-                raise TokenizerError(f"{path}: added_tokens[{i}]: {json.dumps(t)[:80]} (expected an object with a string "
-                                     "content and an integer id)")
-            vocab.setdefault(t["content"], t["id"])
-        merges = model.get("merges") or []
-        if not isinstance(merges, list):
-            raise TokenizerError(f"{path}: model.merges: {describe(merges)} (expected an array)")
-        merges = [_merge(m, f"{path}: model.merges[{i}]") for i, m in enumerate(merges)]
+        vocab, merges = _json_vocab_and_merges(path, model, added)
         prefix = _prefix_of(raw.get("normalizer"), raw.get("pre_tokenizer"), path)
         strip = _strips_prefix(raw.get("decoder"), path)
         specials = [t["content"] for t in added if t.get("special")]
