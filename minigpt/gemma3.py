@@ -369,6 +369,7 @@ class Gemma3(Transformer):
                                                     config.d_head)}
         empty = self.backend.to_device(np.zeros((0, config.d_head), np.float32))
         self.tables = {kind: (empty, empty) for kind in self.inv_freq}
+        self.kinds = {config.layer_type(L) for L in range(config.num_hidden_layers)}
 
     def rotary_table(self, kind: str, upto: int):
         """cos and sin of positions 0..upto-1 at least for local or global blocks, [rows, d_head]
@@ -401,11 +402,12 @@ class Gemma3(Transformer):
         self._check_stop(stop_at_layer, start_at_layer, cache, last_only)
         ids, positions, tokens, mask_bias, start, real = self._prepare(tokens, attention_mask, cache, hook)
         at = self.backend.to_device(np.maximum(positions, 0))                  # [batch, pos]
-        rotary = {}
-        for kind in self.inv_freq:
+        rotary, masks = {}, {GLOBAL: mask_bias}
+        for kind in self.kinds:                                                # only the kinds the blocks use
             cos, sin = self.rotary_table(kind, int(positions.max()) + 1)
             rotary[kind] = (cos[at][:, :, None], sin[at][:, :, None])          # [batch, pos, 1, d_head] each
-        masks = {GLOBAL: mask_bias, LOCAL: self.window(mask_bias, start)}
+        if LOCAL in self.kinds:
+            masks[LOCAL] = self.window(mask_bias, start)
 
         if start_at_layer or resid_pre is not None:
             x = self._check_resid_pre(resid_pre, start_at_layer, ids.shape, cache)
@@ -429,10 +431,10 @@ class Gemma3(Transformer):
         `sliding_window` or more places before the query."""
         xp = self.xp
         query, keys = mask_bias.shape[-2:]
+        if start + query - 1 < self.config.sliding_window:
+            return mask_bias                                                   # no key is that far back yet
         q_at = start + xp.arange(query)[:, None]                               # [query, 1]
         k_at = xp.arange(keys)[None, :]                                        # [1, key]
-        if int(start + query - 1) < self.config.sliding_window:
-            return mask_bias                                                   # no key is that far back yet
         return xp.where(k_at > q_at - self.config.sliding_window, mask_bias, xp.float32(-math.inf))
 
     def block(self, L: int, p: dict, products: dict, x, hook: HookPoints, mask_bias, kv, start: int, rotary):
