@@ -32,11 +32,13 @@ class DirectionVector(Steering):
     directions: tuple[np.ndarray, ...]
     n_layer: int
     coeff: float = 1.0
-    reading: str = "last"           # how it was made: "last" / "mean" token of each pair, or "gguf"
+    reading: str = "last"           # how it was made: "last" / "mean" token of each pair, "pca",
+                                    # "mean-centring" (actadd.methods), or "gguf"
     positions: str | tuple[int, ...] = "prompt"
     pairs: tuple[tuple[str, str], ...] = ()
     fingerprint: dict = field(default_factory=dict)
     alignment: str = "front"        # positions count from the front of the prompt
+    provenance: dict = field(default_factory=dict)   # how it was made, beyond the pairs (actadd.methods)
 
     def __post_init__(self):
         self.layers = tuple(int(L) for L in self.layers)
@@ -116,19 +118,22 @@ class DirectionVector(Steering):
         r = rng.standard_normal(d.shape)
         r *= np.linalg.norm(d.astype(np.float64)) / np.linalg.norm(r)
         return DirectionVector((layer,), (r.astype(np.float32),), self.n_layer, self.coeff, "random control",
-                               self.positions, (), self.fingerprint)
+                               self.positions, (), self.fingerprint, self.alignment, {"like": self.reading})
 
     def rows_at(self, layer: int) -> tuple[np.ndarray, list]:
         return self.direction(layer)[None], [None]
 
     def describe(self, alignment: str | None = None) -> str:
-        made = {"last": f"of {len(self.pairs)} pairs at their last token",
-                "mean": f"of {len(self.pairs)} pairs over their tokens"}.get(self.reading, "of a control vector")
-        return (f"the mean-difference direction {made} x {self.coeff:g} at layer(s) {list(self.layers)}, "
-                f"positions {self.positions!r}")
+        n = len(self.pairs)
+        made = {"last": f"the mean-difference direction of {n} pairs at their last token",
+                "mean": f"the mean-difference direction of {n} pairs over their tokens",
+                "pca": f"the first principal component of {n} pairs' differences",
+                "mean-centring": "the mean-centred direction (target texts - general texts)",
+                "random control": "a random direction"}.get(self.reading, "the direction of a control vector")
+        return f"{made} x {self.coeff:g} at layer(s) {list(self.layers)}, positions {self.positions!r}"
 
     def summary(self) -> dict:
         return {"direction": {"layers": list(self.layers), "hook_names": [self.hook_name(L) for L in self.layers],
                               "coeff": self.coeff, "reading": self.reading, "positions": self.positions,
-                              "pairs": [list(p) for p in self.pairs],
+                              "pairs": [list(p) for p in self.pairs], "provenance": self.provenance,
                               "norms": [float(np.linalg.norm(d)) for d in self.directions]}}

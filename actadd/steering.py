@@ -118,12 +118,15 @@ def x_vector(tokenizer: Tokenizer, plus: str, minus: str, coeff: float, layer: i
 
 class Placement(NamedTuple):
     """Where one array goes in a pass: delta[batch[i], pos[i]] += source[index[i]] (index None:
-    source itself, one [d_model] row, at every place). Host arrays; source stays the vector's."""
+    source itself, one [d_model] row, at every place). Host arrays; source stays the vector's.
+    `project` (directional ablation): source is a unit direction u times a strength a, and what
+    is added is -a (x . u) u, x the activation there before any steering at this hook."""
 
     batch: np.ndarray        # [places] batch rows
     pos: np.ndarray          # [places] places in the pass
     source: np.ndarray       # float32 [n, d_model] (a matrix) or [d_model] (a direction)
     index: np.ndarray | None  # [places] rows of source
+    project: float = 0.0     # ablation: the strength a (0: an addition)
 
 
 class Steering(abc.ABC):
@@ -135,6 +138,7 @@ class Steering(abc.ABC):
     model it was made on) and `beyond_prompt` (whether it adds to generated tokens too)."""
 
     beyond_prompt = False
+    ablates = False                 # projects a direction out (the delta depends on the activations)
 
     @property
     @abc.abstractmethod
@@ -149,6 +153,11 @@ class Steering(abc.ABC):
     @abc.abstractmethod
     def hook_name(self, layer: int) -> str:
         """The hook point of `layer`."""
+
+    def sites(self) -> list[tuple[object, str]]:
+        """(key, hook name) of every place it acts, the key handed to `placements`: one per
+        layer by default. Directional ablation also acts at each block's hook_resid_mid."""
+        return [(layer, self.hook_name(layer)) for layer in self.layers]
 
     @abc.abstractmethod
     def placement(self, alignment: str | None = None) -> str:
@@ -200,10 +209,14 @@ class Steering(abc.ABC):
         position)."""
         return steering_hooks([(None, self)], prompt_lengths, alignment)
 
-    def delta(self, layer: int, length: int, alignment: str | None = None) -> np.ndarray:
-        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt."""
+    def delta(self, layer: int, length: int, alignment: str | None = None,
+              resid: np.ndarray | None = None) -> np.ndarray:
+        """float32 [length, d_model]: what the hooks add at `layer` to a `length`-token prompt
+        whose activations there are `resid` ([length, d_model]; needed only by an ablation,
+        whose delta depends on them)."""
         out = np.zeros((1, length, self.d_model), np.float32)
-        _add(out, self.placements(layer, np.arange(length)[None], np.array([length]), None, alignment))
+        _add(out, self.placements(layer, np.arange(length)[None], np.array([length]), None, alignment),
+             resid=None if resid is None else np.asarray(resid, np.float32)[None])
         return out[0]
 
 
@@ -366,18 +379,26 @@ def steering_hooks(parts: Sequence[tuple[np.ndarray | None, Steering]], prompt_l
     per layer that any of them steers. `batch`: the number of rows the parts were made for (a
     pass with another is an error), or None for any."""
     parts = [(rows, v, v.placement(alignment)) for rows, v in parts]         # an alignment it cannot take: now
-    names = {}
-    for _, v, _ in parts:
-        for layer in v.layers:
-            names.setdefault(layer, v.hook_name(layer))
-    return [(names[layer], _steering_hook(layer, [p for p in parts if layer in p[1].layers], prompt_lengths,
-                                          alignment, batch)) for layer in sorted(names)]
+    at: dict[str, list] = {}                                                  # hook name -> [(key, part)]
+    for part in parts:
+        for key, name in part[1].sites():
+            at.setdefault(name, []).append((key, part))
+    return [(name, _steering_hook(at[name], prompt_lengths, alignment, batch)) for name in sorted(at, key=_hook_order)]
 
 
-def _steering_hook(layer: int, parts, prompt_lengths, alignment, batch):
-    """Step 6: the hook at one layer. It works out which passes are prompt (see Steering.hooks)
-    and leaves every other pass alone, unless a vector adds beyond the prompt."""
+def _hook_order(name: str) -> tuple[int, int]:
+    """blocks.{L}.hook_resid_pre < hook_resid_mid < hook_resid_post < blocks.{L+1}..., the
+    order a pass meets them."""
+    _, block, point = name.split(".", 2)
+    return int(block), ("hook_resid_pre", "hook_resid_mid", "hook_resid_post").index(point)
+
+
+def _steering_hook(entries, prompt_lengths, alignment, batch):
+    """Step 6: the hook at one hook point, for the parts (key, (rows, vector, placement)) that
+    act there. It works out which passes are prompt (see Steering.hooks) and leaves every
+    other pass alone, unless a vector acts beyond the prompt."""
     on_device = _OnDevice()
+    parts = [part for _, part in entries]
     beyond_prompt = any(v.beyond_prompt for _, v, _ in parts)
 
     def steer(resid_pre, hook):                                               # [batch, pos, d_model]
@@ -398,24 +419,33 @@ def _steering_hook(layer: int, parts, prompt_lengths, alignment, batch):
                 check_lengths(lengths if rows is None else lengths[rows], v.length, placement, rows)
             if not beyond_prompt and not (positions < lengths[:, None]).any():
                 return None                                                   # past the prompt: nothing to add
-        places = [p for rows, v, _ in parts for p in v.placements(layer, positions, lengths, rows, alignment)
+        places = [p for key, (rows, v, _) in entries for p in v.placements(key, positions, lengths, rows, alignment)
                   if p.batch.size]
         if not places:
             return None                                                       # nothing placed in this pass
         delta = array_namespace(resid_pre).zeros(resid_pre.shape, dtype=resid_pre.dtype)
-        _add(delta, places, on_device)
+        _add(delta, places, on_device, resid_pre)
         return resid_pre + delta
     return steer
 
 
-def _add(delta, places: Sequence[Placement], on_device=None) -> None:
+def _add(delta, places: Sequence[Placement], on_device=None, resid=None) -> None:
     """Step 8: every placed array added to delta in turn, so additions at one layer sum, each
-    over its own span. `delta` may live on a device; `on_device` copies the sources there."""
+    over its own span. `delta` may live on a device; `on_device` copies the sources there.
+    An ablation's placement adds -a (x . u) u, x read from `resid` (the activation before any
+    of this hook's additions, so that the order of parts does not matter)."""
     xp = array_namespace(delta)
     for place in places:
         source = place.source if on_device is None else on_device(xp, place.source)
-        value = source if place.index is None else source[xp.asarray(place.index)]
-        delta[xp.asarray(place.batch), xp.asarray(place.pos)] += value
+        b, p = xp.asarray(place.batch), xp.asarray(place.pos)
+        if place.project:
+            if resid is None:
+                raise ValueError("an ablation's delta depends on the activations: give them (resid)")
+            x = resid[b, p]                                                   # [places, d_model]
+            value = (-place.project * (x @ source))[:, None].astype(x.dtype) * source
+        else:
+            value = source if place.index is None else source[xp.asarray(place.index)]
+        delta[b, p] += value
 
 
 class _OnDevice:
@@ -539,7 +569,7 @@ def norm_report(model: Transformer, tokenizer: Tokenizer, vector: Steering, prom
     reports = []
     for L in vector.layers:
         resid = model.backend.to_host(cache[vector.hook_name(L)])[0]          # [pos, d_model]
-        delta = vector.delta(L, len(ids), alignment)                           # [pos, d_model]
+        delta = vector.delta(L, len(ids), alignment, resid)                    # [pos, d_model]
         reports.append(NormReport(L, tokenizer.token_strs(ids), np.linalg.norm(delta, axis=-1),
                                   np.linalg.norm(resid, axis=-1), vector.hook_name(L)))
     return reports

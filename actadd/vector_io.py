@@ -22,6 +22,7 @@ from minigpt import Transformer
 from minigpt.textfiles import describe, parse_json
 
 from .direction import DirectionVector
+from .methods import ABLATION_SITES, AblationVector
 from .output import atomic_write
 from .provenance import library_version, model_config, weights_hash
 from .steering import ALIGNMENTS, ActivationAddition, SteeringVector, residual_site, site
@@ -30,13 +31,15 @@ FORMAT = "actadd-steering-vector"
 FORMAT_VERSION = 1
 DIRECTION_FORMAT = "actadd-direction-vector"
 DIRECTION_FORMAT_VERSION = 1
+ABLATION_FORMAT = "actadd-ablation-vector"
+ABLATION_FORMAT_VERSION = 1
 
 
 class VectorFileError(ValueError):
     """A steering vector file that is malformed, or made for another model."""
 
 
-def save(vector: SteeringVector | DirectionVector, path: str | os.PathLike) -> Path:
+def save(vector: SteeringVector | DirectionVector | AblationVector, path: str | os.PathLike) -> Path:
     """Write `vector` to `path` atomically (a reader never sees half a file): a .safetensors
     file (the native format), or for a DirectionVector a .gguf llama.cpp control vector."""
     from safetensors.numpy import save_file
@@ -45,12 +48,22 @@ def save(vector: SteeringVector | DirectionVector, path: str | os.PathLike) -> P
     if path.suffix == ".gguf":
         return export_gguf(vector, path)
     _check_arrays(vector, path)
+    if isinstance(vector, AblationVector):
+        manifest = {
+            "format": ABLATION_FORMAT, "format_version": ABLATION_FORMAT_VERSION, "library_version": library_version(),
+            "operation": "x <- x - strength (x . u) u", "strength": vector.strength, "read_at": vector.read_at,
+            "at": vector.at, "hook_names": [name for _, name in vector.sites()], "n_layer": vector.n_layer,
+            "pairs": [list(p) for p in vector.pairs], "provenance": vector.provenance, "tensor": "direction",
+            "model": vector.fingerprint,
+        }
+        tensors = {"direction": np.ascontiguousarray(vector.direction, dtype=np.float32)}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"actadd": json.dumps(manifest)}))
     if isinstance(vector, DirectionVector):
         manifest = {
             "format": DIRECTION_FORMAT, "format_version": DIRECTION_FORMAT_VERSION, "library_version": library_version(),
             "reading": vector.reading, "coeff": vector.coeff, "n_layer": vector.n_layer,
             "positions": vector.positions if isinstance(vector.positions, str) else list(vector.positions),
-            "pairs": [list(p) for p in vector.pairs],
+            "pairs": [list(p) for p in vector.pairs], "provenance": vector.provenance,
             "layers": [{"layer": L, "hook_name": vector.hook_name(L), "tensor": f"resid.{L}"} for L in vector.layers],
             "model": vector.fingerprint,
         }
@@ -71,7 +84,9 @@ def save(vector: SteeringVector | DirectionVector, path: str | os.PathLike) -> P
 def _check_arrays(vector: SteeringVector | DirectionVector, path) -> None:
     """What is about to be written: float32 of the right shape, finite (a NaN written is a column
     of <|endoftext|> for whoever loads it)."""
-    if isinstance(vector, DirectionVector):
+    if isinstance(vector, AblationVector):
+        check_tensor(vector.direction, vector.direction.shape[:1], path, "direction")
+    elif isinstance(vector, DirectionVector):
         for L, d in zip(vector.layers, vector.directions):
             check_tensor(d, d.shape[:1], path, f"resid.{L}")
     else:
@@ -102,6 +117,8 @@ def load(path: str | os.PathLike, model: Transformer, allow_other_weights: bool 
     check.kind(manifest, "the actadd manifest", dict, "an object")
     if manifest.get("format") == DIRECTION_FORMAT:
         return _load_directions(path, manifest, tensors, model, allow_other_weights)
+    if manifest.get("format") == ABLATION_FORMAT:
+        return _load_ablation(path, manifest, tensors, model, allow_other_weights)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise VectorFileError(f"{path}: format {manifest.get('format')!r} version "
                               f"{manifest.get('format_version')!r}; expected {FORMAT!r} {FORMAT_VERSION}")
@@ -222,7 +239,40 @@ def _load_directions(path, manifest: dict, tensors: dict, model: Transformer, al
     positions = _positions(check, manifest.get("positions"), "positions")
     pairs = _pairs(check, manifest.get("pairs"), "pairs")
     made_on = check.field(manifest, "model", dict, "an object: the model's type, config and weights hash")
+    provenance = check.field(manifest, "provenance", dict, "an object") if "provenance" in manifest else {}
     vector = _direction(path, layers, directions, n, coeff, reading, positions, pairs, made_on)
+    vector.provenance = provenance
+    _check_made_on(path, made_on, model, allow_other_weights)
+    return vector
+
+
+def _load_ablation(path, manifest: dict, tensors: dict, model: Transformer, allow_other_weights: bool) -> AblationVector:
+    if manifest.get("format_version") != ABLATION_FORMAT_VERSION:
+        raise VectorFileError(f"{path}: {ABLATION_FORMAT} version {manifest.get('format_version')!r}; expected "
+                              f"{ABLATION_FORMAT_VERSION}")
+    check = _Fields(path)
+    n = model.config.n_layer
+    if check.field(manifest, "n_layer", int, f"{n} (this model's blocks)") != n:
+        raise VectorFileError(f"{path}: n_layer: {manifest['n_layer']} (made for a model of that many blocks; this one "
+                              f"has {n})")
+    strength = check.field(manifest, "strength", (int, float), "a finite number")
+    at = check.field(manifest, "at", str, f"one of {', '.join(ABLATION_SITES)}", choices=ABLATION_SITES)
+    read_at = manifest.get("read_at")
+    if read_at is not None:
+        check.field(manifest, "read_at", int, f"a layer from 0 to {n}", within=range(n + 1))
+    name = check.field(manifest, "tensor", str, "the name of its tensor")
+    direction = check.tensor(tensors, name, (model.config.n_embd,), "tensor")
+    pairs = _pairs(check, manifest.get("pairs"), "pairs")
+    provenance = check.field(manifest, "provenance", dict, "an object")
+    made_on = check.field(manifest, "model", dict, "an object: the model's type, config and weights hash")
+    try:
+        vector = AblationVector(direction, n, float(strength), read_at, pairs, made_on, provenance, at=at)
+    except ValueError as e:
+        raise VectorFileError(f"{path}: {e}") from None
+    hooks = check.field(manifest, "hook_names", list, "the hook names it acts at")
+    if hooks != [h for _, h in vector.sites()]:
+        raise VectorFileError(f"{path}: hook_names {_short(hooks)} are not where this library ablates ({at!r}: "
+                              f"{_short([h for _, h in vector.sites()])})")
     _check_made_on(path, made_on, model, allow_other_weights)
     return vector
 
@@ -287,6 +337,9 @@ def export_gguf(vector: SteeringVector | DirectionVector, path: str | os.PathLik
     import warnings
 
     path = Path(path)
+    if isinstance(vector, AblationVector):
+        raise VectorFileError(f"{path}: a llama.cpp control vector is added at every token; an ablation projects a "
+                              "direction out, which llama.cpp cannot do with one. Save it as .safetensors")
     if isinstance(vector, SteeringVector):
         raise VectorFileError(
             f"{path}: this is ActAdd's per-position matrix ([positions, d_model] at layer(s) {vector.layers}, placed "
@@ -320,6 +373,7 @@ def export_gguf(vector: SteeringVector | DirectionVector, path: str | os.PathLik
                                                          else list(vector.positions)))
         writer.add_string("actadd.pairs", json.dumps([list(p) for p in vector.pairs]))
         writer.add_string("actadd.model", json.dumps(made_on))
+        writer.add_string("actadd.provenance", json.dumps(vector.provenance))
         for L, d in sorted(zip(vector.layers, vector.directions)):
             writer.add_tensor(f"direction.{L - 1}", np.ascontiguousarray(d, dtype=np.float32))
         writer.write_header_to_file()
@@ -397,7 +451,10 @@ def import_gguf(path: str | os.PathLike, model: Transformer, allow_other_weights
         if coeff is None or not math.isfinite(coeff):
             raise VectorFileError(f"{path}: metadata actadd.coeff: {_short(coeff)} (expected a finite number)")
         reading = _metadata(reader, path, "actadd.reading")
+        provenance = _metadata_json(reader, path, "actadd.provenance")
         vector = _direction(path, layers, directions, n, coeff, reading, positions, pairs, made_on)
+        vector.provenance = check.kind(provenance, "metadata actadd.provenance", dict, "an object") \
+            if provenance is not None else {}
         _check_made_on(path, made_on, model, allow_other_weights)
         return vector
     hint = _metadata(reader, path, "controlvector.model_hint")

@@ -129,7 +129,7 @@ def test_each_addition_is_placed_over_its_own_span():
     lengths = np.array([7, 6])
     for scale, alignment in ((1, "front"), (10, "back"), (100, "mid")):       # mid: from len//2 - n//2 = 2
         vector = SteeringVector((ActivationAddition((1, 2, 3), scale, 0),), (scale * m,), alignment)
-        for batch, pos, source, index in vector.placements(0, positions, lengths):
+        for batch, pos, source, index, _ in vector.placements(0, positions, lengths):
             delta[batch, pos] += source[index]
     assert delta[0, :, 0].tolist() == [1, 2, 3 + 100, 200, 300 + 10, 20, 30]
     assert delta[1, :, 0].tolist() == [0, 1, 2, 3 + 100, 10 + 200, 20 + 300, 30]

@@ -339,7 +339,9 @@ def vector_settings(vector: Steering) -> dict:
     h = hashlib.sha256(vector.describe().encode())
     for layer in vector.layers:
         h.update(vector.hook_name(layer).encode())
-        h.update(np.ascontiguousarray(vector.delta(layer, vector.length), dtype=np.float32).data)
+        # an ablation's delta depends on the text: its direction and strength stand for it
+        what = vector.rows_at(layer)[0] if vector.ablates else vector.delta(layer, vector.length)
+        h.update(np.ascontiguousarray(what, dtype=np.float32).data)
     return {"describe": vector.describe(), "layers": list(vector.layers), "sha256": h.hexdigest()}
 
 
