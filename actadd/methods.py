@@ -76,6 +76,17 @@ def mean_diff(model: Transformer, tokenizer: Tokenizer, pairs, coeff: float, lay
     return mean_of_pairs(model, tokenizer, pairs, coeff, layers, "last", positions=positions)
 
 
+def mean_diff_vector(cp: ContrastPairs, coeff: float, positions="all", indices: Sequence[int] | None = None,
+                     layers: Sequence[int] | None = None) -> DirectionVector:
+    """`mean_diff` from streams already read (a "last" ContrastPairs), of pairs `indices` and at
+    `layers` only (default all of them)."""
+    indices = list(range(len(cp)) if indices is None else indices)
+    layers = list(cp.layers if layers is None else layers)
+    directions = tuple((coeff * cp.mean_difference(L, indices)).astype(np.float32) for L in layers)
+    return DirectionVector(tuple(layers), directions, cp.n_layer, float(coeff), "last", positions,
+                           tuple(cp.pairs[i] for i in indices), cp.fingerprint)
+
+
 def principal_direction(differences: np.ndarray, recipe: str = "repeng") -> tuple[np.ndarray, dict]:
     """The unit first principal component of `differences` ([pairs, d_model]) and what it
     explains, its sign fixed so that d_i . u > 0 for most pairs (ties: the mean's sign).
@@ -114,17 +125,27 @@ def pca(model: Transformer, tokenizer: Tokenizer, pairs, coeff: float, layers, p
     coefficients mean at each layer what they mean for the mean difference (one pair with the
     steering-vectors recipe: exactly its difference)."""
     diffs, cp = last_token_differences(model, tokenizer, pairs, layers)
+    return pca_vector(cp, diffs, coeff, positions, recipe)
+
+
+def pca_vector(cp: ContrastPairs, diffs: dict, coeff: float, positions="all", recipe: str = "repeng",
+               indices: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> DirectionVector:
+    """`pca` from differences already read (last_token_differences), of pairs `indices` and at
+    `layers` only (default all): the pair-count curve reads the streams once."""
+    indices = list(range(len(cp)) if indices is None else indices)
+    layers = list(cp.layers if layers is None else layers)
     directions, scales, explained = [], [], []
-    for L in cp.layers:
-        u, info = principal_direction(diffs[L], recipe)
-        scale = float(np.sqrt(np.mean((diffs[L] @ u) ** 2)))
+    for L in layers:
+        d = diffs[L][indices]
+        u, info = principal_direction(d, recipe)
+        scale = float(np.sqrt(np.mean((d @ u) ** 2)))
         directions.append((coeff * scale * u).astype(np.float32))
         scales.append(scale)
         explained.append(info["explained"])
     provenance = {"method": "pca", "recipe": recipe, "scale": scales, "explained": explained,
                   "read_at": "last token"}
-    return DirectionVector(tuple(cp.layers), tuple(directions), model.config.n_layer, float(coeff), "pca", positions,
-                           tuple(cp.pairs), cp.fingerprint, provenance=provenance)
+    return DirectionVector(tuple(layers), tuple(directions), cp.n_layer, float(coeff), "pca", positions,
+                           tuple(cp.pairs[i] for i in indices), cp.fingerprint, provenance=provenance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,14 +159,12 @@ def _texts_digest(texts: Sequence[Sequence[int]]) -> str:
 MAX_TOKENS = 64
 
 
-def dataset_means(model: Transformer, tokenizer: Tokenizer, texts: Sequence[str], layers, max_tokens: int | None,
-                  what: str) -> tuple[dict[int, np.ndarray], list[list[int]]]:
-    """{layer: float64 [d_model]}: the mean over `texts` of each text's mean residual stream over
-    its tokens after BOS (each text weighs the same), the texts cut to their first `max_tokens`
-    tokens after BOS (None: MAX_TOKENS, or the model's context less BOS where shorter); and the
-    token lists read."""
+def text_means(model: Transformer, tokenizer: Tokenizer, texts: Sequence[str], layers, max_tokens: int,
+               what: str) -> tuple[dict[int, np.ndarray], list[list[int]]]:
+    """{layer: float64 [texts, d_model]}: each text's residual stream averaged over its tokens
+    after BOS, the text cut to its first `max_tokens` tokens after BOS (one unsteered pass a
+    text, in order); and the token lists read."""
     texts = list(texts)
-    max_tokens = min(MAX_TOKENS, model.config.n_positions - 1) if max_tokens is None else max_tokens
     if not texts:
         raise ValueError(f"{what}: no texts")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens < model.config.n_positions:
@@ -160,38 +179,51 @@ def dataset_means(model: Transformer, tokenizer: Tokenizer, texts: Sequence[str]
             raise ValueError(f"{what}[{i}] {text[:40]!r} has no tokens after BOS to average")
         sequences.append(ids)
     layers = _layers(layers)
-    total = {L: np.zeros(model.config.n_embd, np.float64) for L in layers}
-    for ids in sequences:                                                   # one pass each, in order
+    rows = {L: np.zeros((len(sequences), model.config.n_embd), np.float64) for L in layers}
+    for i, ids in enumerate(sequences):
         streams = residual_streams(model, {tuple(ids): layers})
         for L in layers:
-            total[L] += streams[tuple(ids), L][1:].astype(np.float64).mean(axis=0)
-    return {L: total[L] / len(sequences) for L in layers}, sequences
+            rows[L][i] = streams[tuple(ids), L][1:].astype(np.float64).mean(axis=0)
+    return rows, sequences
 
 
 def mean_centring(model: Transformer, tokenizer: Tokenizer, target: Sequence[str], general: Sequence[str],
                   coeff: float, layers, positions="all", max_tokens: int | None = None) -> DirectionVector:
     """coeff x (the target texts' mean activation - the general texts' mean activation) at each
-    of `layers` (dataset_means: each text's mean over its tokens after BOS, texts weighing the
+    of `layers` (text_means: each text's mean over its tokens after BOS, texts weighing the
     same), added at every position. Jorgensen et al. take the general mean over the model's
     training distribution: OpenWebText for GPT-2."""
-    for L in _layers(layers):
+    layers = _layers(layers)
+    for L in layers:
         if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= L <= model.config.n_layer:
             raise ValueError(f"layer {L!r}: expected 0 to {model.config.n_layer}")
+    max_tokens = min(MAX_TOKENS, model.config.n_positions - 1) if max_tokens is None else max_tokens
+    t_rows, t_seqs = text_means(model, tokenizer, target, layers, max_tokens, "target")
+    g_rows, g_seqs = text_means(model, tokenizer, general, layers, max_tokens, "general")
+    return mean_centring_vector(t_rows, g_rows, t_seqs, g_seqs, coeff, model.config.n_layer, fingerprint(model),
+                                positions, max_tokens)
+
+
+def mean_centring_vector(t_rows: dict, g_rows: dict, t_seqs, g_seqs, coeff: float, n_layer: int, made_on: dict,
+                         positions="all", max_tokens: int | None = None, k: int | None = None,
+                         layers: Sequence[int] | None = None) -> DirectionVector:
+    """`mean_centring` from per-text means already read (text_means), of the first `k` target
+    texts and at `layers` only (default all)."""
     if isinstance(coeff, bool) or not isinstance(coeff, (int, float, np.integer, np.floating)) \
             or not math.isfinite(coeff):
         raise ValueError(f"coeff={coeff!r}: expected a finite number")
-    max_tokens = min(MAX_TOKENS, model.config.n_positions - 1) if max_tokens is None else max_tokens
-    t_mean, t_seqs = dataset_means(model, tokenizer, target, layers, max_tokens, "target")
-    g_mean, g_seqs = dataset_means(model, tokenizer, general, layers, max_tokens, "general")
-    layers = _layers(layers)
+    k = len(t_seqs) if k is None else k
+    layers = list(t_rows if layers is None else layers)
+    t_mean = {L: t_rows[L][:k].mean(axis=0) for L in layers}
+    g_mean = {L: g_rows[L].mean(axis=0) for L in layers}
     directions = tuple((coeff * (t_mean[L] - g_mean[L])).astype(np.float32) for L in layers)
-    provenance = {"method": "mean-centring", "target_texts": len(t_seqs), "general_texts": len(g_seqs),
-                  "max_tokens": max_tokens, "target_tokens_sha256": _texts_digest(t_seqs),
+    provenance = {"method": "mean-centring", "target_texts": k, "general_texts": len(g_seqs),
+                  "max_tokens": max_tokens, "target_tokens_sha256": _texts_digest(t_seqs[:k]),
                   "general_tokens_sha256": _texts_digest(g_seqs),
                   "target_norm": [float(np.linalg.norm(t_mean[L])) for L in layers],
                   "general_norm": [float(np.linalg.norm(g_mean[L])) for L in layers]}
-    return DirectionVector(tuple(layers), directions, model.config.n_layer, float(coeff), "mean-centring", positions,
-                           (), fingerprint(model), provenance=provenance)
+    return DirectionVector(tuple(layers), directions, n_layer, float(coeff), "mean-centring", positions, (), made_on,
+                           provenance=provenance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,13 +339,20 @@ def ablation(model: Transformer, tokenizer: Tokenizer, pairs, layer: int, streng
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
         raise ValueError(f"layer={layer!r}: the direction is read at one layer")
     diffs, cp = last_token_differences(model, tokenizer, pairs, [layer])
-    mean = diffs[layer].mean(axis=0)
+    return ablation_vector(cp, diffs, layer, strength, at)
+
+
+def ablation_vector(cp: ContrastPairs, diffs: dict, layer: int, strength: float = 1.0, at: str = "every",
+                    indices: Sequence[int] | None = None) -> AblationVector:
+    """`ablation` from differences already read, of pairs `indices` only (default all)."""
+    indices = list(range(len(cp)) if indices is None else indices)
+    mean = diffs[layer][indices].mean(axis=0)
     norm = float(np.linalg.norm(mean))
     if not norm > 0:
         raise ValueError(f"the pairs' mean difference at layer {layer} is zero: there is no direction to ablate")
-    return AblationVector((mean / norm).astype(np.float32), model.config.n_layer, strength, int(layer),
-                          tuple(cp.pairs), cp.fingerprint, {"method": "ablation", "mean_difference_norm": norm},
-                          at=at)
+    return AblationVector((mean / norm).astype(np.float32), cp.n_layer, strength, int(layer),
+                          tuple(cp.pairs[i] for i in indices), cp.fingerprint,
+                          {"method": "ablation", "mean_difference_norm": norm}, at=at)
 
 
 # ---------------------------------------------------------------------------------------------

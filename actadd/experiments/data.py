@@ -200,6 +200,30 @@ def read_dev_prompts(path: str | Path) -> list[Prompt]:
     return read_prompts(path)
 
 
+def read_davidson(path: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """(toxic, clean) tweets of one split (minigpt.checkpoints.davidson_split) of the Davidson et
+    al. tweets (labeled_data.jsonl: "class" 0 hate speech, 1 offensive, 2 neither), cleaned as
+    the toxicity classifier reads them (tweet_text), empty ones left out."""
+    from minigpt.checkpoints import davidson_split, tweet_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file{WHERE_TO_GET}")
+    toxic, clean = [], []
+    for obj, where in _jsonl(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), int) or not isinstance(obj.get("tweet"), str) \
+                or obj.get("class") not in (0, 1, 2):
+            raise DataError(f"{where}: expected a Davidson record with an integer 'id', a 'tweet' and a 'class' of 0, 1 "
+                            "or 2")
+        text = tweet_text(obj["tweet"])
+        if text and davidson_split(obj["id"]) == split:
+            (clean if obj["class"] == 2 else toxic).append(text)
+    if not toxic or not clean:
+        raise DataError(f"{path}: the {split!r} split has {len(toxic)} toxic and {len(clean)} clean tweets; both are "
+                        "needed")
+    return toxic, clean
+
+
 def read_documents(path: str | Path, field: str = "text") -> list[tuple[str, str]]:
     """(source, text) of each document: a JSONL file with the text at `field` (the OpenWebText
     sample: {"filename", "text"}), a .txt file (one document), or a folder of .txt files."""
