@@ -19,8 +19,8 @@ from minigpt.backend import BACKENDS
 from minigpt.cli import BACKEND_HELP, MODEL_HELP, WEIGHTS_HELP, interruptible, weights_option
 from minigpt.weights import WEIGHT_POLICIES
 
-from . import interpret, measure, pairs
-from .experiments import claims, data, generation, likelihood, overhead, paper
+from . import interpret, measure, methods, pairs
+from .experiments import claims, compare, data, generation, likelihood, overhead, paper
 from .experiments.scorers import SENTIMENT, TOXICITY, get_scorer
 from .output import json_safe, writable_file, writable_folder, write_outputs
 from .pairs import READINGS
@@ -51,7 +51,8 @@ def _main(argv: list[str] | None = None) -> int:
                        "--plus/--minus")
     steer.add_argument("--reading", choices=READINGS, default="actadd", help="with --pairs: ActAdd's per-position "
                        "matrix (default), or the mean-difference direction at each prompt's last token or mean token")
-    steer.add_argument("--positions", default="prompt", help="for a direction: prompt (every prompt position, "
+    _add_method_args(steer)
+    steer.add_argument("--positions", default=None, help="for a direction: prompt (every prompt position, "
                        "default), all (generated tokens too, as llama.cpp), or positions like 1,2,3")
     steer.add_argument("--layer", help="block whose resid_pre is steered (0 = embeddings); a list like 2,4 or 2-11 "
                        "steers each")
@@ -90,6 +91,8 @@ def _main(argv: list[str] | None = None) -> int:
         if args.save:
             print(f"saved {save(vector, args.save)}", file=sys.stderr)
         reports = norm_report(model, tok, vector, args.prompt, alignment=args.align)
+        if vector.ablates:                        # it acts at every layer: the one its direction was read at
+            reports = [r for r in reports if r.layer == vector.read_at]
         result = generate(model, tok, args.prompt, vector, n=args.n, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, alignment=args.align, temperature=args.temperature,
                           top_p=args.top_p, freq_penalty=args.freq_penalty)
@@ -145,7 +148,9 @@ def _add_vector_args(p):
     p.add_argument("--pairs", help="a file of 'plus<TAB>minus' lines (the mean of their differences), instead of --plus")
     p.add_argument("--reading", choices=READINGS, default="actadd",
                    help="with --pairs: actadd (per-position matrix, default), last or mean (a direction)")
-    p.add_argument("--positions", default="prompt", help="for a direction: prompt (default), all, or e.g. 1,2,3")
+    _add_method_args(p)
+    p.add_argument("--positions", default=None, help="for a direction: prompt (default for --reading last/mean), all "
+                   "(default for the other methods), or e.g. 1,2,3")
     p.add_argument("--layer", help="block whose resid_pre is steered (a list like 2,4 or 2-11 steers each)")
     p.add_argument("--coeff", type=float, help="the coefficient c")
     p.add_argument("--pad", choices=PADDINGS, default="space", help="right-pad the shorter steering prompt (default space)")
@@ -153,6 +158,58 @@ def _add_vector_args(p):
     p.add_argument("--vector", help="a vector saved by --save (.safetensors, or a .gguf control vector), instead of "
                    "--plus/--layer/--coeff")
     p.add_argument("--allow-other-weights", action="store_true")
+
+
+METHOD_HELP = ("the steering method (docs/methods.md): actadd (default: plus - minus, or --pairs read as --reading), "
+               "mean-diff (CAA: the pairs' last-token mean difference, every position), mean-centring (--target texts' "
+               "mean minus --general texts'), pca (the pairs' differences' first principal component), ablation "
+               "(project the pairs' direction, read at --layer, out of every residual activation; --coeff is its "
+               "strength, default 1)")
+
+
+def _add_method_args(p, pairs: bool = False):
+    """--method and what the other methods read (one vocabulary for every command that makes a vector)."""
+    p.add_argument("--method", choices=methods.METHODS, default="actadd", help=METHOD_HELP)
+    if pairs:
+        p.add_argument("--pairs", help="a file of 'plus<TAB>minus' lines, for the methods made from pairs")
+    p.add_argument("--target", help="mean-centring: the target texts (one a line, JSONL with 'text', or a folder of .txt)")
+    p.add_argument("--general", help="mean-centring: the general texts, as --target (e.g. the OpenWebText sample)")
+    p.add_argument("--recipe", choices=methods.PCA_RECIPES, default="repeng",
+                   help="pca: repeng (centred differences, default) or steering-vectors (uncentred)")
+
+
+def _method_inputs(parser, args) -> None:
+    """The method's own inputs, checked and read before a model is loaded."""
+    method = getattr(args, "method", "actadd")
+    args.target_texts = args.general_texts = None
+    if method == "mean-centring":
+        if args.target is None or args.general is None:
+            parser.error("--method mean-centring needs --target and --general texts")
+        if getattr(args, "pairs", None) is not None:
+            parser.error("--method mean-centring reads --target and --general texts, not --pairs")
+        args.target_texts, args.general_texts = data.read_texts(args.target), data.read_texts(args.general)
+    elif args.target is not None or args.general is not None:
+        parser.error("--target and --general are mean-centring's texts: give them with --method mean-centring")
+    if method != "actadd" and getattr(args, "reading", "actadd") != "actadd":
+        parser.error(f"--reading is how --method actadd reads --pairs; --method {method} reads each pair's last token")
+    if method == "pca" and getattr(args, "pairs", None) is None:
+        parser.error("--method pca needs --pairs (two or more)")
+
+
+def _method_vector(args, model, tok, layers, coeff, plus=None, minus=None, pair_list=None):
+    """A vector of --method (not actadd) at `layers` and `coeff`."""
+    positions = _positions(args.positions) if getattr(args, "positions", None) else "all"
+    pair_list = pair_list if pair_list is not None else ([(plus, minus or "")] if plus is not None else [])
+    if args.method == "mean-centring":
+        return methods.mean_centring(model, tok, args.target_texts, args.general_texts, coeff, layers, positions)
+    if args.method == "mean-diff":
+        return methods.mean_diff(model, tok, pair_list, coeff, layers, positions)
+    if args.method == "pca":
+        return methods.pca(model, tok, pair_list, coeff, layers, positions, args.recipe)
+    if len(layers) != 1:
+        raise ValueError(f"--method ablation reads its direction at one layer and removes it everywhere; got --layer "
+                         f"{','.join(map(str, layers))}")
+    return methods.ablation(model, tok, pair_list, layers[0], 1.0 if coeff is None else coeff)
 
 
 def _check_save(path: str) -> None:
@@ -167,6 +224,15 @@ def _check_save(path: str) -> None:
 def _check_recipe(parser, args, minus_required=False):
     """Exactly one way of giving the vector: --vector, --pairs with --layer and --coeff, or
     --plus (and --minus) with --layer and --coeff."""
+    method = getattr(args, "method", "actadd")
+    if method == "ablation" and args.coeff is None and args.vector is None:
+        args.coeff = 1.0                                                      # its strength: remove the direction
+    if method == "mean-centring" and args.vector is None:
+        if args.plus is not None or args.pairs is not None:
+            parser.error("--method mean-centring reads --target and --general texts, not --plus or --pairs")
+        if args.layer is None or args.coeff is None:
+            parser.error("--method mean-centring needs --layer and --coeff (and --target, --general)")
+        return
     given = [n for n in ("plus", "pairs", "layer", "coeff") if getattr(args, n) is not None]
     if args.vector is not None:
         if given or (minus_required and args.minus is not None):
@@ -203,7 +269,9 @@ def _vector_inputs(parser, args) -> None:
         _check_save(args.save)
     if args.layer is not None:
         _numbers(args.layer, int, "--layer")                             # a typo in a list: now, not after loading
-    _positions(args.positions)
+    if args.positions is not None:
+        _positions(args.positions)
+    _method_inputs(parser, args)
 
 
 def _vector(parser, args, model, tok):
@@ -211,10 +279,14 @@ def _vector(parser, args, model, tok):
     if args.vector is not None:
         return load(args.vector, model, allow_other_weights=args.allow_other_weights)
     layers = _numbers(args.layer, int, "--layer")
+    contrast = None
     if args.pairs is not None:
         contrast = args.pair_list if getattr(args, "pair_list", None) is not None else pairs.read_pairs(args.pairs)
+    if getattr(args, "method", "actadd") != "actadd":
+        return _method_vector(args, model, tok, layers, args.coeff, args.plus, args.minus, contrast)
+    if args.pairs is not None:
         vector = pairs.mean_of_pairs(model, tok, contrast, args.coeff, layers, args.reading, args.pad,
-                                     _positions(args.positions))
+                                     _positions(args.positions or "prompt"))
         return vector if args.reading != "actadd" else replace(vector, alignment=args.align or "front")
     additions = [a for L in layers for a in x_vector(tok, args.plus, args.minus, args.coeff, L, args.pad)]
     return steering_vector(model, additions, alignment=args.align or "front", padding=args.pad)
@@ -244,8 +316,10 @@ def _add_measure_commands(sub):
                    "and disruption (each must be one token, e.g. ' wedding')")
     p = sub.add_parser("sweep", help="a metric over layers x coefficients (x alignments): CSV, JSON, PNG")
     _add_model_args(p)
-    p.add_argument("--plus", required=True)
+    p.add_argument("--plus", help="steering prompt (--method actadd, or one pair for the pair methods)")
     p.add_argument("--minus", default="")
+    _add_method_args(p, pairs=True)
+    p.add_argument("--positions", default=None, help="for a direction: all (default), prompt, or e.g. 1,2,3")
     p.add_argument("--pad", choices=PADDINGS, default="space")
     p.add_argument("--layers", required=True, help="e.g. 0,6,12 or 0-11")
     p.add_argument("--coeffs", required=True, help="e.g. --coeffs=-1,0,1,2,4 (with '=' when the list starts with '-')")
@@ -260,6 +334,7 @@ def _add_measure_commands(sub):
     _add_model_args(p, default_model="gpt2-xl")
     _add_eval_commands(sub)
     _add_paper_command(sub)
+    _add_compare_command(sub)
     _add_pair_commands(sub)
     p = sub.add_parser("serve", help="a local web page to steer the model by hand (prints its URL with a token)")
     p.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
@@ -349,6 +424,8 @@ def _add_eval_commands(sub):
     toxicity.add_argument("--plus", default="Love")
     toxicity.add_argument("--minus", default="Hate")
     for task, samples, tokens in ((topic, 200, 40), (sentiment, 1, 64), (toxicity, 25, 32)):
+        _add_method_args(task, pairs=True)
+        task.add_argument("--positions", default=None, help="for a direction: all (default), prompt, or e.g. 1,2,3")
         task.add_argument("--model", default="tiny-books", help=MODEL_HELP + " (default tiny-books)")
         task.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
         task.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
@@ -441,6 +518,72 @@ def _add_dask_args(task):
                        "(e.g. tcp://10.0.0.5:8786; dask-cuda for one worker per GPU)")
     task.add_argument("--worker-backend", choices=BACKENDS, help="the Dask workers' backend, if not --backend's "
                       "(e.g. a CPU client with --backend numpy driving GPU workers with cupy)")
+
+
+def _add_compare_command(sub):
+    p = sub.add_parser("compare", help="ActAdd beside mean-diff, mean-centring, pca, ablation and prompting: one table",
+                       description="Each method at the setting its dev data chose under one fluency budget "
+                                   f"(perplexity <= {compare.FLUENCY_BUDGET:g}x unsteered), then on the test prompts "
+                                   "against unsteered and against prompting, with its cost and its example-count "
+                                   "curve: OUT/compare.md, .json, .csv, .png (docs/methods.md). Reruns resume.")
+    p.add_argument("--model", default="tiny-imdb", help=MODEL_HELP + " (default tiny-imdb)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
+    p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
+    p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
+    p.add_argument("--sentiment-data", help="labelled test reviews (IMDb test.jsonl): both directions")
+    p.add_argument("--sentiment-dev-data", help="labelled dev reviews (IMDb train.jsonl): dev prompts, pairs and "
+                   "mean-centring's targets")
+    p.add_argument("--toxicity-data", help="RealToxicityPrompts JSONL (test prompts)")
+    p.add_argument("--toxicity-dev-data", help="the Davidson tweets' labeled_data.jsonl: dev prompts (its dev split), "
+                   "pairs and targets (its held-out split)")
+    p.add_argument("--general", help="mean-centring's general texts (the OpenWebText sample's JSONL); default the "
+                   "dev texts of both kinds")
+    p.add_argument("--methods", default=",".join(methods.METHODS), help="comma-separated, default all")
+    p.add_argument("--sentiment-scorer", default="imdb", help="default imdb (offline)")
+    p.add_argument("--toxicity-scorer", default="toxicity", help="default toxicity (offline)")
+    p.add_argument("--quick", action="store_true", help="a few prompts of each kind: a demonstration in minutes")
+    for name, default in compare.SIZES["full"].items():
+        if name in ("repeats", "layers"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "curve":
+            p.add_argument(flag, help=f"example counts of the curve (default {','.join(map(str, default))})")
+        else:
+            p.add_argument(flag, type=int, help=f"default {default}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-rows", type=int, default=64, help="rows generated together (default 64)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print compare.json")
+
+
+def _compare(parser, args):
+    writable_folder(args.out, "--out")
+    which = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in which:
+        if m not in methods.METHODS:
+            parser.error(f"--methods {m!r}: expected some of {', '.join(methods.METHODS)}")
+    compare.check_tasks(args.sentiment_data, args.sentiment_dev_data, args.toxicity_data, args.toxicity_dev_data)
+    sizes = {k: getattr(args, k) for k in compare.SIZES["full"] if k != "curve" and getattr(args, k, None) is not None}
+    if args.curve is not None:
+        sizes["curve"] = tuple(_numbers(args.curve, int, "--curve"))
+    scorers = {}
+    if args.sentiment_data is not None:
+        scorers["sentiment_scorer"] = get_scorer(args.sentiment_scorer, SENTIMENT)
+    if args.toxicity_data is not None:
+        scorers["toxicity_scorer"] = get_scorer(args.toxicity_scorer, TOXICITY)
+    model, tok = _load(args)
+    report = compare.compare(model, tok, args.out, model_name=args.model, sentiment_data=args.sentiment_data,
+                             sentiment_dev_data=args.sentiment_dev_data, toxicity_data=args.toxicity_data,
+                             toxicity_dev_data=args.toxicity_dev_data, general_data=args.general, which=which,
+                             quick=args.quick, sizes=sizes, seed=args.seed, batch_rows=args.batch_rows,
+                             progress=not args.no_progress, command=command_line(args.argv), **scorers)
+    if args.json:
+        print(json.dumps(json_safe(report), indent=2))
+    else:
+        print(compare.table(report))
+        print(f"wrote {Path(args.out) / 'compare.md'}, compare.json, compare.csv, compare.png")
+    return 0
 
 
 def _add_paper_command(sub):
@@ -564,15 +707,26 @@ def _sweep(parser, args):
             parser.error(f"--align {a!r}: expected one of {ALIGNMENTS}")
     if args.corpus:
         measure.corpus_files(args.corpus)
+    args.pair_list = pairs.read_pairs(args.pairs) if args.pairs is not None else None
+    if args.method == "actadd" and (args.plus is None or args.pairs is not None):
+        parser.error("--method actadd sweeps --plus (and --minus); --pairs are for the other methods")
+    if args.method in ("mean-diff", "ablation") and args.plus is None and args.pairs is None:
+        parser.error(f"--method {args.method} needs --pairs (or --plus and --minus as one pair)")
+    args.reading = "actadd"
+    _method_inputs(parser, args)
     if Path(args.out).suffix in (".csv", ".json", ".png"):
         parser.error(f"--out {args.out}: a folder now, as for every command (sweep.csv, sweep.json and sweep.png go "
                      "in it), not a file name")
     writable_folder(args.out, "--out")
     model, tok = _load(args)
     texts = measure.read_corpus(args.corpus, tok, args.split, args.chunk_tokens) if args.corpus else None
-    rows = measure.sweep(model, tok, args.plus, args.minus, layers, coeffs, alignments, args.pad, texts=texts,
-                         prompt=args.prompt, topic_tokens=_topic_ids(tok, args.topic), mask=not args.no_mask,
-                         skip_short=args.skip_short, progress=not args.no_progress)
+    recipe = dict(plus=args.plus, minus=args.minus)
+    if args.method != "actadd":                   # each layer's vector at coefficient 1 (ablation: strength 1)
+        recipe = dict(plus=None, minus=None, unit_vector=lambda L: _method_vector(
+            args, model, tok, [L], 1.0, args.plus, args.minus, args.pair_list))
+    rows = measure.sweep(model, tok, **recipe, layers=layers, coeffs=coeffs, alignments=alignments, padding=args.pad,
+                         texts=texts, prompt=args.prompt, topic_tokens=_topic_ids(tok, args.topic),
+                         mask=not args.no_mask, skip_short=args.skip_short, progress=not args.no_progress)
     written = measure.write_sweep(rows, Path(args.out) / "sweep")
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -588,6 +742,11 @@ def _eval(parser, args):
         return _eval_likelihood(parser, args)
     # Everything that can be wrong without a model is found before one is loaded.
     writable_folder(args.out, "--out")
+    args.pair_list = pairs.read_pairs(args.pairs) if args.pairs is not None else None
+    if args.method == "actadd" and args.pairs is not None:
+        parser.error("--pairs are for the other methods (--method mean-diff, pca, ablation); eval's ActAdd is --plus - "
+                     "--minus")
+    _method_inputs(parser, args)
     if args.task == "topic":
         layers = _numbers(args.layers, int, "--layers") if args.layers else None
         coeffs = _numbers(args.coeffs, float, "--coeffs")
@@ -607,10 +766,19 @@ def _eval(parser, args):
                   worker_backend=args.worker_backend)
     if args.task == "topic":
         words = [w for w in args.words.split(",") if w.strip()]
+        unit = None if args.method == "actadd" else (
+            lambda L: _method_vector(args, model, tok, [L], 1.0, args.plus, args.minus, args.pair_list))
         run = generation.topic(model, tok, args.out, prompt=args.prompt, plus=args.plus, minus=args.minus, layers=layers,
-                               coeffs=coeffs, words=words, **common)
+                               coeffs=coeffs, words=words, unit_vector=unit, **common)
     else:
         scoring = dict(layer=args.layer, coeff=args.coeff, limit=args.limit, scorer=scorer)
+        if args.method != "actadd":               # the method's vector, in place of plus - minus at layer x coeff
+            plus, minus = args.plus, args.minus
+            if args.task == "sentiment":
+                _, _, default_plus, default_minus = generation.DIRECTIONS[args.direction]
+                plus, minus = plus or default_plus, default_minus if minus is None else minus
+            scoring.update(layer=None, coeff=None, vector=_method_vector(args, model, tok, [args.layer], args.coeff,
+                                                                          plus, minus, args.pair_list))
         if args.task == "sentiment":
             run = generation.sentiment(model, tok, inputs, args.out, direction=args.direction, plus=args.plus,
                                        minus=args.minus, prefix=args.prefix, truncate=args.truncate, **scoring, **common)
@@ -827,7 +995,8 @@ def _serve(parser, args):
 
 
 MEASURES = {"logprobs": _logprobs, "nexttoken": _nexttoken, "sweep": _sweep, "reproduce": _reproduce, "eval": _eval,
-            "paper": _paper, "pairs": _pairs, "calibrate": _calibrate, "lens": _lens, "serve": _serve}
+            "paper": _paper, "pairs": _pairs, "calibrate": _calibrate, "lens": _lens, "serve": _serve,
+            "compare": _compare}
 
 
 if __name__ == "__main__":

@@ -372,13 +372,14 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str | None, minus: str
     unit = {L: unit_vector(L) if unit_vector is not None else
             steering_vector(model, x_vector(tokenizer, plus, minus, 1.0, L, padding), padding=padding) for L in layers}
     for L, v in unit.items():
-        if not isinstance(v, Steering) or list(v.layers) != [L]:
+        if not isinstance(v, Steering) or not (list(v.layers) == [L] or v.ablates):
             raise ValueError(f"unit_vector({L}) gave {getattr(v, 'layers', type(v).__name__)}; expected a steering "
-                             f"vector of layer {L} only")
+                             f"vector of layer {L} only (or an ablation whose direction is read there)")
         for a in alignments:
             v.placement(a)                                                    # a direction takes front only
     vectors = [replace(unit[L].scaled(c), alignment=a) for L, c, a in cells]
     rows = [{"layer": L, "coeff": c, "alignment": a} for L, c, a in cells]
+    start = [min(v.layers) for v in vectors]                                  # where each cell's steering begins
     longest = max(unit.values(), key=lambda v: v.length)                      # every cell on the same texts
     if prompt is not None:  # checked before the long passes over the texts
         ids = tokens_with_bos(tokenizer, prompt)
@@ -392,16 +393,17 @@ def sweep(model: Transformer, tokenizer: Tokenizer, plus: str | None, minus: str
         # cells, in order of layer, go through as few passes as the token budget allows, the
         # batch's texts repeated once per cell and each copy steered by its cell's vector
         # (row_hooks). A pass starts at its lowest layer: the blocks before are unsteered.
-        by_layer = sorted(range(len(cells)), key=lambda i: cells[i][0])
+        by_layer = sorted(range(len(cells)), key=lambda i: start[i])
         batches = list(length_batches(seqs, batch_tokens))
         bar = progress_bar(len(batches), progress, "sweep", "batch")
         for batch, tokens, padding_mask in batches:
-            logits, resid = model.run_with_cache(tokens, names=[site(L) for L in layers], attention_mask=padding_mask)
+            logits, resid = model.run_with_cache(tokens, names=[site(L) for L in sorted(set(start))],
+                                                 attention_mask=padding_mask)
             _scatter(base, batch, model.backend.to_host(picked_logprobs(logits, tokens)), seqs)
             lengths = [len(seqs[i]) for i in batch]
             per_pass = max(1, batch_tokens // tokens.size)
             for chunk in (by_layer[i:i + per_pass] for i in range(0, len(cells), per_pass)):
-                first = cells[chunk[0]][0]
+                first = start[chunk[0]]
                 k = len(chunk)
                 hooks = row_hooks([vectors[i] for i in chunk for _ in batch], prompt_lengths=lengths * k)
                 copies = model.backend.to_device(np.tile(np.arange(len(batch)), k))   # [k * batch] rows

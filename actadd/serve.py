@@ -48,6 +48,8 @@ from minigpt import Sampling, Transformer
 from minigpt.tokenizer import Tokenizer
 
 from .measure import next_token
+from . import methods
+from .methods import METHODS
 from .pairs import READINGS, mean_of_pairs, parse_pairs
 from .steering import (ALIGNMENTS, PADDINGS, PAPER_SAMPLING, check_lengths, norm_report, site, steering_vector,
                        tokens_with_bos, x_vector)
@@ -91,6 +93,9 @@ class Settings:
     words: str = ""            # the grid's topic words: effectiveness over their tokens (' word', one token each)
     pairs: str = ""            # 'plus<TAB>minus' lines: the mean of their differences instead of plus - minus
     reading: str = "actadd"    # with pairs: ActAdd's per-position matrix, or a direction (last, mean)
+    method: str = "actadd"     # or another steering method (actadd.methods), from the pairs or plus - minus
+    target: str = ""           # mean-centring: target texts, one a line
+    general: str = ""          # mean-centring: general texts, one a line
 
     @classmethod
     def from_json(cls, body: dict, n_layer: int) -> Settings:
@@ -103,10 +108,17 @@ class Settings:
         if unknown:
             raise BadRequest(f"unknown setting(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(known)}")
         s = cls(**body)
-        for name in ("prompt", "plus", "minus", "words", "pairs"):
+        for name in ("prompt", "plus", "minus", "words", "pairs", "target", "general"):
             text = getattr(s, name)
-            if not isinstance(text, str) or len(text) > MAX_TEXT * (4 if name == "pairs" else 1):
-                raise BadRequest(f"{name}: expected text of at most {MAX_TEXT * (4 if name == 'pairs' else 1)} characters")
+            most = MAX_TEXT * (4 if name in ("pairs", "target", "general") else 1)
+            if not isinstance(text, str) or len(text) > most:
+                raise BadRequest(f"{name}: expected text of at most {most} characters")
+        if s.method not in METHODS:
+            raise BadRequest(f"method: one of {', '.join(METHODS)} (got {s.method!r})")
+        if s.method == "mean-centring" and not (s.texts("target") and s.texts("general")):
+            raise BadRequest("mean-centring: give target and general texts, one a line")
+        if s.method != "actadd" and s.reading != "actadd":
+            raise BadRequest(f"reading: how the actadd method reads pairs; {s.method} reads each pair's last token")
         _integer(s, "layer", 0, n_layer - 1)
         _integer(s, "n", 1, MAX_ROWS)
         _integer(s, "seed", 0, 2**32 - 1)
@@ -123,6 +135,9 @@ class Settings:
         s.contrast()                                                  # the pairs' lines checked now
         return s
 
+    def texts(self, name: str) -> list[str]:
+        return [line for line in getattr(self, name).split("\n") if line.strip()]
+
     def contrast(self) -> list[tuple[str, str]] | None:
         """The pairs, if given (checked line by line as a pairs file is)."""
         if not self.pairs.strip():
@@ -137,17 +152,23 @@ class Settings:
         to pairs.tsv)."""
         contrast = self.contrast()
         recipe = (["--plus", self.plus, "--minus", self.minus] if contrast is None
-                  else ["--pairs", "pairs.tsv", "--reading", self.reading])
+                  else ["--pairs", "pairs.tsv"] + (["--reading", self.reading] if self.method == "actadd" else []))
+        files = []
+        if self.method == "mean-centring":
+            recipe = ["--target", "target.txt", "--general", "general.txt"]
+            files = [("target.txt", self.texts("target")), ("general.txt", self.texts("general"))]
+        elif contrast is not None:
+            files = [("pairs.tsv", [f"{a}\t{b}" for a, b in contrast])]
+        if self.method != "actadd":
+            recipe = ["--method", self.method, *recipe]
         args = ["actadd", "steer", "--model", model, *[a for k, v in options.items() for a in (f"--{k}", v)],
                 "--prompt", self.prompt, *recipe, "--layer", str(self.layer),
                 "--coeff", repr(float(self.coeff)), "--align", self.align, "--pad", self.pad, "-n", str(self.n),
                 "--seed", str(self.seed), "--max-new-tokens", str(self.max_new_tokens),
                 "--temperature", repr(float(self.temperature)), "--top-p", repr(float(self.top_p)),
                 "--freq-penalty", repr(float(self.freq_penalty))]
-        if contrast is None:
-            return shlex.join(args)
-        write = shlex.join(["printf", "%s\\n", *[f"{a}\t{b}" for a, b in contrast]])
-        return f"{write} > pairs.tsv && {shlex.join(args)}"
+        writes = [shlex.join(["printf", "%s\\n", *lines]) + f" > {name}" for name, lines in files]
+        return " && ".join(writes + [shlex.join(args)])
 
 
 def _integer(s: Settings, name: str, low: int, high: int) -> None:
@@ -174,8 +195,12 @@ class Steerer:
         self.lock = threading.Lock()
 
     def vector(self, s: Settings):
-        """As `actadd steer` makes it: plus - minus, or the mean of the pairs' differences."""
+        """As `actadd steer` makes it: plus - minus, or the mean of the pairs' differences, or
+        another method's vector (actadd.methods)."""
         contrast = s.contrast()
+        if s.method != "actadd":
+            return methods.make(s.method, self.model, self.tokenizer, coeff=s.coeff, layer=s.layer, pairs=contrast or (),
+                                plus=s.plus, minus=s.minus, target=s.texts("target"), general=s.texts("general"))
         if contrast is None:
             additions = x_vector(self.tokenizer, s.plus, s.minus, s.coeff, s.layer, s.pad)
             return steering_vector(self.model, additions, alignment=s.align, padding=s.pad)
@@ -192,7 +217,8 @@ class Steerer:
         names = [site(L) for L in range(model.config.n_layer)]
         _, cache = model.run_with_cache(tokens_with_bos(tok, s.prompt), names=names)
         by_layer = [float(np.linalg.norm(model.backend.to_host(cache[n])[0], axis=-1).mean()) for n in names]
-        report = norm_report(model, tok, vector, s.prompt, alignment=s.align)[0]
+        reports = norm_report(model, tok, vector, s.prompt, alignment=s.align)
+        report = next((r for r in reports if r.layer == s.layer), reports[0])  # an ablation's: where it was read
         nt = next_token(model, tok, s.prompt, vector)
         return {
             "resid_norm_by_layer": by_layer,                 # mean over the prompt's positions
@@ -250,7 +276,7 @@ class Steerer:
                                  "effectiveness counts single tokens")
             topic += ids
         contrast = s.contrast()
-        recipe = {"plus": s.plus, "minus": s.minus} if contrast is None else {
+        recipe = {"plus": s.plus, "minus": s.minus} if contrast is None and s.method == "actadd" else {
             "plus": None, "minus": None, "unit_vector": lambda L: self.vector(replace(s, layer=L, coeff=1.0))}
         rows = sweep(self.model, self.tokenizer, layers=layers, coeffs=coeffs, alignments=(s.align,), padding=s.pad,
                      prompt=s.prompt, topic_tokens=topic, progress=False, **recipe)
@@ -263,7 +289,7 @@ class Steerer:
         """The vector as `actadd steer --save` writes it: .safetensors, or .gguf (a llama.cpp
         control vector, for a direction: pairs read at the last or mean token)."""
         vector = self.vector(s)
-        if suffix == ".gguf" and s.reading == "actadd":
+        if suffix == ".gguf" and s.method == "actadd" and s.reading == "actadd":
             raise ValueError("a .gguf control vector holds one direction per layer; ActAdd's vector is a matrix of "
                              "positions: give pairs with reading 'last' or 'mean', or download .safetensors")
         with tempfile.TemporaryDirectory() as folder:

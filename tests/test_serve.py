@@ -402,3 +402,31 @@ def test_the_page_in_a_browser(server, browser, capsys, tmp_path):
     artifacts.mkdir(exist_ok=True)
     browser.save_screenshot(str(artifacts / "serve.png"))
     print(f"browser: {status}")
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("mean-diff", {"pairs": PAIRS}),
+    ("pca", {"pairs": PAIRS}),
+    ("ablation", {"pairs": PAIRS, "coeff": 1.0}),
+    ("mean-centring", {"target": "The whale swam in the sea.\nShips sail on the ocean.", "general": "He walked home.\nIt rained."}),
+])
+def test_each_method_streams_what_the_shown_command_prints(server, capsys, tmp_path, monkeypatch, method, extra):
+    """--method on the page: the shown command (writing its pairs or texts first) prints the
+    streamed completions, and the page refuses what the method cannot take."""
+    settings = {**SETTINGS, "method": method, "layer": 2, "coeff": 3.0, **extra}
+    status, _, raw = request(server, "POST", "/api/steer", settings)
+    got = events(raw)
+    assert status == 200 and got[-1][0] == "done", got[-1]
+    last = {data["kind"]: data["texts"] for name, data in got if name == "token"}
+    *writes, run = got[0][1]["command"].split(" && ")
+    monkeypatch.chdir(tmp_path)
+    for write in writes:
+        subprocess.run(["bash", "-c", write], check=True)
+    assert f"--method {method}" in run
+    capsys.readouterr()
+    assert actadd_main(shlex.split(run)[1:] + ["--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steered"] == last["steered"] and printed["unsteered"] == last["unsteered"]
+    assert printed["steered"] != printed["unsteered"]
+    status, _, body = request(server, "POST", "/api/steer", {**settings, "reading": "last"})
+    assert status == 400 and "reading" in json.loads(body)["error"]

@@ -58,8 +58,8 @@ RULE = (f"per task and method, the cell (layer, size) with the largest wanted-si
         "unsteered one's; ties to the smaller size, then the earlier layer. No cell within the budget: the cell "
         "with the smallest perplexity ratio, flagged.")
 SIZES = {"full": {"prompts": 500, "dev_prompts": 32, "pairs": 64, "curve": (1, 4, 16, 64), "curve_prompts": 100,
-                  "general": 64, "new_tokens": 32, "layers": 2, "repeats": 10},
-         "quick": {"prompts": 12, "dev_prompts": 6, "pairs": 4, "curve": (1, 4), "curve_prompts": 6, "general": 4,
+                  "general_texts": 64, "new_tokens": 32, "layers": 2, "repeats": 10},
+         "quick": {"prompts": 12, "dev_prompts": 6, "pairs": 4, "curve": (1, 4), "curve_prompts": 6, "general_texts": 4,
                    "new_tokens": 6, "layers": 1, "repeats": 2}}
 TRUNCATE = 32               # prompt and pair-text tokens (the battery's sentiment prompts)
 SAMPLING = claims.PRESETS["iclr2025"].sampling
@@ -115,7 +115,7 @@ def sentiment_tasks(tokenizer: Tokenizer, test_path, dev_path, general: list[str
            for label in by}
     texts = {label: [p.text for p in cut[label][n_dev:]] for label in cut}   # the pairs' texts, after the dev prompts
     general_source = "given" if general else "the dev reviews of both kinds"
-    general = general or [t for pair in zip(texts["positive"], texts["negative"]) for t in pair][:size["general"]]
+    general = general or [t for pair in zip(texts["positive"], texts["negative"]) for t in pair][:size["general_texts"]]
     tasks = []
     for direction, (source, target, plus, minus) in generation.DIRECTIONS.items():
         pool = [p for p in test if p.label == source]
@@ -135,7 +135,7 @@ def toxicity_task(tokenizer: Tokenizer, test_path, dev_path, general: list[str] 
     n = size["pairs"]
     toxic, clean = _spread(toxic, n, f"{dev_path}: toxic tweets"), _spread(clean, n, f"{dev_path}: clean tweets")
     general_source = "given" if general else "the tweets of both kinds"
-    general = general or [t for pair in zip(clean, toxic) for t in pair][:size["general"]]
+    general = general or [t for pair in zip(clean, toxic) for t in pair][:size["general_texts"]]
     return Task("toxicity", "toxicity", None, "Love", "Hate", "Love ", dev, test, list(zip(clean, toxic)), toxic, -1.0,
                 general, general_source, scorer)
 
@@ -315,6 +315,14 @@ def time_premiums(model: Transformer, vectors: dict[str, Steering], repeats: int
 # The comparison
 
 
+def check_tasks(sentiment_data, sentiment_dev_data, toxicity_data, toxicity_dev_data) -> None:
+    if (sentiment_data is None) != (sentiment_dev_data is None) or (toxicity_data is None) != (toxicity_dev_data is None):
+        raise ValueError("each task needs its test data and its dev data (--sentiment-data with --sentiment-dev-data, "
+                         "--toxicity-data with --toxicity-dev-data)")
+    if sentiment_data is None and toxicity_data is None:
+        raise ValueError("no task: give --sentiment-data/--sentiment-dev-data or --toxicity-data/--toxicity-dev-data")
+
+
 def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_name: str = "",
             sentiment_data=None, sentiment_dev_data=None, toxicity_data=None, toxicity_dev_data=None,
             general_data=None, which: Sequence[str] = methods.METHODS, quick: bool = False,
@@ -332,14 +340,10 @@ def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_
         raise ValueError(f"curve {list(size['curve'])}: at most the {size['pairs']} pairs read")
     for m in which:
         methods.check_method(m)
-    if (sentiment_data is None) != (sentiment_dev_data is None) or (toxicity_data is None) != (toxicity_dev_data is None):
-        raise ValueError("each task needs its test data and its dev data (--sentiment-data with --sentiment-dev-data, "
-                         "--toxicity-data with --toxicity-dev-data)")
-    if sentiment_data is None and toxicity_data is None:
-        raise ValueError("no task: give --sentiment-data/--sentiment-dev-data or --toxicity-data/--toxicity-dev-data")
+    check_tasks(sentiment_data, sentiment_dev_data, toxicity_data, toxicity_dev_data)
     general = None
     if general_data is not None:
-        general = [text for _, text in data.read_documents(general_data)][:size["general"]]
+        general = [text for _, text in data.read_documents(general_data)][:size["general_texts"]]
     tasks: list[Task] = []
     if sentiment_data is not None:
         scorer = sentiment_scorer if isinstance(sentiment_scorer, Scorer) else get_scorer(sentiment_scorer, SENTIMENT)

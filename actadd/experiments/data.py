@@ -200,6 +200,21 @@ def read_dev_prompts(path: str | Path) -> list[Prompt]:
     return read_prompts(path)
 
 
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """Texts for mean-centring's target and general sets: a JSONL file (the text at `field`, as
+    the OpenWebText sample), a folder of .txt files (one text each), or any other file, one
+    text a line (blank lines skipped)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".jsonl":
+        return [text for _, text in read_documents(path, field)]
+    if not path.is_file():
+        raise DataError(f"{path}: no such file{WHERE_TO_GET}")
+    texts = [line for line in lines(_read(path)) if line.strip()]
+    if not texts:
+        raise DataError(f"{path}: no texts (every line blank)")
+    return texts
+
+
 def read_davidson(path: str | Path, split: str) -> tuple[list[str], list[str]]:
     """(toxic, clean) tweets of one split (minigpt.checkpoints.davidson_split) of the Davidson et
     al. tweets (labeled_data.jsonl: "class" 0 hate speech, 1 offensive, 2 neither), cleaned as

@@ -296,7 +296,7 @@ def _check_vector(model: Transformer, vector, what: str, layer: int | None = Non
     if vector.d_model != model.config.n_embd or max(vector.layers) > model.config.n_layer:
         raise ValueError(f"{what} adds {vector.d_model}-wide rows at layers {list(vector.layers)}; this model's "
                          f"residual stream is {model.config.n_embd} wide with layers 0 to {model.config.n_layer}")
-    if layer is not None and list(vector.layers) != [layer]:
+    if layer is not None and list(vector.layers) != [layer] and not vector.ablates:
         raise ValueError(f"{what} steers layers {list(vector.layers)}; expected layer {layer} only")
     return vector
 
