@@ -403,23 +403,28 @@ def _steering_hook(entries, prompt_lengths, alignment, batch):
 
     def steer(resid_pre, hook):                                               # [batch, pos, d_model]
         positions = hook.positions                                            # host [batch, pos]; -1 = padding
+        n, k = positions.shape[0], 1
+        if batch is not None and n != batch and hook.start > 0 and n % batch == 0:
+            k = n // batch                  # a decode step of generate(samples=k): row b's samples are b*k .. b*k+k-1
         if prompt_lengths is not None:
-            lengths = np.broadcast_to(np.asarray(prompt_lengths), positions.shape[:1])
+            given = np.asarray(prompt_lengths)
+            lengths = np.broadcast_to(np.repeat(given, k) if given.ndim else given, (n,))
         elif hook.start == 0:
             lengths = positions.max(axis=1) + 1                               # the whole pass is the prompt
         elif beyond_prompt:
             lengths = None                                                    # a decode step, steered past the prompt
         else:
             return None                                                       # a decode step: not the prompt
-        if batch is not None and positions.shape[0] != batch:
-            raise ValueError(f"row steering was built for {batch} rows, but this pass of {hook.name} has "
-                             f"{positions.shape[0]}")
+        if batch is not None and n != batch * k:
+            raise ValueError(f"row steering was built for {batch} rows, but this pass of {hook.name} has {n}")
+        here = entries if k == 1 else [(key, (None if rows is None else (rows[:, None] * k + np.arange(k)).ravel(),
+                                              v, placement)) for key, (rows, v, placement) in entries]
         if lengths is not None:
-            for rows, v, placement in parts:
+            for _, (rows, v, placement) in here:
                 check_lengths(lengths if rows is None else lengths[rows], v.length, placement, rows)
             if not beyond_prompt and not (positions < lengths[:, None]).any():
                 return None                                                   # past the prompt: nothing to add
-        places = [p for key, (rows, v, _) in entries for p in v.placements(key, positions, lengths, rows, alignment)
+        places = [p for key, (rows, v, _) in here for p in v.placements(key, positions, lengths, rows, alignment)
                   if p.batch.size]
         if not places:
             return None                                                       # nothing placed in this pass
@@ -484,8 +489,9 @@ def row_hooks(vectors: Sequence[Steering | None], prompt_lengths: Sequence[int] 
 
     Row b gets exactly the delta that vectors[b].hooks() would add to it (the same hook, the
     same arrays, placed and summed in the same order); only the batch's matrix products differ,
-    by float32 rounding. Passes as in `Steering.hooks`; a pass with another number of rows than
-    `vectors` (the decode steps of generate(samples=k)) must be past every prompt."""
+    by float32 rounding. Passes as in `Steering.hooks`; a decode step with k times as many rows
+    as `vectors` (generate(samples=k), prompt-major) steers row b's k samples with vectors[b]
+    (a vector that acts beyond the prompt); any other number of rows is an error."""
     vectors = list(vectors)
     if not vectors:
         raise ValueError("row_hooks needs one vector (or None) per batch row")

@@ -12,6 +12,8 @@ models of each family that transformers writes:
   of them (and the strength-2 reflection flips it); with the cache, row by row.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -311,3 +313,115 @@ def test_an_ablation_file_for_other_sites_or_depths_is_refused(family, tmp_path)
     save_file({"direction": 2 * direction}, tmp_path / "c.safetensors", metadata={"actadd": json.dumps(manifest)})
     with pytest.raises(actadd.VectorFileError, match="unit vector"):
         actadd.load(tmp_path / "c.safetensors", model)
+
+
+# --- the methods through the commands: sweep, steer, eval ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def books():
+    return minigpt.load("tiny-books")
+
+
+TEXTS = ["The sun was bright and the day was long.", "We walked to the sea and sat on the sand for an hour.",
+         "He said nothing for a while, then he laughed and went home."]
+
+
+@pytest.mark.parametrize("method", ["mean-diff", "pca", "mean-centring", "ablation"])
+def test_every_sweep_cell_is_the_vector_s_own_log_prob_shift(books, method):
+    """A sweep batches cells and starts each pass at the cell's first steered layer: an
+    ablation's is the embeddings, wherever its direction is read. Each cell equals the vector
+    applied alone. (Checked to fail with the pass started at the read layer.)"""
+    from actadd import measure
+
+    model, tok = books
+    texts = [("t", actadd.tokens_with_bos(tok, t)) for t in TEXTS]
+
+    def unit(L):
+        return methods.make(method, model, tok, coeff=1.0, layer=L, pairs=PAIRS, target=TEXTS[:2],
+                            general=["It rained.", "A man sat."])
+    rows = measure.sweep(model, tok, None, None, [1, 3], [0.5, 2.0], texts=texts, progress=False, unit_vector=unit)
+    for row in rows:
+        v = unit(row["layer"]).scaled(row["coeff"])
+        alone = measure.logprob_shift(model, texts, v).summary()["all"]["mean_logprob_diff"]
+        assert row["mean_logprob_diff"] == pytest.approx(alone, abs=2e-5), row
+    assert len({round(r["mean_logprob_diff"], 4) for r in rows}) == 4                   # the cells differ
+
+
+def test_steer_with_each_method_saves_what_it_applies_and_the_refusals(books, tmp_path, capsys):
+    from actadd.cli import main
+
+    model, _ = books
+    (tmp_path / "p.tsv").write_text("I love it\tI hate it\nwonderful day\tawful day\nso good\tso bad\n")
+    (tmp_path / "t.txt").write_text("It was lovely.\nA kind and happy day.\n")
+    (tmp_path / "g.txt").write_text("The man walked.\nRain fell on the road.\n")
+    common = ["steer", "--model", "tiny-books", "--prompt", "The weather today is", "-n", "1", "--max-new-tokens", "6",
+              "--layer", "2", "--json"]
+    for method, recipe in (("mean-diff", ["--pairs", "p.tsv"]), ("pca", ["--pairs", "p.tsv", "--recipe", "steering-vectors"]),
+                           ("ablation", ["--pairs", "p.tsv"]), ("mean-centring", ["--target", "t.txt", "--general", "g.txt"])):
+        saved = tmp_path / f"{method}.safetensors"
+        argv = common + ["--method", method, *[str(tmp_path / a) if a.endswith((".tsv", ".txt")) else a for a in recipe],
+                         "--save", str(saved)] + ([] if method == "ablation" else ["--coeff", "3"])
+        assert main(argv) == 0, capsys.readouterr().err
+        printed = json.loads(capsys.readouterr().out)
+        vector = actadd.load(saved, model)
+        if method == "ablation":                  # strength 1 by default: six sampled tokens may not change
+            assert vector.strength == 1.0 and vector.read_at == 2 and printed["ablation"]["read_at"] == 2
+            ids = actadd.tokens_with_bos(books[1], "The weather today is")
+            assert max_abs(model.run_with_hooks([ids], vector.hooks()), model([ids])) > 1e-3
+        else:
+            assert printed["steered"] != printed["unsteered"]
+            assert vector.reading == {"mean-diff": "last"}.get(method, method) and vector.positions == "all"
+        if method == "pca":
+            assert vector.provenance["recipe"] == "steering-vectors"
+    for bad, why in ((["--method", "pca", "--plus", "a", "--minus", "b", "--coeff", "1"], "needs --pairs"),
+                     (["--method", "mean-centring", "--target", str(tmp_path / "t.txt"), "--coeff", "1"], "--general"),
+                     (["--method", "pca", "--pairs", str(tmp_path / "p.tsv"), "--reading", "last", "--coeff", "1"],
+                      "--reading is how --method actadd"),
+                     (["--plus", "a", "--minus", "b", "--coeff", "1", "--target", str(tmp_path / "t.txt")],
+                      "give them with --method mean-centring")):
+        with pytest.raises(SystemExit):
+            main(common + bad)
+        assert why in capsys.readouterr().err
+    argv = common[:-3] + ["--layer", "1,2", "--method", "ablation", "--pairs", str(tmp_path / "p.tsv")]
+    assert main(argv) == 2 and "reads its direction at one layer" in capsys.readouterr().err
+
+
+def test_eval_takes_the_method_and_records_its_vector(books, tmp_path, capsys):
+    from actadd.cli import main
+
+    (tmp_path / "p.tsv").write_text("I love it\tI hate it\nso good\tso bad\n")
+    (tmp_path / "prompts.txt").write_text("The people of the town said that\nShe looked at him and said\n")
+    for task, extra in (("toxicity", ["--data", str(tmp_path / "prompts.txt"), "--layer", "2", "--coeff", "2", "-n", "1"]),
+                        ("topic", ["--layers", "1,2", "--coeffs", "1", "-n", "2"])):
+        for method in ("mean-diff", "ablation"):
+            out = tmp_path / f"{task}-{method}"
+            argv = ["eval", task, "--model", "tiny-books", "--out", str(out), "--method", method, "--pairs",
+                    str(tmp_path / "p.tsv"), "--max-new-tokens", "4", "--no-progress", *extra]
+            assert main(argv) == 0, capsys.readouterr().err
+            capsys.readouterr()
+            settings = json.loads((out / "summary.json").read_text())["settings"]
+            said = json.dumps(settings)
+            assert ("ablation of the unit mean-difference direction" if method == "ablation"
+                    else "the mean-difference direction of 2 pairs") in said
+            assert settings["plus"] is None                       # not plus - minus: the method's vector
+
+
+@pytest.mark.parametrize("method", ["mean-diff", "ablation"])
+def test_row_steering_past_the_prompt_follows_each_row_s_samples(books, method):
+    """generate(samples=3) decodes 3 rows a prompt: each keeps its prompt's vector (one that acts
+    on generated tokens too), as when that prompt is generated alone."""
+    import minigpt as mg
+
+    model, tok = books
+    v = methods.make(method, model, tok, coeff=2.0, layer=2, pairs=PAIRS)
+    prompts = [actadd.tokens_with_bos(tok, "The weather today is"), actadd.tokens_with_bos(tok, "She said")]
+    seeds = [[0, p, j] for p in range(2) for j in range(3)]
+    both = mg.generate(model, prompts, tok, max_new_tokens=6, samples=3, row_seeds=seeds, temperature=1.0,
+                       fwd_hooks=actadd.row_hooks([v, None]))
+    alone = mg.generate(model, prompts[:1], tok, max_new_tokens=6, samples=3, row_seeds=seeds[:3], temperature=1.0,
+                        fwd_hooks=v.hooks())
+    plain = mg.generate(model, prompts[1:], tok, max_new_tokens=6, samples=3, row_seeds=seeds[3:], temperature=1.0)
+    assert both.tokens[:3] == alone.tokens and both.tokens[3:] == plain.tokens
+    with pytest.raises(ValueError, match="built for 2 rows"):
+        mg.generate(model, prompts + prompts[:1], tok, max_new_tokens=2, fwd_hooks=actadd.row_hooks([v, None]))
