@@ -51,7 +51,7 @@ from .likelihood import paper_layer
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
 
 FLUENCY_BUDGET = 1.25
-RATIOS = (0.5, 1.0, 2.0, 4.0)
+RATIOS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 STRENGTHS = (1.0, 2.0)
 RULE = (f"per task and method, the cell (layer, size) with the largest wanted-side effect against unsteered on the "
         f"dev prompts among those whose continuations' mean perplexity is at most {FLUENCY_BUDGET:g} x the "
@@ -281,8 +281,8 @@ def choose(task: Task, run, cells: dict) -> dict:
 def time_premiums(model: Transformer, vectors: dict[str, Steering], repeats: int, batch: int = 8,
                   tokens: int = 64, seed: int = 0) -> dict[str, dict]:
     """A forward pass over [batch, tokens] random ids with each vector's hooks against none,
-    alternating order each repeat after one warm-up: the median premium and its paired t
-    interval (of the per-repeat log ratio); "unsteered, again" is the noise floor."""
+    alternating order each repeat after one warm-up: the premium exp(mean log ratio) - 1 over
+    the repeats, with its paired t interval; "unsteered, again" is the noise floor."""
     tokens = min(tokens, model.config.n_positions)
     ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, (batch, tokens))
     conditions = {"unsteered": (), **{m: v.hooks() for m, v in vectors.items()}, "unsteered, again": ()}
@@ -304,7 +304,7 @@ def time_premiums(model: Transformer, vectors: dict[str, Steering], repeats: int
         if name == "unsteered":
             continue
         e = stats.mean_interval([math.log(t / b) for t, b in zip(ts, base)])
-        out[name] = {"median_s": statistics.median(ts), "premium": statistics.median(ts) / statistics.median(base) - 1,
+        out[name] = {"median_s": statistics.median(ts), "premium": math.exp(e.value) - 1,
                      "premium_low": math.exp(e.low) - 1 if e.n > 1 else None,
                      "premium_high": math.exp(e.high) - 1 if e.n > 1 else None, "repeats": repeats}
     out["unsteered"] = {"median_s": statistics.median(base), "shape": [batch, tokens]}
