@@ -425,3 +425,17 @@ def test_row_steering_past_the_prompt_follows_each_row_s_samples(books, method):
     assert both.tokens[:3] == alone.tokens and both.tokens[3:] == plain.tokens
     with pytest.raises(ValueError, match="built for 2 rows"):
         mg.generate(model, prompts + prompts[:1], tok, max_new_tokens=2, fwd_hooks=actadd.row_hooks([v, None]))
+
+
+def test_the_methods_page_points_at_the_lines_it_quotes():
+    """docs/methods.md quotes the line where each method is made and applied, with its place:
+    each `quote` (file:N) must be on line N (line numbers drift when code moves)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "methods.md").read_text()
+    found = re.findall(r"`([^`]+)`\s*\((actadd/[\w/]+\.py):(\d+)", page)
+    assert len(found) >= 9
+    for quote, path, line in found:
+        assert quote in (root / path).read_text().splitlines()[int(line) - 1], (quote, path, line)
