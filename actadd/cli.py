@@ -526,10 +526,7 @@ def _add_compare_command(sub):
                                    f"(perplexity <= {compare.FLUENCY_BUDGET:g}x unsteered), then on the test prompts "
                                    "against unsteered and against prompting, with its cost and its example-count "
                                    "curve: OUT/compare.md, .json, .csv, .png (docs/methods.md). Reruns resume.")
-    p.add_argument("--model", default="tiny-imdb", help=MODEL_HELP + " (default tiny-imdb)")
-    p.add_argument("--revision", default=None, help="hub branch, tag or commit (hub ids only)")
-    p.add_argument("--backend", choices=BACKENDS, default="numpy", help=BACKEND_HELP)
-    p.add_argument("--weights", choices=WEIGHT_POLICIES, help=WEIGHTS_HELP)
+    _add_model_args(p, default_model="tiny-imdb")
     p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
     p.add_argument("--sentiment-data", help="labelled test reviews (IMDb test.jsonl): both directions")
     p.add_argument("--sentiment-dev-data", help="labelled dev reviews (IMDb train.jsonl): dev prompts, pairs and "
@@ -554,7 +551,6 @@ def _add_compare_command(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-rows", type=int, default=64, help="rows generated together (default 64)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print compare.json")
 
 
 def _compare(parser, args):

@@ -215,10 +215,13 @@ def _check_made_on(path, made_on: dict, model: Transformer, allow_other_weights:
                               "to apply it anyway")
 
 
+def _check_version(path, manifest: dict, fmt: str, version: int) -> None:
+    if manifest.get("format_version") != version:
+        raise VectorFileError(f"{path}: {fmt} version {manifest.get('format_version')!r}; expected {version}")
+
+
 def _load_directions(path, manifest: dict, tensors: dict, model: Transformer, allow_other_weights: bool) -> DirectionVector:
-    if manifest.get("format_version") != DIRECTION_FORMAT_VERSION:
-        raise VectorFileError(f"{path}: {DIRECTION_FORMAT} version {manifest.get('format_version')!r}; expected "
-                              f"{DIRECTION_FORMAT_VERSION}")
+    _check_version(path, manifest, DIRECTION_FORMAT, DIRECTION_FORMAT_VERSION)
     check = _Fields(path)
     n = model.config.n_layer
     entries = check.field(manifest, "layers", list, "an array of layers")
@@ -247,9 +250,7 @@ def _load_directions(path, manifest: dict, tensors: dict, model: Transformer, al
 
 
 def _load_ablation(path, manifest: dict, tensors: dict, model: Transformer, allow_other_weights: bool) -> AblationVector:
-    if manifest.get("format_version") != ABLATION_FORMAT_VERSION:
-        raise VectorFileError(f"{path}: {ABLATION_FORMAT} version {manifest.get('format_version')!r}; expected "
-                              f"{ABLATION_FORMAT_VERSION}")
+    _check_version(path, manifest, ABLATION_FORMAT, ABLATION_FORMAT_VERSION)
     check = _Fields(path)
     n = model.config.n_layer
     if check.field(manifest, "n_layer", int, f"{n} (this model's blocks)") != n:
