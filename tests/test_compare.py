@@ -214,3 +214,17 @@ def test_actadd_compare_on_the_command_line(tmp_path, capsys):
     assert "at most the 4 pairs" in capsys.readouterr().err
     assert actadd_main(base[:5] + ["--quick", "--toxicity-data", str(paths["toxicity_data"])]) == 2
     assert "needs its test data and its dev data" in capsys.readouterr().err
+
+
+def test_each_published_comparison_is_its_json_rendered():
+    """docs/compare/MODEL/compare.md, as published, is what compare.render makes of the
+    compare.json beside it (no figure edited by hand), and docs/methods.md links it."""
+    root = Path(__file__).resolve().parent.parent / "docs"
+    folders = sorted(p for p in (root / "compare").iterdir() if p.is_dir())
+    assert {f.name for f in folders} >= {"tiny-imdb", "smollm2-135m"}
+    page = (root / "methods.md").read_text()
+    for folder in folders:
+        report = json.loads((folder / "compare.json").read_text())
+        assert (folder / "compare.md").read_text() == compare.render(report), folder
+        assert f"compare/{folder.name}/compare.md" in page
+        assert report["tasks"] and all(t["test_prompts"] >= 500 for t in report["tasks"].values())

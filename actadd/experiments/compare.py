@@ -45,9 +45,11 @@ from minigpt import Tokenizer, Transformer
 from .. import methods
 from ..output import atomic_write, csv_text, json_safe, matplotlib_ready, writable_folder, write_text
 from ..pairs import residual_norm, rms_norm
+from ..provenance import library_version
 from ..steering import Steering
 from . import claims, data, generation, search, stats
 from .likelihood import paper_layer
+from .paper import Ledger, machine
 from .scorers import SENTIMENT, TOXICITY, Scorer, get_scorer
 
 FLUENCY_BUDGET = 1.25
@@ -364,26 +366,32 @@ def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_
     report = {"model": model_name or repr(model), "n_layer": n_layer, "methods": list(which), "layers": layers,
               "ratios": list(RATIOS), "strengths": list(STRENGTHS), "fluency_budget": FLUENCY_BUDGET, "rule": RULE,
               "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}, "seed": seed,
-              "sampling": ctx.sampling, "command": command, "tasks": {}}
+              "sampling": ctx.sampling, "command": command, "machine": machine(), "library_version": library_version(),
+              "tasks": {}}
 
-    def say(text):
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / "timing.jsonl")                # compute time over every run into the folder
+
+    def say(text, stage=None):
+        if stage is not None:
+            ledger.stage(stage)
         if progress:
             print(f"actadd compare: {text}", file=sys.stderr)
 
     for task in tasks:
-        say(f"{task.name}: reading the examples")
+        say(f"{task.name}: reading the examples", f"{task.name} examples")
         mat = Materials(model, tokenizer, task, layers)
         cells = {m: {_name(m, L, s): (L, s) for L, s in _cells(m, layers)} for m in which}
         conditions = [generation.Condition("unsteered")] + [
             generation.Condition(name, mat.vector(m, L, s), layer=L, coeff=s) for m in which
             for name, (L, s) in cells[m].items()]
-        say(f"{task.name}: dev, {len(conditions) - 1} cells on {len(task.dev)} prompts")
+        say(f"{task.name}: dev, {len(conditions) - 1} cells on {len(task.dev)} prompts", f"{task.name} dev")
         dev_run = _execute(task, "dev", ctx, conditions, task.dev, out, model, progress, batch_rows)
         chosen = {m: choose(task, dev_run, cells[m]) for m in which}
         vectors = {m: mat.vector(m, chosen[m]["layer"], chosen[m]["size"]) for m in which}
         test_conditions = [generation.Condition("unsteered"), generation.Condition("prompted", prefix=task.prefix)] + [
             generation.Condition(m, vectors[m], layer=chosen[m]["layer"], coeff=chosen[m]["size"]) for m in which]
-        say(f"{task.name}: test, {len(task.test)} prompts x {len(test_conditions)} conditions")
+        say(f"{task.name}: test, {len(task.test)} prompts x {len(test_conditions)} conditions", f"{task.name} test")
         test_run = _execute(task, "test", ctx, test_conditions, task.test, out, model, progress, batch_rows)
         values, ppl = _values(test_run, task), _perplexities(test_run)
         base_ppl = _mean_perplexity(ppl["unsteered"])
@@ -416,7 +424,8 @@ def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_
                         continue                                              # the repeng recipe needs two pairs
                     L, s = chosen[m]["layer"], chosen[m]["size"]
                     conds.append(generation.Condition(_name(m, L, s, k), mat.vector(m, L, s, k), layer=L, coeff=s))
-            say(f"{task.name}: example-count curve, {len(conds) - 1} vectors on {len(prompts)} prompts")
+            say(f"{task.name}: example-count curve, {len(conds) - 1} vectors on {len(prompts)} prompts",
+                f"{task.name} curve")
             curve_run = _execute(task, "curve", ctx, conds, prompts, out, model, progress, batch_rows)
             cv, cp_ = _values(curve_run, task), _perplexities(curve_run)
             for m in curve_methods:
@@ -437,9 +446,12 @@ def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_
             "plus": task.plus, "minus": task.minus, "prefix": task.prefix, "residual_norm": mat.resid,
             "conditions": rows, "dev": {m: chosen[m]["cells"] for m in which}, "curve": curve,
             "curve_prompts": min(size["curve_prompts"], len(task.test))}
-    say(f"timing each method's hooks ({tasks[-1].name}'s vectors)")
+    say(f"timing each method's hooks ({tasks[-1].name}'s vectors)", "timing")
     report["time"] = time_premiums(model, vectors, size["repeats"], seed=seed)
+    ledger.stage(None)
     report["wall_s"] = round(time.perf_counter() - started, 1)
+    report["compute_s"], report["runs"] = ledger.total()
+    report["stage_s"] = ledger.by_stage()
     write(out, report)
     return report
 
@@ -501,6 +513,7 @@ def table(report: dict) -> str:
                          f"| {c['perplexity']:.1f} ({c['perplexity_ratio']:.2f}x){budget} "
                          f"| {_yes(c.get('verdict_vs_unsteered'))} | {_yes(c.get('verdict_vs_prompted'))} "
                          f"| {_cost(c)} |")
+        lines += ["", verdicts(t), ""]
         if t["curve"]:
             ks = sorted({p["k"] for pts in t["curve"].values() for p in pts})
             lines += ["", f"Example-count curve (minus unsteered on the first {t['curve_prompts']} test prompts, at each "
@@ -526,6 +539,26 @@ def table(report: dict) -> str:
                         if row["premium_low"] is not None else "")
             lines.append(f"| {name} | {100 * row['premium']:+.1f}%{interval} | {sites} |")
     return "\n".join(lines) + "\n"
+
+
+def verdicts(t: dict) -> str:
+    """The task's verdicts in one paragraph: which methods beat unsteered and prompting (their
+    paired 95% interval wholly on the wanted side) within the fluency budget, which only beyond it."""
+    methods_ = [m for m in t["conditions"] if m not in ("unsteered", "prompted")]
+
+    def named(ms):
+        return ", ".join(ms) if ms else "none"
+    fluent = [m for m in methods_ if t["conditions"][m]["within_budget"]]
+    beat = [m for m in fluent if t["conditions"][m]["verdict_vs_unsteered"] == "reproduced"]
+    beat_p = [m for m in fluent if t["conditions"][m]["verdict_vs_prompted"] == "reproduced"]
+    worse_p = [m for m in methods_ if t["conditions"][m]["verdict_vs_prompted"] == "contradicted"]
+    over = [m for m in methods_ if not t["conditions"][m]["within_budget"]
+            and t["conditions"][m]["verdict_vs_unsteered"] == "reproduced"]
+    prompted = t["conditions"]["prompted"]["verdict_vs_unsteered"]
+    return (f"**Verdicts** (test perplexity within {FLUENCY_BUDGET:g}x unsteered, interval clear of zero): beat "
+            f"unsteered: {named(beat)}; beat prompting: {named(beat_p)}; worse than prompting: {named(worse_p)}; "
+            f"moved the metric only beyond the fluency budget: {named(over)}. Prompting itself against unsteered: "
+            f"{_yes(prompted)}.")
 
 
 def _yes(verdict: str | None) -> str:
@@ -578,11 +611,25 @@ def plot(report: dict, path) -> None:
     plt.close(fig)
 
 
+def render(report: dict) -> str:
+    """compare.md: the command, the machine, the rule, then the tables (from compare.json alone)."""
+    head = [f"# Steering methods compared on {report['model']}", ""]
+    if report.get("command"):
+        head += ["```bash", report["command"], "```", ""]
+    if report.get("machine"):
+        head += [f"**Machine.** {report['machine']}. Compute time of these results: {report['compute_s']:.0f} s over "
+                 f"{report['runs']} run(s) into the folder ({_stages(report)}).", ""]
+    return "\n".join(head + [f"**Rule.** {report['rule']}", ""]) + "\n" + table(report)
+
+
+def _stages(report: dict) -> str:
+    return ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report.get("stage_s", {}).items()) or "-"
+
+
 def write(out: Path, report: dict) -> list[Path]:
     """compare.json, compare.md, compare.csv and (with matplotlib) compare.png, each atomically."""
     written = [write_text(out / "compare.json", json.dumps(json_safe(report), indent=2) + "\n"),
-               write_text(out / "compare.md", f"# Steering methods compared on {report['model']}\n\n"
-                                              f"Rule: {report['rule']}\n\n" + table(report)),
+               write_text(out / "compare.md", render(report)),
                write_text(out / "compare.csv", csv_text(json_safe(csv_rows(report))))]
     if matplotlib_ready():
         written.append(atomic_write(out / "compare.png", lambda tmp: plot(report, tmp)))
