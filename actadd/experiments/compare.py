@@ -494,8 +494,8 @@ def table(report: dict) -> str:
                   f"{t['test_prompts']} test prompts, one continuation each; {t['metric']} by `{t['scorer']}`; "
                   f"differences in {unit}, paired by prompt and seed, 95% intervals. Settings chosen on "
                   f"{t['dev_prompts']} dev prompts.", "",
-                  "| condition | setting | value [95%] | minus unsteered | minus prompted | perplexity (x unsteered) "
-                  "| beats unsteered | beats prompting | examples / passes to make |",
+                  "| condition | setting (dev effect, perplexity) | value [95%] | minus unsteered | minus prompted "
+                  "| perplexity (x unsteered) | beats unsteered | beats prompting | examples / passes to make |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, c in t["conditions"].items():
             v = c["value"]
@@ -504,8 +504,11 @@ def table(report: dict) -> str:
             setting = "-"
             if "chosen" in c:
                 ch = c["chosen"]
+                dev = ch["dev_effect"]["value"] * (100 if pct else 1)
                 setting = (f"layer {ch['layer']}, strength {ch['size']:g}" if name == "ablation"
-                           else f"layer {ch['layer']}, {ch['size']:g}x resid") + ("" if ch["within_budget"] else " (no cell within budget)")
+                           else f"layer {ch['layer']}, {ch['size']:g}x resid") + \
+                    (f" ({dev:+.1f}, {ch['dev_perplexity_ratio']:.2f}x)" if pct else f" ({dev:+.3f}, {ch['dev_perplexity_ratio']:.2f}x)") + \
+                    ("" if ch["within_budget"] else ", no cell within budget")
             elif name == "prompted":
                 setting = f"prefix {t['prefix']!r}"
             budget = "" if name in ("unsteered", "prompted") or c.get("within_budget") else " over budget"
