@@ -537,6 +537,8 @@ def _add_compare_command(sub):
     p.add_argument("--general", help="mean-centring's general texts (the OpenWebText sample's JSONL); default the "
                    "dev texts of both kinds")
     p.add_argument("--methods", default=",".join(methods.METHODS), help="comma-separated, default all")
+    p.add_argument("--layers", help="the grid's layers, e.g. 2,6,20 (default: the first tenth, two-thirds, and the "
+                   "ICLR setting's layer at this depth)")
     p.add_argument("--sentiment-scorer", default="imdb", help="default imdb (offline)")
     p.add_argument("--toxicity-scorer", default="toxicity", help="default toxicity (offline)")
     p.add_argument("--quick", action="store_true", help="a few prompts of each kind: a demonstration in minutes")
@@ -568,12 +570,14 @@ def _compare(parser, args):
         scorers["sentiment_scorer"] = get_scorer(args.sentiment_scorer, SENTIMENT)
     if args.toxicity_data is not None:
         scorers["toxicity_scorer"] = get_scorer(args.toxicity_scorer, TOXICITY)
+    grid = _numbers(args.layers, int, "--layers") if args.layers else None
     model, tok = _load(args)
     report = compare.compare(model, tok, args.out, model_name=args.model, sentiment_data=args.sentiment_data,
                              sentiment_dev_data=args.sentiment_dev_data, toxicity_data=args.toxicity_data,
                              toxicity_dev_data=args.toxicity_dev_data, general_data=args.general, which=which,
                              quick=args.quick, sizes=sizes, seed=args.seed, batch_rows=args.batch_rows,
-                             progress=not args.no_progress, command=command_line(args.argv), **scorers)
+                             progress=not args.no_progress, command=command_line(args.argv),
+                             layers=grid, **scorers)
     if args.json:
         print(json.dumps(json_safe(report), indent=2))
     else:

@@ -88,10 +88,15 @@ def test_generation_rows_with_a_matrix_and_a_direction_on_every_token(model, vec
     prompt_only = DirectionVector(everywhere.layers, everywhere.directions, CONFIG.n_layer, positions="prompt")
     assert minigpt.generate(model, [ids], fwd_hooks=prompt_only.hooks(), row_seeds=[seeds[1]], **kw).tokens != \
         [out.tokens[1]]                                                # steering generated tokens matters here
-    # k samples a row: a decode step has k rows per vector, and a direction on every token cannot
-    # be told which row is whose: an error, not a misplaced addition.
-    with pytest.raises(ValueError, match="built for 2 rows, but this pass .* has 6"):
-        minigpt.generate(model, [ids, ids], fwd_hooks=row_hooks([everywhere, None]), samples=3, **kw)
+    # k samples a row: a decode step has k rows per prompt, prompt-major, and each keeps its
+    # prompt's vector (as generated alone); a pass of any other size is an error, not a misplaced addition.
+    k_seeds = [[3, p, j] for p in range(2) for j in range(3)]
+    both = minigpt.generate(model, [ids, ids], fwd_hooks=row_hooks([everywhere, None]), samples=3, row_seeds=k_seeds, **kw)
+    alone = minigpt.generate(model, [ids], fwd_hooks=everywhere.hooks(), samples=3, row_seeds=k_seeds[:3], **kw)
+    plain = minigpt.generate(model, [ids], samples=3, row_seeds=k_seeds[3:], **kw)
+    assert both.tokens[:3] == alone.tokens and both.tokens[3:] == plain.tokens and alone.tokens != plain.tokens
+    with pytest.raises(ValueError, match="built for 2 rows, but this pass .* has 3"):
+        minigpt.generate(model, [ids, ids, ids], fwd_hooks=row_hooks([everywhere, None]), **kw)
 
 
 # --- sweeps, evals, measurements ---------------------------------------------------------------

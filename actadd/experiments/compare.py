@@ -330,8 +330,9 @@ def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_
             general_data=None, which: Sequence[str] = methods.METHODS, quick: bool = False,
             sizes: dict | None = None, sentiment_scorer: str | Scorer = "imdb",
             toxicity_scorer: str | Scorer = "toxicity", seed: int = 0, batch_rows: int = 64,
-            progress: bool = True, command: str | None = None) -> dict:
-    """The comparison (see the module's docstring); returns compare.json's content."""
+            progress: bool = True, command: str | None = None, layers: Sequence[int] | None = None) -> dict:
+    """The comparison (see the module's docstring); returns compare.json's content. `layers`:
+    the grid's layers (default: the model's first tenth, two-thirds, and the ICLR setting's)."""
     out = Path(writable_folder(out, "out"))
     size = dict(SIZES["quick" if quick else "full"])
     for k, v in (sizes or {}).items():
@@ -360,7 +361,11 @@ def compare(model: Transformer, tokenizer: Tokenizer, out: str | Path, *, model_
                              f"{short[0].source}); ActAdd's Love - Hate matrix needs 3 positions")
     n_layer = model.config.n_layer
     preset = claims.PRESETS["iclr2025"]
-    layers = search.grid_layers(n_layer, size["layers"], paper_layer(n_layer, *preset.sentiment_layer))
+    if layers is None:
+        layers = search.grid_layers(n_layer, size["layers"], paper_layer(n_layer, *preset.sentiment_layer))
+    layers = [int(L) for L in layers]
+    if not layers or any(not 0 <= L < n_layer for L in layers):
+        raise ValueError(f"layers {layers}: expected blocks from 0 to {n_layer - 1}")
     ctx = generation.make_context(model, tokenizer, size["new_tokens"], dict(SAMPLING), seed, None, None)
     started = time.perf_counter()
     report = {"model": model_name or repr(model), "n_layer": n_layer, "methods": list(which), "layers": layers,
