@@ -228,3 +228,16 @@ def test_each_published_comparison_is_its_json_rendered():
         assert (folder / "compare.md").read_text() == compare.render(report), folder
         assert f"compare/{folder.name}/compare.md" in page
         assert report["tasks"] and all(t["test_prompts"] >= 500 for t in report["tasks"].values())
+
+
+def test_the_methods_page_shows_each_published_table_as_rendered():
+    """docs/methods.md carries each model's tables between its markers, exactly as
+    compare.table renders that model's compare.json."""
+    root = Path(__file__).resolve().parent.parent / "docs"
+    page = (root / "methods.md").read_text()
+    for folder in sorted(p for p in (root / "compare").iterdir() if p.is_dir()):
+        start, end = f"<!-- compare {folder.name} -->", f"<!-- /compare {folder.name} -->"
+        assert start in page and end in page, folder.name
+        shown = page.split(start, 1)[1].split(end, 1)[0].strip()
+        report = json.loads((folder / "compare.json").read_text())
+        assert shown == compare.table(report).replace("### ", "#### ").strip()

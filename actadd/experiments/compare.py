@@ -536,7 +536,7 @@ def table(report: dict) -> str:
         lines += ["### Cost at inference", "",
                   f"A forward pass of {report['time']['unsteered']['shape'][0]} x {report['time']['unsteered']['shape'][1]} "
                   f"tokens: {1000 * report['time']['unsteered']['median_s']:.1f} ms unsteered (median); each method's "
-                  "premium (median, and the 95% interval of the paired log ratio):", "",
+                  "premium, exp(mean log ratio) - 1 over the alternating repeats, with its 95% interval:", "",
                   "| hooks | premium | sites hooked |", "|---|---|---|"]
         for name, row in report["time"].items():
             if name == "unsteered":
