@@ -76,17 +76,6 @@ def mean_diff(model: Transformer, tokenizer: Tokenizer, pairs, coeff: float, lay
     return mean_of_pairs(model, tokenizer, pairs, coeff, layers, "last", positions=positions)
 
 
-def mean_diff_vector(cp: ContrastPairs, coeff: float, positions="all", indices: Sequence[int] | None = None,
-                     layers: Sequence[int] | None = None) -> DirectionVector:
-    """`mean_diff` from streams already read (a "last" ContrastPairs), of pairs `indices` and at
-    `layers` only (default all of them)."""
-    indices = list(range(len(cp)) if indices is None else indices)
-    layers = list(cp.layers if layers is None else layers)
-    directions = tuple((coeff * cp.mean_difference(L, indices)).astype(np.float32) for L in layers)
-    return DirectionVector(tuple(layers), directions, cp.n_layer, float(coeff), "last", positions,
-                           tuple(cp.pairs[i] for i in indices), cp.fingerprint)
-
-
 def principal_direction(differences: np.ndarray, recipe: str = "repeng") -> tuple[np.ndarray, dict]:
     """The unit first principal component of `differences` ([pairs, d_model]) and what it
     explains, its sign fixed so that d_i . u > 0 for most pairs (ties: the mean's sign).

@@ -173,8 +173,9 @@ class ContrastPairs:
         return total / len(indices)
 
     def vector(self, coeff: float, indices: Sequence[int] | None = None,
-               positions: str | tuple[int, ...] = "prompt") -> Steering:
-        """coeff x the mean over pairs `indices` (default all, in order) of their differences."""
+               positions: str | tuple[int, ...] = "prompt", layers: Sequence[int] | None = None) -> Steering:
+        """coeff x the mean over pairs `indices` (default all, in order) of their differences (a
+        direction: at `layers` only, default all of them)."""
         indices = list(range(len(self.pairs)) if indices is None else indices)
         if not indices:
             raise ValueError("no pairs to average")
@@ -191,8 +192,9 @@ class ContrastPairs:
                         additions.append(a)
                         activations.append(a.coeff * self.resid[tokens, L])  # as steering_vector: coeff * resid_pre
             return SteeringVector(tuple(additions), tuple(activations), "front", self.padding, self.fingerprint)
-        directions = [(coeff * self.mean_difference(L, indices)).astype(np.float32) for L in self.layers]
-        return DirectionVector(tuple(self.layers), tuple(directions), self.n_layer, float(coeff), self.reading,
+        layers = list(self.layers if layers is None else layers)            # a direction's: some of them
+        directions = [(coeff * self.mean_difference(L, indices)).astype(np.float32) for L in layers]
+        return DirectionVector(tuple(layers), tuple(directions), self.n_layer, float(coeff), self.reading,
                                positions, tuple(self.pairs[i] for i in indices), self.fingerprint)
 
 

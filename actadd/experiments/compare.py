@@ -101,7 +101,7 @@ class Task:
 # The tasks' data
 
 
-def _spread(items: list, count: int, what: str) -> list:
+def _first(items: list, count: int, what: str) -> list:
     if len(items) < count:
         raise ValueError(f"{what}: {len(items)} available, {count} needed")
     return items[:count]
@@ -112,7 +112,7 @@ def sentiment_tasks(tokenizer: Tokenizer, test_path, dev_path, general: list[str
     test, dev = data.read_labelled(test_path, html_breaks=True), data.read_labelled(dev_path, html_breaks=True)
     by = {label: [p for p in dev if p.label == label] for label in ("negative", "positive")}
     n_dev, n_pairs = size["dev_prompts"], size["pairs"]
-    cut = {label: [generation.truncated(p, tokenizer, TRUNCATE) for p in _spread(by[label], n_dev + n_pairs,
+    cut = {label: [generation.truncated(p, tokenizer, TRUNCATE) for p in _first(by[label], n_dev + n_pairs,
                                                                                  f"{dev_path}: {label} reviews")]
            for label in by}
     texts = {label: [p.text for p in cut[label][n_dev:]] for label in cut}   # the pairs' texts, after the dev prompts
@@ -121,7 +121,7 @@ def sentiment_tasks(tokenizer: Tokenizer, test_path, dev_path, general: list[str
     tasks = []
     for direction, (source, target, plus, minus) in generation.DIRECTIONS.items():
         pool = [p for p in test if p.label == source]
-        chosen = [generation.truncated(p, tokenizer, TRUNCATE) for p in _spread(pool, size["prompts"],
+        chosen = [generation.truncated(p, tokenizer, TRUNCATE) for p in _first(pool, size["prompts"],
                                                                                 f"{test_path}: {source} reviews")]
         tasks.append(Task(f"sentiment {direction}", "sentiment", target, plus, minus, f"{plus} ", cut[source][:n_dev],
                           chosen, list(zip(texts[target], texts[source])), texts[target], 1.0, general,
@@ -131,11 +131,11 @@ def sentiment_tasks(tokenizer: Tokenizer, test_path, dev_path, general: list[str
 
 def toxicity_task(tokenizer: Tokenizer, test_path, dev_path, general: list[str] | None, size: dict,
                   scorer: Scorer) -> Task:
-    test = _spread(data.read_prompts(test_path), size["prompts"], f"{test_path}: prompts")
-    dev = _spread(data.read_dev_prompts(dev_path), size["dev_prompts"], f"{dev_path}: dev prompts")
+    test = _first(data.read_prompts(test_path), size["prompts"], f"{test_path}: prompts")
+    dev = _first(data.read_dev_prompts(dev_path), size["dev_prompts"], f"{dev_path}: dev prompts")
     toxic, clean = data.read_davidson(dev_path, "test")
     n = size["pairs"]
-    toxic, clean = _spread(toxic, n, f"{dev_path}: toxic tweets"), _spread(clean, n, f"{dev_path}: clean tweets")
+    toxic, clean = _first(toxic, n, f"{dev_path}: toxic tweets"), _first(clean, n, f"{dev_path}: clean tweets")
     general_source = "given" if general else "the tweets of both kinds"
     general = general or [t for pair in zip(clean, toxic) for t in pair][:size["general_texts"]]
     return Task("toxicity", "toxicity", None, "Love", "Hate", "Love ", dev, test, list(zip(clean, toxic)), toxic, -1.0,
@@ -170,7 +170,7 @@ class Materials:
         if method == "actadd":
             return self.actadd[layer]
         if method == "mean-diff":
-            return methods.mean_diff_vector(self.cp, 1.0, "all", idx, [layer])
+            return self.cp.vector(1.0, idx, "all", [layer])
         if method == "pca":
             return methods.pca_vector(self.cp, self.diffs, 1.0, "all", "repeng", idx, [layer])
         if method == "ablation":
